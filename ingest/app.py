@@ -1,0 +1,142 @@
+"""The receiver: decide whether a call may be taken, queue it raw, answer.
+
+Where every status code is chosen. The handler never parses the event: it checks what its
+answer depends on (size, content type, non-empty), wraps the call in an envelope and awaits
+the group commit. 200 means the call is in Redis; 503 with Retry-After means it is not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import time
+from typing import Any
+
+from aiohttp import web
+
+from ingest.batching import Closed, GroupCommitter, Overloaded, WriteFailed
+from ingest.queueing import BatchQueue
+from ingest.settings import Settings
+from workers.envelope import KEPT_HEADERS, Envelope
+
+log = logging.getLogger("ingest.app")
+
+ACCEPTED_TYPES = ("application/x-www-form-urlencoded", "application/json")
+
+SETTINGS = web.AppKey("settings", Settings)
+COMMITTER = web.AppKey("committer", GroupCommitter)
+QUEUE = web.AppKey("queue", BatchQueue)
+
+_QUEUED = b'{"status":"queued"}'
+_OK = b'{"status":"ok"}'
+
+
+def _json(status: int, reason: str, **headers: str) -> web.Response:
+    body = {"status": "error" if status < 500 else "unavailable", "reason": reason}
+    return web.json_response(body, status=status, headers=headers or None)
+
+
+def _unavailable(settings: Settings, reason: str) -> web.Response:
+    return _json(503, reason, **{"Retry-After": str(settings.retry_after)})
+
+
+def _accepted_type(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media in ACCEPTED_TYPES or (media.startswith("application/") and media.endswith("+json"))
+
+
+async def receive(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    declared = request.content_length
+    if declared is not None and declared > settings.max_body_bytes:
+        return _json(413, f"body larger than {settings.max_body_bytes} bytes")
+    content_type = request.headers.get("Content-Type", "")
+    if not _accepted_type(content_type):
+        return _json(415, "content type must be application/x-www-form-urlencoded or application/json")
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return _json(413, f"body larger than {settings.max_body_bytes} bytes")
+    if not body:
+        return _json(400, "empty body")
+    headers = request.headers
+    envelope = Envelope(
+        body=body,
+        content_type=content_type,
+        received_at=time.time(),
+        remote=request.remote or "",
+        method=request.method,
+        target=request.raw_path,
+        headers={name: headers[name] for name in KEPT_HEADERS if name in headers},
+    )
+    try:
+        await request.app[COMMITTER].submit(envelope.to_wire())
+    except Overloaded:
+        return _unavailable(settings, "too many calls waiting for Redis")
+    except WriteFailed:
+        return _unavailable(settings, "could not write to Redis")
+    except Closed:
+        return _unavailable(settings, "receiver is shutting down")
+    return web.Response(body=_QUEUED, content_type="application/json")
+
+
+async def probe(request: web.Request) -> web.Response:
+    """GET and HEAD /copernica: senders check that the endpoint exists."""
+    return web.Response(body=_OK, content_type="application/json")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.Response(body=_OK, content_type="application/json")
+
+
+async def readyz(request: web.Request) -> web.Response:
+    queue = request.app[QUEUE]
+    loop = asyncio.get_running_loop()
+    if await loop.run_in_executor(None, queue.ping):
+        return web.json_response({"status": "ready", "redis": "ok"})
+    return _unavailable(request.app[SETTINGS], "redis does not answer")
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Every refusal aiohttp makes on its own (404, 405, ...) answers JSON too."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _json(exc.status, exc.reason, **{k: v for k, v in exc.headers.items() if k == "Allow"})
+
+
+def create_app(settings: Settings, queue: BatchQueue | None = None) -> web.Application:
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[json_errors])
+    app[SETTINGS] = settings
+    batch_queue = queue or BatchQueue(settings)
+    app[QUEUE] = batch_queue
+    # One thread writes batches: RQ's enqueue is synchronous and runs off the event loop.
+    writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="redis-writer")
+
+    async def write(calls: list[Any]) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(writer, batch_queue.enqueue, calls)
+
+    committer = GroupCommitter(write, max_batch=settings.max_batch, max_pending=settings.max_pending)
+    app[COMMITTER] = committer
+
+    async def on_startup(app: web.Application) -> None:
+        committer.start()
+
+    async def on_shutdown(app: web.Application) -> None:
+        # In-flight batches are written and answered before the process exits.
+        await committer.close()
+        writer.shutdown(wait=True)
+        batch_queue.close()
+
+    app.on_startup.append(on_startup)
+    app.on_cleanup.append(on_shutdown)
+    app.router.add_post("/copernica", receive)
+    app.router.add_get("/copernica", probe)  # aiohttp answers HEAD through the GET route
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app

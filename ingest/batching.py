@@ -1,0 +1,137 @@
+"""Group commit: many requests, one Redis write.
+
+A request adds its call to the open batch and awaits that batch's write. One flusher writes
+batches one after another; while a batch is being written the next one fills, so batches grow
+with load and a lone request is written at once. Every request of a batch gets the batch's
+outcome: all are in Redis, or all are told they are not.
+
+Memory is bounded: a batch holds at most `max_batch` calls and at most `max_pending` calls wait
+at once; past that `Overloaded` is raised at once and the receiver answers 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+log = logging.getLogger("ingest.batching")
+
+
+class Overloaded(Exception):
+    """Too many calls are already waiting for Redis."""
+
+
+class WriteFailed(Exception):
+    """The batch holding this call could not be written."""
+
+
+class Closed(Exception):
+    """The committer is shutting down and takes no new calls."""
+
+
+class _Batch:
+    __slots__ = ("items", "done")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.items: list[Any] = []
+        self.done: asyncio.Future[None] = loop.create_future()
+
+
+Writer = Callable[[list[Any]], Awaitable[Any]]
+Observer = Callable[[int, float, bool], None]  # batch size, seconds, succeeded
+
+
+class GroupCommitter:
+    def __init__(
+        self,
+        write: Writer,
+        *,
+        max_batch: int,
+        max_pending: int,
+        observe: Observer | None = None,
+    ) -> None:
+        self._write = write
+        self._max_batch = max_batch
+        self._max_pending = max(max_pending, max_batch)
+        self._observe = observe
+        self._waiting: deque[_Batch] = deque()
+        self._pending = 0
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._flusher: asyncio.Task[None] | None = None
+
+    @property
+    def pending(self) -> int:
+        """Calls accepted into a batch and not yet answered."""
+        return self._pending
+
+    def start(self) -> None:
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._run(), name="group-commit")
+
+    async def submit(self, item: Any) -> None:
+        """Return once `item` is durably written; raise `Overloaded`, `WriteFailed` or `Closed`."""
+        if self._closing:
+            raise Closed()
+        if self._pending >= self._max_pending:
+            raise Overloaded()
+        if self._flusher is None:
+            self.start()
+        batch = self._waiting[-1] if self._waiting else None
+        if batch is None or len(batch.items) >= self._max_batch:
+            batch = _Batch(asyncio.get_running_loop())
+            self._waiting.append(batch)
+        batch.items.append(item)
+        self._pending += 1
+        self._wakeup.set()
+        try:
+            await asyncio.shield(batch.done)
+        finally:
+            self._pending -= 1
+
+    async def _run(self) -> None:
+        while True:
+            if not self._waiting:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            batch = self._waiting.popleft()
+            started = time.perf_counter()
+            try:
+                await self._write(batch.items)
+            except asyncio.CancelledError:
+                batch.done.set_exception(WriteFailed("shutting down"))
+                self._fail_waiting(WriteFailed("shutting down"))
+                raise
+            except Exception as exc:  # every request of the batch learns it failed
+                log.warning("batch of %d calls not written: %s", len(batch.items), exc)
+                batch.done.set_exception(WriteFailed(str(exc)))
+                ok = False
+            else:
+                batch.done.set_result(None)
+                ok = True
+            if self._observe is not None:
+                self._observe(len(batch.items), time.perf_counter() - started, ok)
+            # Retrieve the exception so asyncio does not warn when no request awaits it.
+            if not ok:
+                batch.done.exception()
+
+    def _fail_waiting(self, exc: Exception) -> None:
+        while self._waiting:
+            batch = self._waiting.popleft()
+            batch.done.set_exception(exc)
+            batch.done.exception()
+
+    async def close(self) -> None:
+        """Take no new calls; write every batch already accepted, then stop."""
+        self._closing = True
+        self._wakeup.set()
+        if self._flusher is not None:
+            await self._flusher
+            self._flusher = None

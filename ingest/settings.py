@@ -1,0 +1,172 @@
+"""One typed settings object, read once from the environment (12-factor).
+
+A `.env` file in the working directory is read when present; variables already set in the
+environment win over it. A bad value stops the program with a one-line message that names
+the setting (`SettingsError`), never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import zoneinfo
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+from urllib.parse import urlsplit
+
+
+class SettingsError(ValueError):
+    """A setting holds a value the program cannot use."""
+
+
+def _int(raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError("must be a whole number") from None
+
+
+def _positive_int(raw: str) -> int:
+    value = _int(raw)
+    if value <= 0:
+        raise ValueError("must be a positive whole number")
+    return value
+
+
+def _port(raw: str) -> int:
+    value = _int(raw)
+    if not 0 <= value <= 65535:
+        raise ValueError("must be a port number (0-65535)")
+    return value
+
+
+def _positive_float(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError("must be a number") from None
+    if not value > 0:
+        raise ValueError("must be a positive number")
+    return value
+
+
+def _url(*schemes: str) -> Callable[[str], str]:
+    def cast(raw: str) -> str:
+        parts = urlsplit(raw)
+        if parts.scheme not in schemes:
+            raise ValueError(f"must be a URL starting with {' or '.join(s + '://' for s in schemes)}")
+        return raw
+
+    return cast
+
+
+def _timezone(raw: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(raw)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError("must be an IANA time zone name such as Europe/Amsterdam") from exc
+    return raw
+
+
+def _log_level(raw: str) -> str:
+    level = raw.upper()
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+        raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+    return level
+
+
+def _text(raw: str) -> str:
+    if not raw.strip():
+        raise ValueError("must not be empty")
+    return raw.strip()
+
+
+# (attribute, variable, cast, default, description). The README's settings table lists these.
+SPEC: tuple[tuple[str, str, Callable[[str], Any], Any, str], ...] = (
+    ("redis_url", "REDIS_URL", _url("redis", "rediss", "unix"), None,
+     "Redis/Valkey holding the queue. Unset: `ingest dev` starts an embedded Valkey."),
+    ("database_url", "DATABASE_URL", _url("postgresql", "postgres"), None,
+     "PostgreSQL for the events. Unset: `ingest dev` starts an embedded PostgreSQL."),
+    ("queue", "INGEST_QUEUE", _text, "copernica", "RQ queue the receiver fills and workers drain."),
+    ("host", "INGEST_HOST", _text, "0.0.0.0", "Address the receiver listens on."),
+    ("port", "INGEST_PORT", _port, 8080, "Port the receiver listens on."),
+    ("max_body_bytes", "INGEST_MAX_BODY_BYTES", _positive_int, 10 * 1024 * 1024,
+     "Largest webhook body accepted (bounces carry whole MIME messages); larger gets 413."),
+    ("max_batch", "INGEST_MAX_BATCH", _positive_int, 500,
+     "Most webhook calls written to Redis as one RQ job (group commit)."),
+    ("max_pending", "INGEST_MAX_PENDING", _positive_int, 20000,
+     "Most calls waiting for Redis at once; past it a call gets 503 at once (bounded memory)."),
+    ("redis_timeout", "INGEST_REDIS_TIMEOUT", _positive_float, 1.0,
+     "Seconds a Redis write may take before the calls it carries get 503."),
+    ("retry_after", "INGEST_RETRY_AFTER", _positive_int, 5, "Seconds sent in Retry-After with a 503."),
+    ("job_retries", "INGEST_JOB_RETRIES", _positive_int, 8,
+     "Times a failed store job is retried (with growing back-off) before it rests in the failed registry."),
+    ("data_dir", "INGEST_DATA_DIR", _text, ".ingest", "Where `ingest dev` keeps its embedded servers' data."),
+    ("copernica_timezone", "COPERNICA_TIMEZONE", _timezone, "Europe/Amsterdam",
+     "Zone of Copernica's zone-less times (`timestamp` fields, logfile `time`)."),
+    ("log_level", "INGEST_LOG_LEVEL", _log_level, "INFO", "Logging level of every component."),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    redis_url: str | None = None
+    database_url: str | None = None
+    queue: str = "copernica"
+    host: str = "0.0.0.0"
+    port: int = 8080
+    max_body_bytes: int = 10 * 1024 * 1024
+    max_batch: int = 500
+    max_pending: int = 20000
+    redis_timeout: float = 1.0
+    retry_after: int = 5
+    job_retries: int = 8
+    data_dir: str = ".ingest"
+    copernica_timezone: str = "Europe/Amsterdam"
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, dotenv: bool = True) -> Settings:
+        """Read every setting once. `environ` defaults to `os.environ` plus `.env` when present."""
+        if environ is None:
+            environ = dict(os.environ)
+            if dotenv:
+                environ = {**_read_dotenv(), **environ}
+        values: dict[str, Any] = {}
+        for attr, var, cast, default, _doc in SPEC:
+            raw = environ.get(var)
+            if raw is None or raw == "":
+                values[attr] = default
+                continue
+            try:
+                values[attr] = cast(raw)
+            except ValueError as exc:
+                raise SettingsError(f"{var}={raw!r} is not valid: {exc}") from None
+        return cls(**values)
+
+    def require(self, *attrs: str) -> None:
+        """Stop with a one-line message when a setting a command needs is unset."""
+        for attr in attrs:
+            if getattr(self, attr) is None:
+                var = next(v for a, v, *_ in SPEC if a == attr)
+                raise SettingsError(f"{var} is not set (run `ingest dev` for the embedded servers)")
+
+    def to_env(self) -> dict[str, str]:
+        """The settings as environment variables, for child processes."""
+        env = {}
+        for attr, var, *_ in SPEC:
+            value = getattr(self, attr)
+            if value is not None:
+                env[var] = str(value)
+        return env
+
+
+def _read_dotenv() -> dict[str, str]:
+    if not os.path.exists(".env"):
+        return {}
+    from dotenv import dotenv_values
+
+    return {k: v for k, v in dotenv_values(".env").items() if v is not None}
+
+
+assert [f.name for f in fields(Settings)] == [s[0] for s in SPEC], "SPEC and Settings must list the same names"

@@ -1,0 +1,90 @@
+"""Real-server fixtures: the embedded Valkey and PostgreSQL, or those given by URL.
+
+Set TEST_REDIS_URL / TEST_DATABASE_URL to run the suite against servers of your own (their
+data is wiped); otherwise one embedded pair is started for the session in a temp directory.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+
+from ingest.embedded import EmbeddedPostgres, EmbeddedValkey
+from ingest.settings import Settings
+from workers.schema import apply_migrations
+
+# Tables every test starts without rows (the schema itself is kept).
+DATA_TABLES = ("events", "rejected_events")
+
+
+@pytest.fixture(scope="session")
+def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedValkey | None]:
+    if os.environ.get("TEST_REDIS_URL"):
+        yield None
+        return
+    server = EmbeddedValkey(tmp_path_factory.mktemp("valkey"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres | None]:
+    if os.environ.get("TEST_DATABASE_URL"):
+        yield None
+        return
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("postgres"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(valkey: EmbeddedValkey | None) -> str:
+    return os.environ.get("TEST_REDIS_URL") or valkey.url
+
+
+@pytest.fixture(scope="session")
+def migrated_database_url(postgres: EmbeddedPostgres | None) -> str:
+    url = os.environ.get("TEST_DATABASE_URL") or postgres.url
+    apply_migrations(url)
+    return url
+
+
+@pytest.fixture
+def database_url(migrated_database_url: str) -> str:
+    """A migrated database whose data tables are empty at the start of the test."""
+    with psycopg.connect(migrated_database_url, autocommit=True) as conn:
+        present = [t for t in DATA_TABLES
+                   if conn.execute("SELECT to_regclass(%s)", (t,)).fetchone()[0] is not None]
+        if present:
+            conn.execute(f"TRUNCATE {', '.join(present)} RESTART IDENTITY")
+    return migrated_database_url
+
+
+@pytest.fixture
+def redis_conn(redis_url: str) -> Iterator[redis.Redis]:
+    conn = redis.Redis.from_url(redis_url)
+    conn.flushdb()
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def settings(redis_url: str, database_url: str, redis_conn: redis.Redis) -> Settings:
+    """Settings pointing at the real servers, with empty queue and tables."""
+    return Settings.from_env({"REDIS_URL": redis_url, "DATABASE_URL": database_url}, dotenv=False)
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        yield conn
+
+
+ROOT = Path(__file__).resolve().parent.parent

@@ -1,0 +1,1 @@
+"""Everything after the queue: jobs, the event model, storage and backfill."""

@@ -1,0 +1,63 @@
+"""The raw webhook call as the receiver queues it, and as workers and `rejected_events` read it.
+
+The receiver does not parse events: it wraps what Copernica sent, byte for byte, with the few
+facts only the receiver knows (when, from where, which request line), so that a worker can
+parse, verify and re-parse it later. This module is the wire format shared by both sides; it
+imports nothing but the standard library, so the edge stays light.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# The request headers kept with every call (lower-case names). Signature verification needs
+# all of them; anything else Copernica sends carries no event data.
+KEPT_HEADERS: tuple[str, ...] = (
+    "host",
+    "date",
+    "content-type",
+    "content-length",
+    "x-copernica-id",
+    "digest",
+    "x-nonce",
+    "signature",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    body: bytes
+    content_type: str
+    received_at: float  # unix seconds, as the receiver saw the call
+    remote: str = ""
+    method: str = "POST"
+    target: str = "/copernica"  # path and query, as in the request line
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "v": 1,
+            "body": self.body,
+            "content_type": self.content_type,
+            "received_at": self.received_at,
+            "remote": self.remote,
+            "method": self.method,
+            "target": self.target,
+            "headers": self.headers,
+        }
+
+    @classmethod
+    def from_wire(cls, wire: dict[str, Any]) -> Envelope:
+        body = wire.get("body", b"")
+        if isinstance(body, str):
+            body = body.encode("utf-8", "surrogateescape")
+        return cls(
+            body=bytes(body),
+            content_type=str(wire.get("content_type") or ""),
+            received_at=float(wire.get("received_at") or 0.0),
+            remote=str(wire.get("remote") or ""),
+            method=str(wire.get("method") or "POST"),
+            target=str(wire.get("target") or ""),
+            headers=dict(wire.get("headers") or {}),
+        )

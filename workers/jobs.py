@@ -1,0 +1,89 @@
+"""RQ entry points. The receiver enqueues `workers.jobs.store_batch` by name.
+
+A job carries a batch of raw calls (envelopes). Each call is parsed into events or kept as
+rejected with the reason; the whole batch is stored in one transaction on a connection that
+lives as long as the worker process. A failure that is not the data's fault (PostgreSQL down)
+raises, so RQ retries the job with back-off and, at the end, keeps it in its failed registry.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import psycopg
+
+from ingest.settings import Settings
+from workers import store
+from workers.envelope import Envelope
+from workers.model import Event, from_webhook
+from workers.parsing import Unparseable, parse_body
+
+log = logging.getLogger("workers.jobs")
+
+_settings: Settings | None = None
+_conn: psycopg.Connection | None = None
+
+
+def settings() -> Settings:
+    global _settings
+    if _settings is None:
+        _settings = Settings.from_env()
+    return _settings
+
+
+def connection() -> psycopg.Connection:
+    """The worker's long-lived connection, reopened after it broke."""
+    global _conn
+    if _conn is None or _conn.closed or _conn.broken:
+        conf = settings()
+        conf.require("database_url")
+        _conn = store.connect(conf.database_url)
+    return _conn
+
+
+def parse_calls(
+    calls: list[dict[str, Any]], tz: str
+) -> tuple[list[Event], list[Envelope], list[store.Rejected]]:
+    """Every call ends as events or as a reject: nothing is dropped here."""
+    events: list[Event] = []
+    origins: list[Envelope] = []
+    rejects: list[store.Rejected] = []
+    for wire in calls:
+        try:
+            envelope = Envelope.from_wire(wire)
+        except (TypeError, ValueError, AttributeError) as exc:
+            envelope = Envelope(body=repr(wire).encode(), content_type="", received_at=0.0)
+            rejects.append(store.Rejected(envelope, f"malformed envelope: {exc}"))
+            continue
+        try:
+            fields = parse_body(envelope.content_type, envelope.body)
+            event = from_webhook(fields, envelope, tz)
+        except Unparseable as exc:
+            rejects.append(store.Rejected(envelope, str(exc)))
+            continue
+        except Exception as exc:  # a parser bug must not lose the call
+            log.exception("unexpected error parsing a call")
+            rejects.append(store.Rejected(envelope, f"parser error: {type(exc).__name__}: {exc}"))
+            continue
+        events.append(event)
+        origins.append(envelope)
+    return events, origins, rejects
+
+
+def store_batch(calls: list[dict[str, Any]]) -> dict[str, int]:
+    """RQ job: parse and store one batch of raw webhook calls."""
+    events, origins, rejects = parse_calls(calls, settings().copernica_timezone)
+    conn = connection()
+    try:
+        result = store.store(conn, events, rejects, origins)
+    except psycopg.Error:
+        if not conn.closed:
+            conn.close()
+        raise
+    log.info(
+        "batch of %d calls: %d stored, %d duplicates, %d rejected",
+        len(calls), result.stored, result.duplicates, result.rejected,
+    )
+    return {"calls": len(calls), "stored": result.stored, "duplicates": result.duplicates,
+            "rejected": result.rejected}
