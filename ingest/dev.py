@@ -1,0 +1,141 @@
+"""`ingest dev`: the whole stack on one machine, in one command.
+
+Starts the embedded Valkey and PostgreSQL (unless REDIS_URL / DATABASE_URL point elsewhere),
+migrates, then runs the receiver, one worker and rq-dashboard as child processes. Ctrl-C or
+SIGTERM stops everything in order; every child also dies with this process (PR_SET_PDEATHSIG),
+so a `kill -9` leaves nothing running and the next start finds its ports free.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ingest.embedded import EmbeddedPostgres, EmbeddedValkey, _die_with_parent, port_is_open, prune_stale
+from ingest.settings import Settings
+
+log = logging.getLogger("ingest.dev")
+
+
+class Stack:
+    """The child processes of `ingest dev`, started and stopped in order."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.servers: list[EmbeddedValkey | EmbeddedPostgres] = []
+        self.children: dict[str, subprocess.Popen[bytes]] = {}
+
+    def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        pid_file = self.data_dir / f"{name}.pid"
+        prune_stale(pid_file, argv[-1] if name != "dashboard" else "rq-dashboard")
+        child = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
+                                 preexec_fn=_die_with_parent(signal.SIGTERM))
+        pid_file.write_text(f"{child.pid}\n")
+        self.children[name] = child
+
+    def exited(self) -> str | None:
+        for name, child in self.children.items():
+            if child.poll() is not None:
+                return name
+        return None
+
+    def stop(self) -> None:
+        for child in self.children.values():
+            if child.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        for name, child in self.children.items():
+            try:
+                child.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+            (self.data_dir / f"{name}.pid").unlink(missing_ok=True)
+        self.children.clear()
+        for server in reversed(self.servers):
+            server.stop()
+        self.servers.clear()
+
+
+def _wait_for_port(port: int, child: subprocess.Popen[bytes], timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            return False
+        if port_is_open(port):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def run_dev(settings: Settings, *, redis_port: int = 16379, postgres_port: int = 15432,
+            dashboard_port: int = 9181) -> int:
+    from workers.schema import apply_migrations
+
+    data_dir = Path(settings.data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    stack = Stack(data_dir)
+    stopping = False
+
+    def request_stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        redis_url, database_url = settings.redis_url, settings.database_url
+        if redis_url is None:
+            valkey = EmbeddedValkey(data_dir / "valkey", redis_port)
+            valkey.start()
+            stack.servers.append(valkey)
+            redis_url = valkey.url
+        if database_url is None:
+            postgres = EmbeddedPostgres(data_dir / "postgres", postgres_port)
+            postgres.start()
+            stack.servers.append(postgres)
+            database_url = postgres.url
+        apply_migrations(database_url)
+
+        env = {**os.environ, **settings.to_env(), "REDIS_URL": redis_url, "DATABASE_URL": database_url}
+        python = sys.executable
+        stack.spawn("receiver", [python, "-m", "ingest", "serve"], env)
+        stack.spawn("worker", [python, "-m", "ingest", "worker"], env)
+        dashboard = shutil.which("rq-dashboard", path=str(Path(python).parent)) or shutil.which("rq-dashboard")
+        if dashboard:
+            stack.spawn("dashboard", [dashboard, "--redis-url", redis_url, "--port", str(dashboard_port),
+                                      "--bind", "127.0.0.1"], env)
+        if not _wait_for_port(settings.port, stack.children["receiver"]):
+            log.error("the receiver did not start")
+            return 1
+        host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+        print(
+            "\ncopernica-ingest is running (Ctrl-C stops everything)\n"
+            f"  webhook URL    http://{host}:{settings.port}/copernica\n"
+            f"  dashboard      http://127.0.0.1:{dashboard_port}/\n"
+            f"  database URL   {database_url}\n"
+            f"  redis URL      {redis_url}\n"
+            "  for other commands in another terminal:\n"
+            f"    export REDIS_URL={redis_url} DATABASE_URL={database_url}\n",
+            flush=True,
+        )
+        while not stopping:
+            gone = stack.exited()
+            if gone is not None:
+                log.error("%s exited unexpectedly; stopping the stack", gone)
+                return 1
+            time.sleep(0.2)
+        return 0
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stack.stop()
+        log.info("stopped")

@@ -1,0 +1,82 @@
+"""`ingest stats`: what the pipeline is doing, from Redis (the queue) and PostgreSQL (the rows)."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+
+import orjson
+import psycopg
+import redis
+from rq import Queue
+from rq.job import Job
+from rq.registry import FailedJobRegistry, StartedJobRegistry
+
+from ingest.settings import Settings
+
+
+@dataclass
+class PipelineStats:
+    queue: str
+    queued_jobs: int
+    oldest_queued_age_s: float | None
+    started_jobs: int
+    failed_jobs: int
+    events_by_type: dict[str, int] = field(default_factory=dict)
+    rejected: int = 0
+
+    @property
+    def events_total(self) -> int:
+        return sum(self.events_by_type.values())
+
+
+def collect(settings: Settings) -> PipelineStats:
+    settings.require("redis_url", "database_url")
+    connection = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        queue = Queue(settings.queue, connection=connection)
+        oldest_age = None
+        first = queue.get_job_ids(0, 0)
+        if first:
+            job = Job.fetch(first[0], connection=connection)
+            if job.enqueued_at is not None:
+                enqueued = job.enqueued_at if job.enqueued_at.tzinfo else job.enqueued_at.replace(tzinfo=UTC)
+                oldest_age = max(0.0, (datetime.now(UTC) - enqueued).total_seconds())
+        stats = PipelineStats(
+            queue=settings.queue,
+            queued_jobs=queue.count,
+            oldest_queued_age_s=oldest_age,
+            started_jobs=StartedJobRegistry(queue=queue).count,
+            failed_jobs=FailedJobRegistry(queue=queue).count,
+        )
+    finally:
+        connection.close()
+    with psycopg.connect(settings.database_url, connect_timeout=5) as conn:
+        rows = conn.execute("SELECT event_type, count(*) FROM events GROUP BY event_type ORDER BY 1").fetchall()
+        stats.events_by_type = {kind: count for kind, count in rows}
+        stats.rejected = conn.execute("SELECT count(*) FROM rejected_events").fetchone()[0]
+    return stats
+
+
+def print_stats(settings: Settings, *, as_json: bool = False) -> int:
+    stats = collect(settings)
+    if as_json:
+        payload = asdict(stats) | {"events_total": stats.events_total}
+        sys.stdout.write(orjson.dumps(payload, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 0
+    age = "-" if stats.oldest_queued_age_s is None else f"{stats.oldest_queued_age_s:.1f} s"
+    lines = [
+        f"queue {stats.queue!r}",
+        f"  queued jobs           {stats.queued_jobs}",
+        f"  oldest queued job     {age}",
+        f"  started jobs          {stats.started_jobs}",
+        f"  failed jobs           {stats.failed_jobs}",
+        "events stored",
+    ]
+    for kind, count in stats.events_by_type.items():
+        lines.append(f"  {kind:<21} {count}")
+    lines.append(f"  {'total':<21} {stats.events_total}")
+    lines.append(f"rejected calls          {stats.rejected}")
+    print("\n".join(lines))
+    return 0
