@@ -1,0 +1,98 @@
+"""Group commit keeps the contract: an answer only after the batch's write, failures reach
+every request of the batch, memory stays bounded. Pure logic: the writer is a test double."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from ingest.batching import Closed, GroupCommitter, Overloaded, WriteFailed
+
+
+class Writer:
+    def __init__(self, delay: float = 0.0, fail_on: set[int] | None = None) -> None:
+        self.batches: list[list[int]] = []
+        self.delay = delay
+        self.fail_on = fail_on or set()
+        self.release = asyncio.Event()
+        self.release.set()
+
+    async def __call__(self, items: list[int]) -> None:
+        await self.release.wait()
+        await asyncio.sleep(self.delay)
+        index = len(self.batches)
+        self.batches.append(list(items))
+        if index in self.fail_on:
+            raise ConnectionError("redis down")
+
+
+async def submit_all(committer: GroupCommitter, items: range) -> list[object]:
+    return await asyncio.gather(*(committer.submit(i) for i in items), return_exceptions=True)
+
+
+async def test_every_answer_follows_its_write() -> None:
+    writer = Writer(delay=0.01)
+    committer = GroupCommitter(writer, max_batch=50, max_pending=10_000)
+    written: set[int] = set()
+
+    async def one(i: int) -> None:
+        await committer.submit(i)
+        written_now = {x for batch in writer.batches for x in batch}
+        assert i in written_now  # the answer comes after the item was written
+        written.add(i)
+
+    await asyncio.gather(*(one(i) for i in range(500)))
+    assert written == set(range(500))
+    assert sorted(x for b in writer.batches for x in b) == list(range(500))
+    assert max(len(b) for b in writer.batches) <= 50
+    assert len(writer.batches) < 500  # requests were grouped
+    await committer.close()
+
+
+async def test_lone_request_is_written_at_once() -> None:
+    writer = Writer()
+    committer = GroupCommitter(writer, max_batch=100, max_pending=1000)
+    await asyncio.wait_for(committer.submit(1), timeout=1)
+    assert writer.batches == [[1]]
+    await committer.close()
+
+
+async def test_failed_write_fails_every_request_of_that_batch_only() -> None:
+    writer = Writer(fail_on={1})
+    writer.release.clear()
+    committer = GroupCommitter(writer, max_batch=10, max_pending=1000)
+    task = asyncio.gather(*(committer.submit(i) for i in range(30)), return_exceptions=True)
+    await asyncio.sleep(0.01)
+    writer.release.set()
+    results = await task
+    failed = {i for i, r in enumerate(results) if isinstance(r, WriteFailed)}
+    assert failed == set(writer.batches[1])
+    assert all(r is None for i, r in enumerate(results) if i not in failed)
+    await committer.close()
+
+
+async def test_overload_is_refused_at_once_and_bounded() -> None:
+    writer = Writer()
+    writer.release.clear()  # Redis hangs
+    committer = GroupCommitter(writer, max_batch=10, max_pending=25)
+    task = asyncio.gather(*(committer.submit(i) for i in range(40)), return_exceptions=True)
+    await asyncio.sleep(0.01)
+    assert committer.pending == 25
+    writer.release.set()
+    results = await task
+    assert sum(isinstance(r, Overloaded) for r in results) == 15
+    assert sum(r is None for r in results) == 25
+    await committer.close()
+
+
+async def test_close_writes_accepted_batches_then_refuses() -> None:
+    writer = Writer(delay=0.02)
+    committer = GroupCommitter(writer, max_batch=5, max_pending=1000)
+    task = asyncio.gather(*(committer.submit(i) for i in range(20)))
+    await asyncio.sleep(0)
+    await committer.close()
+    assert await task == [None] * 20
+    assert sorted(x for b in writer.batches for x in b) == list(range(20))
+    with pytest.raises(Closed):
+        await committer.submit(99)

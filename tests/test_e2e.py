@@ -1,0 +1,72 @@
+"""End to end over real processes: HTTP -> Redis -> `ingest worker --burst` -> PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import psycopg
+
+from tests.payloads import WEBHOOK_TYPES, calls
+from tests.processes import ingest_env, receiver, run_ingest
+
+EXPECTED_TYPES = {
+    "open": "opened", "click": "clicked", "delivery": "delivered", "failure": "failed", "bounce": "bounced",
+    "unsubscribe": "unsubscribed", "create": "profile_created", "update": "profile_updated",
+    "delete": "profile_deleted",
+}
+
+
+async def post_all(base: str, bodies: list[tuple[bytes, str]], concurrency: int = 32) -> list[int]:
+    statuses: list[int] = []
+    semaphore = asyncio.Semaphore(concurrency)
+    async with aiohttp.ClientSession() as session:
+        async def one(body: bytes, content_type: str) -> None:
+            async with semaphore, session.post(f"{base}/copernica", data=body,
+                                               headers={"Content-Type": content_type}) as resp:
+                statuses.append(resp.status)
+
+        await asyncio.gather(*(one(b, t) for b, t in bodies))
+    return statuses
+
+
+def test_thousand_calls_stored_once(redis_url: str, database_url: str, redis_conn, db: psycopg.Connection) -> None:
+    env = ingest_env(redis_url, database_url)
+    batch = calls(1000)
+    garbage = [(b"\xff\xfe not a form", "application/x-www-form-urlencoded"), (b"[1, 2", "application/json"),
+               (b'"a string"', "application/json")]
+    with receiver(env) as base:
+        statuses = asyncio.run(post_all(base, [(body, ct) for _f, body, ct in batch] + garbage))
+        assert statuses == [200] * 1003
+        done = run_ingest(["worker", "--burst"], env)
+        assert done.returncode == 0, done.stderr[-2000:]
+
+        assert db.execute("SELECT count(*) FROM events").fetchone()[0] == 1000
+        assert db.execute("SELECT count(*) FROM rejected_events").fetchone()[0] == 3
+        rows = db.execute("SELECT event_type, copernica_type, message_id, recipient, occurred_at, source, payload"
+                          " FROM events").fetchall()
+        by_type: dict[str, int] = {}
+        for event_type, copernica_type, message_id, recipient, occurred, source, payload in rows:
+            assert event_type == EXPECTED_TYPES[copernica_type]
+            assert source == "webhook"
+            assert int(occurred.timestamp()) == int(payload["time"])
+            assert message_id == payload.get("id")
+            assert recipient == payload.get("recipient")
+            by_type[copernica_type] = by_type.get(copernica_type, 0) + 1
+        assert set(by_type) == set(WEBHOOK_TYPES)
+        sample = {r[6]["id"]: r[6] for r in rows if r[1] == "open"}
+        original = next(f for f, _b, _c in batch if f["type"] == "open")
+        assert sample[original["id"]]["useragent"] == original["useragent"]
+
+        # The same 1,000 calls again (a sender's retry): still one row per event.
+        statuses = asyncio.run(post_all(base, [(body, ct) for _f, body, ct in batch]))
+        assert statuses == [200] * 1000
+        done = run_ingest(["worker", "--burst"], env)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert db.execute("SELECT count(*) FROM events").fetchone()[0] == 1000
+        assert db.execute("SELECT count(*) FROM rejected_events").fetchone()[0] == 3
+
+    stats = run_ingest(["stats", "--json"], env)
+    assert stats.returncode == 0, stats.stderr
+    assert '"events_total": 1000' in stats.stdout
+    assert '"queued_jobs": 0' in stats.stdout
