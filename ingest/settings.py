@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import zoneinfo
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -30,6 +30,13 @@ def _positive_int(raw: str) -> int:
     value = _int(raw)
     if value <= 0:
         raise ValueError("must be a positive whole number")
+    return value
+
+
+def _non_negative_int(raw: str) -> int:
+    value = _int(raw)
+    if value < 0:
+        raise ValueError("must be zero or a positive whole number")
     return value
 
 
@@ -105,6 +112,16 @@ SPEC: tuple[tuple[str, str, Callable[[str], Any], Any, str], ...] = (
     ("copernica_timezone", "COPERNICA_TIMEZONE", _timezone, "Europe/Amsterdam",
      "Zone of Copernica's zone-less times (`timestamp` fields, logfile `time`)."),
     ("log_level", "INGEST_LOG_LEVEL", _log_level, "INFO", "Logging level of every component."),
+    ("copernica_access_token", "COPERNICA_ACCESS_TOKEN", _text, None,
+     "Copernica REST API access token (secret) for `ingest backfill` and `ingest reconcile`."),
+    ("copernica_api_url", "COPERNICA_API_URL", _url("http", "https"), "https://api.copernica.com/v4",
+     "Copernica REST API base URL (`https://rest.copernica.com/v4` for larger data sets)."),
+    ("copernica_auth_url", "COPERNICA_AUTH_URL", _url("http", "https"), "https://authenticate.copernica.com",
+     "Where the access token is exchanged for a JWT (REST API v4)."),
+    ("copernica_retries", "COPERNICA_RETRIES", _non_negative_int, 6,
+     "Times a REST call is retried after 429/502/503/504 or a dropped connection before its file fails."),
+    ("copernica_retry_delay", "COPERNICA_RETRY_DELAY", _positive_float, 1.0,
+     "Seconds of the first retry back-off (doubled each time, with jitter; Retry-After wins)."),
 )
 
 
@@ -124,6 +141,11 @@ class Settings:
     data_dir: str = ".ingest"
     copernica_timezone: str = "Europe/Amsterdam"
     log_level: str = "INFO"
+    copernica_access_token: str | None = field(default=None, repr=False)  # secret: never in repr or logs
+    copernica_api_url: str = "https://api.copernica.com/v4"
+    copernica_auth_url: str = "https://authenticate.copernica.com"
+    copernica_retries: int = 6
+    copernica_retry_delay: float = 1.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, dotenv: bool = True) -> Settings:

@@ -19,7 +19,7 @@ from ingest.settings import Settings
 from workers.schema import apply_migrations
 
 # Tables every test starts without rows (the schema itself is kept).
-DATA_TABLES = ("events", "rejected_events")
+DATA_TABLES = ("events", "rejected_events", "backfill_files")
 
 
 @pytest.fixture(scope="session")
