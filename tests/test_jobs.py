@@ -1,0 +1,73 @@
+"""The store job: every call ends as rows or rejects; a failed job is retried, then kept."""
+
+from __future__ import annotations
+
+import psycopg
+import redis
+from rq import Queue
+from rq.job import Job
+from rq.registry import FailedJobRegistry, ScheduledJobRegistry
+
+from ingest.queueing import BatchQueue, retry_intervals
+from ingest.settings import Settings
+from tests.payloads import calls
+from tests.processes import ingest_env, run_ingest
+from workers import store
+from workers.envelope import Envelope
+from workers.jobs import parse_calls
+
+
+def envelope(body: bytes, content_type: str, n: int = 0) -> dict:
+    return Envelope(body=body, content_type=content_type, received_at=1795694401.5 + n).to_wire()
+
+
+def test_parse_calls_keeps_every_call() -> None:
+    good = [envelope(body, ct, i) for i, (_f, body, ct) in enumerate(calls(18))]
+    bad = [envelope(b"\xff", "application/x-www-form-urlencoded"), envelope(b"[]", "application/json"),
+           {"body": 5, "received_at": "never"}]
+    events, origins, rejects = parse_calls(good + bad, "Europe/Amsterdam")
+    assert len(events) == 18 and len(origins) == 18 and len(rejects) == 3
+    assert {r.reason.split(":")[0] for r in rejects} >= {"form body is not valid UTF-8", "malformed envelope"}
+
+
+def test_store_is_idempotent_for_events_and_rejects(db: psycopg.Connection, database_url: str) -> None:
+    wires = [envelope(body, ct, i) for i, (_f, body, ct) in enumerate(calls(50))]
+    wires.append(envelope(b"not json", "application/json"))
+    with store.connect(database_url) as conn:
+        first = store.store(conn, *_parsed(wires))
+        again = store.store(conn, *_parsed(wires))
+    assert (first.stored, first.duplicates, first.rejected) == (50, 0, 1)
+    assert (again.stored, again.duplicates) == (0, 50)
+    assert db.execute("SELECT count(*) FROM events").fetchone()[0] == 50
+    assert db.execute("SELECT count(*) FROM rejected_events").fetchone()[0] == 1
+    reason, body = db.execute("SELECT reason, body FROM rejected_events").fetchone()
+    assert reason.startswith("invalid JSON") and bytes(body) == b"not json"
+
+
+def _parsed(wires: list[dict]):
+    events, origins, rejects = parse_calls(wires, "Europe/Amsterdam")
+    return events, rejects, origins
+
+
+def test_failed_job_is_retried_with_backoff_then_kept(redis_url: str, redis_conn: redis.Redis) -> None:
+    settings = Settings.from_env({"REDIS_URL": redis_url, "INGEST_JOB_RETRIES": "1"}, dotenv=False)
+    job_id = BatchQueue(settings).enqueue([envelope(calls(1)[0][1], "application/x-www-form-urlencoded")])
+    env = ingest_env(redis_url, "postgresql://nobody@127.0.0.1:1/none", INGEST_JOB_RETRIES="1")
+
+    done = run_ingest(["worker", "--burst"], env, timeout=60)
+    assert done.returncode == 0, done.stderr[-1000:]
+    queue = Queue("copernica", connection=redis_conn)
+    assert job_id in ScheduledJobRegistry(queue=queue).get_job_ids()  # waiting out its back-off
+    job = Job.fetch(job_id, connection=redis_conn)
+    assert job.retries_left == 0 and job.retry_intervals == retry_intervals(1)
+
+    queue.enqueue_job(job)  # its back-off is over: run it again, it fails for good
+    ScheduledJobRegistry(queue=queue).remove(job)
+    done = run_ingest(["worker", "--burst"], env, timeout=60)
+    assert done.returncode == 0
+    assert job_id in FailedJobRegistry(queue=queue).get_job_ids()
+    assert Job.fetch(job_id, connection=redis_conn).args[0][0]["body"] == calls(1)[0][1]
+
+
+def test_retry_intervals_grow_and_are_capped() -> None:
+    assert retry_intervals(8) == [5, 15, 45, 135, 405, 900, 900, 900]
