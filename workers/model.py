@@ -1,24 +1,29 @@
 """The event model: Copernica's fields in, one normalised `Event` with its `event_key` out.
 
-This is the only module that knows Copernica's field names. Webhooks and logfile records
-both become an `Event` here, with the same key for the same event, so "one row per event"
-is one rule in one place (`event_key`).
+This is the only module that knows Copernica's field names. Webhooks (`from_webhook`) and
+logfile records (`from_logfile`) both become an `Event` here, with the same key for the same
+event, so "one row per event" is one rule in one place (`event_key`). Value coercion (ids,
+addresses, times, tags) lives in `workers.fields`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import zoneinfo
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import lru_cache
 from typing import Any
 
 import orjson
 
+from workers import fields as fv
 from workers.envelope import Envelope
+from workers.parsing import Unparseable
 
-# Copernica's webhook `type` (and logfile kinds) into the shared vocabulary.
+log = logging.getLogger("workers.model")
+
+# Copernica's webhook `type` (and logfile kinds, the part after `cdm-`/`pom-`) into the shared
+# vocabulary (django-anymail's names).
 EVENT_TYPES: dict[str, str] = {
     "attempts": "sent",
     "attempt": "sent",
@@ -29,7 +34,9 @@ EVENT_TYPES: dict[str, str] = {
     "impressions": "opened",
     "click": "clicked",
     "clicks": "clicked",
+    "clicks-old": "clicked",
     "failure": "failed",
+    "failed": "failed",
     "error": "failed",
     "errors": "failed",
     "bounce": "bounced",
@@ -45,6 +52,12 @@ EVENT_TYPES: dict[str, str] = {
     "delete": "profile_deleted",
 }
 UNKNOWN = "unknown"
+VOCABULARY: frozenset[str] = frozenset(EVENT_TYPES.values()) | {UNKNOWN}
+PROFILE_TYPES: frozenset[str] = frozenset({"profile_created", "profile_updated", "profile_deleted"})
+# Types whose key includes the address the event came from (a person's open or click).
+IP_TYPES: frozenset[str] = frozenset({"opened", "clicked"})
+# Logfiles that hold no events (kept out of `events`).
+NON_EVENT_LOGS: frozenset[str] = frozenset({"feedback-loop-errors"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,68 +73,200 @@ class Event:
     message_id: str | None
     recipient: str | None
     payload: dict[str, Any]
+    ip: str | None = None
+    user_agent: str | None = None
+    url: str | None = None
+    link_id: str | None = None
+    mailing_id: int | None = None
+    profile_id: int | None = None
+    subprofile_id: int | None = None
+    database_id: int | None = None
+    collection_id: int | None = None
+    template_id: int | None = None
+    tags: list[str] | None = None
+    smtp_code: int | None = None
+    smtp_status: str | None = None
+    description: str | None = None
+    account: str | None = None
 
 
 def normalise_type(copernica_type: str) -> str:
     return EVENT_TYPES.get(copernica_type.strip().lower(), UNKNOWN)
 
 
-@lru_cache(maxsize=16)
-def _zone(name: str) -> zoneinfo.ZoneInfo:
-    return zoneinfo.ZoneInfo(name)
+def is_event_log(log_type: str) -> bool:
+    """Whether a logfile's records are events (`cdm-attempts` are: `sent`); feedback-loop-errors are not."""
+    return log_type.strip().lower() not in NON_EVENT_LOGS
 
 
-def occurred_at(fields: dict[str, Any], tz: str, fallback: datetime) -> datetime:
-    """`time` (unix seconds) when present; else `timestamp` read in Copernica's zone."""
-    raw = fields.get("time")
-    if raw not in (None, ""):
-        try:
-            return datetime.fromtimestamp(int(float(str(raw))), UTC)
-        except (ValueError, OverflowError, OSError):
-            pass
-    for name in ("timestamp", "time"):
-        text = fields.get(name)
-        if isinstance(text, str) and text:
-            try:
-                return datetime.strptime(text.strip(), "%Y-%m-%d %H:%M:%S").replace(tzinfo=_zone(tz))
-            except ValueError:
-                continue
-    return fallback
+def _canonical(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
 
 
-def _text(value: Any) -> str | None:
-    if value is None or isinstance(value, dict | list):
-        return None
-    text = str(value).strip()
-    return text or None
+def event_key(
+    event_type: str,
+    message_id: str | None,
+    occurred: datetime,
+    fields: dict[str, Any],
+    *,
+    ip: str | None = None,
+) -> str:
+    """What makes two events the same: the one rule for webhooks and logfiles alike.
 
+    - Message events (anything with a message id): sha256 of the normalised type, the message
+      id, the occurred second (unix) and, for opens and clicks only, the sender's address
+      (canonical form). Not the URL, user agent, tags or recipient, which logfiles carry
+      differently. So an open arriving as a webhook (`type=open`, `time` in unix seconds) and
+      again as a `cdm-impression` record (`time` in local Copernica time, same instant) is one
+      row. What collapses: two opens (or clicks) of one message in the same second from the
+      same address; two events of another type for one message in the same second (e.g. a
+      `failure` webhook with state bounce and a `bounce` webhook: one `bounced` row, the
+      first stored wins).
+    - Profile events (`profile_created/updated/deleted`) with a profile id: sha256 of the type,
+      database, profile, subprofile, collection, the occurred second and the changed values
+      (`fields` and `interests`, canonical JSON). Two identical changes in the same second
+      collapse.
+    - Anything else (no message id, no profile): sha256 of the type and the canonical payload
+      (sorted keys): only a byte-for-byte repeat of the same fields collapses.
 
-def event_key(event_type: str, message_id: str | None, occurred: datetime, fields: dict[str, Any]) -> str:
-    """What makes two events the same. The single rule for webhooks and logfiles alike."""
+    The database's unique constraint on `event_key` is the guard (INSERT ... ON CONFLICT DO
+    NOTHING). Message-event keys are built as in the core schema (0001), so rows stored before
+    migration 0002 keep matching re-deliveries.
+    """
+    second = str(int(occurred.timestamp()))
     if message_id:
-        parts = [event_type, message_id, str(int(occurred.timestamp()))]
-        ip = _text(fields.get("ip"))
-        if ip:
+        parts = [event_type, message_id, second]
+        if event_type in IP_TYPES and ip:
             parts.append(ip)
+    elif event_type in PROFILE_TYPES and fv.text(fields.get("profile")):
+        parts = [
+            event_type, "profile",
+            fv.text(fields.get("database")) or "", fv.text(fields.get("profile")) or "",
+            fv.text(fields.get("subprofile")) or "", fv.text(fields.get("collection")) or "",
+            second, _canonical({"fields": fields.get("fields"), "interests": fields.get("interests")}),
+        ]
     else:
-        parts = [event_type, "payload", orjson.dumps(fields, option=orjson.OPT_SORT_KEYS).decode()]
-    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+        parts = [event_type, "payload", _canonical(fields)]
+    return hashlib.sha256("\x1f".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _first(fields: dict[str, Any], *names: str) -> Any:
+    """The first of `names` that is present with a non-empty value."""
+    for name in names:
+        value = fields.get(name)
+        if value not in (None, "", [], {}):
+            return value
+    return None
+
+
+def _common(fields: dict[str, Any]) -> dict[str, Any]:
+    """The normalised columns both webhooks and logfile records fill from Copernica's names.
+
+    Webhook names first, then logfile names (`email`, `header`, `linkinfo`, `mailingid`, ...),
+    then the 2017 feedback names (`rcptto`). Values that do not fit a column (a non-numeric
+    id, an invalid address) leave it NULL; the payload keeps them as sent.
+    """
+    code_raw = _first(fields, "code")
+    smtp_code = fv.smtp_code(code_raw)
+    smtp_status = fv.text(_first(fields, "extended", "status"))
+    if smtp_status is None and smtp_code is None and fv.is_enhanced_status(code_raw):
+        smtp_status = fv.text(code_raw)
+    return {
+        "recipient": fv.text(_first(fields, "recipient", "email", "rcptto"), fv.INDEXED_TEXT_MAX),
+        "ip": fv.ip(_first(fields, "ip")),
+        "user_agent": fv.text(_first(fields, "useragent", "user_agent", "header")),
+        "url": fv.text(_first(fields, "original", "url")),
+        "link_id": fv.text(_first(fields, "linkinfo", "link", "linkid")),
+        "mailing_id": fv.bigint(_first(fields, "mailing", "mailingid", "mailing_id")),
+        "profile_id": fv.bigint(_first(fields, "profile", "profileid", "profile_id")),
+        "subprofile_id": fv.bigint(_first(fields, "subprofile", "subprofileid", "subprofile_id")),
+        "database_id": fv.bigint(_first(fields, "database", "databaseid", "database_id")),
+        "collection_id": fv.bigint(_first(fields, "collection", "collectionid", "collection_id")),
+        "template_id": fv.bigint(_first(fields, "template", "templateid", "template_id")),
+        "tags": fv.tags(fields.get("tags")),
+        "smtp_code": smtp_code,
+        "smtp_status": smtp_status,
+        "description": fv.text(_first(fields, "description")),
+    }
+
+
+def _webhook_type(fields: dict[str, Any]) -> str:
+    """`type` wins; `action` stands in for it (a documented subprofile example). Failure events
+    also carry `action` (failure/failed), which is why `type` is read first."""
+    return fv.text(fields.get("type")) or fv.text(fields.get("action")) or ""
+
+
+def _refine(event_type: str, fields: dict[str, Any], detail: str | None) -> str:
+    """A failure whose state (webhook) or type (logfile error) says bounce is a bounce."""
+    if event_type == "failed" and detail and "bounce" in detail.lower():
+        return "bounced"
+    return event_type
 
 
 def from_webhook(fields: dict[str, Any], envelope: Envelope, tz: str) -> Event:
-    copernica_type = _text(fields.get("type")) or _text(fields.get("action")) or ""
-    event_type = normalise_type(copernica_type)
-    received = datetime.fromtimestamp(envelope.received_at, UTC)
-    occurred = occurred_at(fields, tz, received)
-    message_id = _text(fields.get("id"))
+    """One webhook call's fields into an Event. Never raises for odd values: an unknown type
+    is `unknown`, a missing time falls back to the time the call was received."""
+    copernica_type = _webhook_type(fields)
+    event_type = _refine(normalise_type(copernica_type), fields, fv.text(fields.get("state")))
+    received = datetime.fromtimestamp(envelope.received_at, UTC) if _sane(envelope.received_at) else _EPOCH
+    occurred = fv.occurred_at(fields, tz) or received
+    message_id = None if event_type in PROFILE_TYPES else fv.text(fields.get("id"), fv.INDEXED_TEXT_MAX)
+    columns = _common(fields)
     return Event(
-        event_key=event_key(event_type, message_id, occurred, fields),
+        event_key=event_key(event_type, message_id, occurred, fields, ip=columns["ip"]),
         event_type=event_type,
         copernica_type=copernica_type,
         occurred_at=occurred,
         received_at=received,
         source="webhook",
         message_id=message_id,
-        recipient=_text(fields.get("recipient")) or _text(fields.get("email")),
         payload=fields,
+        account=fv.account(_header(envelope.headers, "x-copernica-id")),
+        **columns,
     )
+
+
+def from_logfile(fields: dict[str, Any], log_type: str, tz: str, received_at: datetime) -> Event:
+    """One logfile record (column -> value) into an Event with source 'logfile'.
+
+    `copernica_type` is the log's prefix (`cdm-impression`); `time` is local Copernica time
+    (`tz`). Raises `Unparseable` for a record that cannot be an event: no usable `time`, or a
+    log that holds no events (`is_event_log`).
+    """
+    prefix = log_type.strip().lower()
+    if not is_event_log(prefix):
+        raise Unparseable(f"{prefix} records are not events")
+    occurred = fv.occurred_at(fields, tz)
+    if occurred is None:
+        raise Unparseable(f"{prefix} record has no usable time: {fields.get('time')!r}"[:300])
+    kind = prefix.split("-", 1)[1] if prefix[:4] in ("cdm-", "pom-") else prefix
+    event_type = _refine(normalise_type(kind), fields, fv.text(fields.get("type")))
+    message_id = fv.text(fields.get("id"), fv.INDEXED_TEXT_MAX)
+    columns = _common(fields)
+    return Event(
+        event_key=event_key(event_type, message_id, occurred, fields, ip=columns["ip"]),
+        event_type=event_type,
+        copernica_type=prefix,
+        occurred_at=occurred,
+        received_at=received_at if received_at.tzinfo else received_at.replace(tzinfo=UTC),
+        source="logfile",
+        message_id=message_id,
+        payload=fields,
+        **columns,
+    )
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _sane(seconds: float) -> bool:
+    return 0 <= seconds < 253_402_300_000  # before year 10000
+
+
+def _header(headers: dict[str, str], name: str) -> str | None:
+    if name in headers:
+        return headers[name]
+    for key, value in headers.items():
+        if isinstance(key, str) and key.lower() == name:
+            return value
+    return None

@@ -46,8 +46,9 @@ def applied(conn: psycopg.Connection) -> set[int]:
     return {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
 
 
-def apply_migrations(database_url: str) -> list[Migration]:
-    """Apply every pending migration, each in its own transaction; return those applied."""
+def apply_migrations(database_url: str, target: int | None = None) -> list[Migration]:
+    """Apply every pending migration (up to version `target` when given), each in its own
+    transaction; return those applied."""
     done: list[Migration] = []
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_ID,))
@@ -61,6 +62,8 @@ def apply_migrations(database_url: str) -> list[Migration]:
             for migration in available():
                 if migration.version in have:
                     continue
+                if target is not None and migration.version > target:
+                    break
                 with conn.transaction():
                     conn.execute(migration.sql)
                     conn.execute(

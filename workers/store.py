@@ -24,7 +24,9 @@ log = logging.getLogger("workers.store")
 
 EVENT_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Event))
 _COLS = ", ".join(EVENT_COLUMNS)
-_STAGE = "incoming_events"
+# The staging table is per session and shaped like `events` when first made: its name carries
+# the column list, so a long-lived connection never COPYs into a stage of an older schema.
+_STAGE = "incoming_events_" + hashlib.sha256(_COLS.encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,8 +64,10 @@ def _row(event: Event) -> tuple:
     row = []
     for name in EVENT_COLUMNS:
         value = getattr(event, name)
-        if isinstance(value, dict | list):
+        if isinstance(value, dict):
             value = orjson.dumps(value).decode().replace("\\u0000", "")
+        elif isinstance(value, list):  # a text[] column (tags)
+            value = [_clean(item) for item in value]
         row.append(_clean(value))
     return tuple(row)
 
@@ -149,5 +153,9 @@ def store(
 
 
 def _envelope_of(event: Event) -> Envelope:
+    """A refused event kept as a call: its payload as JSON; a logfile record's target names its
+    log (`logfile:cdm-click`) so that `ingest rejected replay` can read it again."""
     body = orjson.dumps(event.payload)
-    return Envelope(body=body, content_type="application/json", received_at=event.received_at.timestamp())
+    target = f"logfile:{event.copernica_type}" if event.source == "logfile" else ""
+    return Envelope(body=body, content_type="application/json", received_at=event.received_at.timestamp(),
+                    target=target)
