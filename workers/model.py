@@ -203,11 +203,24 @@ def _refine(event_type: str, fields: dict[str, Any], detail: str | None) -> str:
     return event_type
 
 
+def _legacy_type(fields: dict[str, Any]) -> str:
+    """The 2017 "feedback" webhooks send no type: a click has `original`, a bounce `mime`."""
+    if "original" in fields:
+        return "click"
+    if "mime" in fields or "mailfrom" in fields or "rcptto" in fields:
+        return "bounce"
+    return ""
+
+
 def from_webhook(fields: dict[str, Any], envelope: Envelope, tz: str) -> Event:
     """One webhook call's fields into an Event. Never raises for odd values: an unknown type
-    is `unknown`, a missing time falls back to the time the call was received."""
+    is `unknown`, a missing time falls back to the time the call was received.
+
+    `copernica_type` is the type as sent (`''` when none was: a 2017 feedback call, whose
+    event type is read from its fields)."""
     copernica_type = _webhook_type(fields)
-    event_type = _refine(normalise_type(copernica_type), fields, fv.text(fields.get("state")))
+    kind = copernica_type or _legacy_type(fields)
+    event_type = _refine(normalise_type(kind), fields, fv.text(fields.get("state")))
     received = datetime.fromtimestamp(envelope.received_at, UTC) if _sane(envelope.received_at) else _EPOCH
     occurred = fv.occurred_at(fields, tz) or received
     message_id = None if event_type in PROFILE_TYPES else fv.text(fields.get("id"), fv.INDEXED_TEXT_MAX)
