@@ -177,7 +177,7 @@ VALUES: dict[str, str] = {
     "linkinfo": "991", "type": "error", "status": "5.1.1", "description": "mailbox, \"unknown\"\nline 2",
     "code": "550", "attempts": "1", "attempt": "2", "mail": "From: a@example.com\r\nSubject: spam?\r\n\r\nreport",
     "content": "<p>x</p>",
-    "response": "HTTP 500", "recipient": "https://hooks.example/", 
+    "response": "HTTP 500", "recipient": "https://hooks.example/",
 }
 COLUMN_EXPECTED: dict[str, tuple[str, Any]] = {
     "id": ("message_id", MESSAGE), "ip": ("ip", "192.0.2.1"), "header": ("user_agent", "Mozilla/5.0 (X11)"),

@@ -8,7 +8,6 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
