@@ -74,7 +74,9 @@ UPDATE events SET
     tags          = pg_temp.tag_list(payload -> 'tags'),
     smtp_code     = CASE WHEN pg_temp.scalar(payload, 'code') ~ '^\s*[1-9][0-9]{2}\s*$'
                          THEN trim(pg_temp.scalar(payload, 'code'))::integer END,
-    smtp_status   = pg_temp.scalar(payload, 'extended', 'status'),
+    smtp_status   = coalesce(pg_temp.scalar(payload, 'extended', 'status'),
+                             CASE WHEN pg_temp.scalar(payload, 'code') ~ '^\s*[245]\.[0-9]{1,3}\.[0-9]{1,3}\s*$'
+                                  THEN btrim(pg_temp.scalar(payload, 'code')) END),
     description   = pg_temp.scalar(payload, 'description'),
     recipient     = coalesce(recipient, left(pg_temp.scalar(payload, 'email', 'rcptto'), 512)),
     -- The core schema called every failure `failed`; a failure whose state says bounce is a bounce.
