@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from ingest.cli import main
-from tests.fixtures_copernica import RECEIVED, TZ, WEBHOOK_CASES, envelope, log_record, wire
+from tests.fixtures_copernica import RECEIVED, TZ, WEBHOOK_CASES, encode_log, envelope, log_record, wire
 from workers import rejected, store
 from workers.envelope import Envelope
 from workers.model import from_webhook
@@ -149,3 +149,34 @@ def test_cli_bad_usage_is_one_line(cli_env: str, capsys: pytest.CaptureFixture[s
     assert main(argv) == code
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0] and err[0].startswith("ingest: ")
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json", "xml"])
+def test_replay_reads_records_kept_by_the_backfill(db: psycopg.Connection, fmt: str) -> None:
+    """The backfill keeps a raw record with its format as content type and `file:line` as target."""
+    good = log_record("cdm-impression", id="kept-record")
+    no_time = log_record("cdm-impression", id="no-time", time="")
+    types = {"csv": "text/csv", "json": "application/json", "xml": "application/xml"}
+    for number, record in enumerate((good, no_time), start=1):
+        raw = encode_log("cdm-impression", [record], fmt)
+        if fmt == "xml":
+            raw = raw[raw.index(b"<record>"):raw.index(b"</record>") + len(b"</record>")]
+        if fmt == "json":
+            raw = orjson.dumps(record)
+        env = Envelope(body=raw, content_type=types[fmt], received_at=RECEIVED, method="FILE",
+                       target=f"cdm-impression.2026-11-26.log:{number}")
+        keep(db, env, "an older reason", source="logfile")
+
+    result = rejected.replay(db, TZ)
+
+    assert (result.removed, result.still_rejected) == (1, 1)
+    row = db.execute("SELECT message_id, source, copernica_type, event_type, host(ip) FROM events").fetchone()
+    assert row == ("kept-record", "logfile", "cdm-impression", "opened", "192.0.2.1")
+    assert "no usable time" in db.execute("SELECT reason FROM rejected_events").fetchone()[0]
+
+
+def test_replay_of_a_record_whose_log_is_unknown_keeps_it(db: psycopg.Connection) -> None:
+    keep(db, Envelope(body=b"a,b", content_type="text/csv", received_at=RECEIVED, target="mystery.csv:1"),
+         "x", source="logfile")
+    result = rejected.replay(db, TZ)
+    assert result.still_rejected == 1 and "log type" in next(iter(result.reasons))

@@ -2,13 +2,16 @@
 
 Replay re-reads each kept call with the code as it is now: a webhook call through
 `parse_body` + `from_webhook` on its stored body, content type and headers; a logfile record
-(kept when PostgreSQL refused it; its target says `logfile:<log type>`) through
-`from_logfile`. Calls that now become events are stored through `workers.store` and removed
-from `rejected_events` in the same transaction; the others stay, with the new reason.
+through `read_records` + `from_logfile` (the backfill keeps the raw record with the format as
+content type and `<file name>:<line>` as target; an event the store refused without its
+origin is kept as JSON fields with target `logfile:<log type>`). Calls that now become events
+are stored through `workers.store` and removed from `rejected_events` in the same
+transaction; the others stay, with the new reason.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -21,8 +24,9 @@ from psycopg.rows import dict_row
 
 from workers import store
 from workers.envelope import Envelope
+from workers.logfiles import log_type_from_name, read_records
 from workers.model import Event, from_logfile, from_webhook
-from workers.parsing import Unparseable, parse_body
+from workers.parsing import Unparseable, media_type, parse_body
 
 log = logging.getLogger("workers.rejected")
 
@@ -98,8 +102,32 @@ def reparse(row: dict[str, Any], tz: str) -> list[Event]:
         if not isinstance(fields, dict):
             raise Unparseable("kept logfile record is not an object")
         return [from_logfile(fields, log_type, tz, row["received_at"])]
+    if row["source"] == "logfile":
+        return [_reparse_record(envelope, row["received_at"], tz)]
     fields = parse_body(envelope.content_type, envelope.body)
     return [from_webhook(fields, envelope, tz)]
+
+
+_FORMATS = {"text/csv": "csv", "application/json": "json", "application/xml": "xml", "text/xml": "xml"}
+
+
+def _reparse_record(envelope: Envelope, received_at: datetime, tz: str) -> Event:
+    """A record the backfill kept: its raw bytes, the format in the content type and the file in
+    the target (`cdm-click.2026-11-25.log:17`). A CSV line is read in the documented column order."""
+    log_type = log_type_from_name(envelope.target.rsplit(":", 1)[0]) or log_type_from_name(envelope.target)
+    if log_type is None:
+        raise Unparseable(f"cannot tell the log type of kept record {envelope.target[:200]!r}")
+    fmt = _FORMATS.get(media_type(envelope.content_type))
+    if fmt is None:
+        raise Unparseable(f"unknown format of kept record: {envelope.content_type[:100]!r}")
+    body = envelope.body
+    if fmt == "xml" and not body.lstrip().startswith(b"<records"):
+        body = b"<records>" + body + b"</records>"
+    for record in read_records(io.BytesIO(body), log_type, fmt):
+        if record.fields is None:
+            raise Unparseable(record.error or "unreadable record")
+        return from_logfile(record.fields, log_type, tz, received_at)
+    raise Unparseable("kept record is empty")
 
 
 def _ids(conn: psycopg.Connection, only: int | None) -> list[int]:
