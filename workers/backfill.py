@@ -18,6 +18,7 @@ The REST download, the list of files and `--follow` are in `workers.backfill_run
 from __future__ import annotations
 
 import logging
+import queue
 import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -225,6 +226,57 @@ class Source:
     with_lines: bool = True  # False for partial (`?from=`) downloads: their line numbers mean nothing
 
 
+@dataclass(slots=True)
+class _Batch:
+    events: list[Event] = field(default_factory=list)
+    raws: list[tuple[int, bytes]] = field(default_factory=list)  # (line, raw record) of each event
+    rejects: list[store.Rejected] = field(default_factory=list)
+    newest: int | None = None  # unix time of the newest event
+
+    def __len__(self) -> int:
+        return len(self.events) + len(self.rejects)
+
+
+class _Writer:
+    """Stores batches on a thread of its own, so the next batch is parsed while PostgreSQL
+    works on this one (most of a batch's store time is the server's). At most one batch waits
+    in the queue: memory stays bounded. The connection belongs to this thread until `close`."""
+
+    def __init__(self, flush: Callable[[_Batch], None]) -> None:
+        self._flush = flush
+        self._queue: queue.Queue[_Batch | None] = queue.Queue(maxsize=1)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="backfill-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            batch = self._queue.get()
+            if batch is None or self._error is not None:
+                if batch is None:
+                    return
+                continue
+            try:
+                self._flush(batch)
+            except BaseException as exc:  # handed to the reading thread
+                self._error = exc
+
+    def put(self, batch: _Batch) -> None:
+        self._check()
+        self._queue.put(batch)
+
+    def close(self) -> None:
+        """Wait until every queued batch is committed; raise what the writer raised."""
+        self._queue.put(None)
+        self._thread.join()
+        self._check()
+
+    def _check(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+
 def store_records(
     conn: psycopg.Connection,
     stream: BinaryIO,
@@ -238,8 +290,8 @@ def store_records(
     reporter: Reporter | None = None,
 ) -> FileResult:
     """Read every record of `stream` and store it in batches; counts go to `result` and, in the
-    same transaction as each batch, to the file's progress row. Raises `Stopped` after the
-    current batch when `stop` is set."""
+    same transaction as each batch, to the file's progress row. Raises `Stopped` once the
+    current batch is committed when `stop` is set. Returns only after every batch committed."""
     received = file_row.started_at
     received_ts = received.timestamp()
     content_type = CONTENT_TYPES.get(source.fmt, "application/octet-stream")
@@ -249,59 +301,54 @@ def store_records(
         target = f"{source.label}:{line}" if source.with_lines else source.label
         return Envelope(body=raw, content_type=content_type, received_at=received_ts, method=method, target=target)
 
-    events: list[Event] = []
-    raws: list[tuple[int, bytes]] = []
-    rejects: list[store.Rejected] = []
-    newest: int | None = None
-
-    def flush() -> None:
-        nonlocal newest
-        if not events and not rejects:
-            return
+    def flush(batch: _Batch) -> None:
         with conn.transaction():
-            part = store.store(conn, events, rejects, _Origins(raws, envelope))
+            part = store.store(conn, batch.events, batch.rejects, _Origins(batch.raws, envelope))
             conn.execute(
                 "UPDATE backfill_files SET records = records + %s, stored = stored + %s,"
                 " duplicates = duplicates + %s, rejected = rejected + %s, updated_at = now(),"
                 " follow_cursor = GREATEST(follow_cursor, %s) WHERE id = %s",
-                (len(events) + len(rejects), part.stored, part.duplicates, part.rejected, newest, file_row.id),
+                (len(batch), part.stored, part.duplicates, part.rejected, batch.newest, file_row.id),
             )
-        count = len(events) + len(rejects)
-        result.records += count
+        result.records += len(batch)
         result.stored += part.stored
         result.duplicates += part.duplicates
         result.rejected += part.rejected
-        if newest is not None:
-            result.cursor = max(result.cursor or 0, newest)
-        events.clear()
-        raws.clear()
-        rejects.clear()
+        if batch.newest is not None:
+            result.cursor = max(result.cursor or 0, batch.newest)
         if reporter is not None:
-            reporter.records(count)
+            reporter.records(len(batch))
 
-    for record in _records(stream, source):
-        if record.fields is None:
-            rejects.append(store.Rejected(envelope(record.line, record.raw), record.error or "unreadable record",
-                                          "logfile"))
-        else:
-            try:
-                event = from_logfile(record.fields, source.log_type, tz, received)
-            except Unparseable as exc:
-                rejects.append(store.Rejected(envelope(record.line, record.raw), str(exc), "logfile"))
-            except Exception as exc:  # a model bug must not lose the record
-                log.exception("unexpected error reading %s line %d", source.label, record.line)
-                rejects.append(store.Rejected(envelope(record.line, record.raw),
-                                              f"parser error: {type(exc).__name__}: {exc}", "logfile"))
+    writer = _Writer(flush)
+    batch = _Batch()
+    try:
+        for record in _records(stream, source):
+            if record.fields is None:
+                batch.rejects.append(store.Rejected(envelope(record.line, record.raw),
+                                                    record.error or "unreadable record", "logfile"))
             else:
-                events.append(event)
-                raws.append((record.line, record.raw))
-                seconds = int(event.occurred_at.timestamp())
-                newest = seconds if newest is None else max(newest, seconds)
-        if len(events) + len(rejects) >= batch_size:
-            flush()
-            if stop is not None and stop.is_set():
-                raise Stopped()
-    flush()
+                try:
+                    event = from_logfile(record.fields, source.log_type, tz, received)
+                except Unparseable as exc:
+                    batch.rejects.append(store.Rejected(envelope(record.line, record.raw), str(exc), "logfile"))
+                except Exception as exc:  # a model bug must not lose the record
+                    log.exception("unexpected error reading %s line %d", source.label, record.line)
+                    batch.rejects.append(store.Rejected(envelope(record.line, record.raw),
+                                                        f"parser error: {type(exc).__name__}: {exc}", "logfile"))
+                else:
+                    batch.events.append(event)
+                    batch.raws.append((record.line, record.raw))
+                    seconds = int(event.occurred_at.timestamp())
+                    batch.newest = seconds if batch.newest is None else max(batch.newest, seconds)
+            if len(batch) >= batch_size:
+                writer.put(batch)
+                batch = _Batch()
+                if stop is not None and stop.is_set():
+                    raise Stopped()
+        if len(batch):
+            writer.put(batch)
+    finally:
+        writer.close()  # what was handed over is committed (or its error raised) before we return
     return result
 
 
