@@ -1,8 +1,9 @@
 """Group commit: many requests, one Redis write.
 
-A request adds its call to the open batch and awaits that batch's write. One flusher writes
-batches one after another; while a batch is being written the next one fills, so batches grow
-with load and a lone request is written at once. Every request of a batch gets the batch's
+A request adds its call to the open batch and awaits that batch's write. A flusher hands
+batches to writers, a few at once (`max_in_flight`: Redis answers several concurrent writes
+with one fsync); while those are being written the next batch fills, so batches grow with
+load and a lone request is written at once. Every request of a batch gets the batch's
 outcome: all are in Redis, or all are told they are not.
 
 Memory is bounded: a batch holds at most `max_batch` calls and at most `max_pending` calls wait
@@ -52,11 +53,13 @@ class GroupCommitter:
         *,
         max_batch: int,
         max_pending: int,
+        max_in_flight: int = 2,
         observe: Observer | None = None,
     ) -> None:
         self._write = write
         self._max_batch = max_batch
         self._max_pending = max(max_pending, max_batch)
+        self._max_in_flight = max(1, max_in_flight)
         self._observe = observe
         self._waiting: deque[_Batch] = deque()
         self._pending = 0
@@ -94,33 +97,44 @@ class GroupCommitter:
             self._pending -= 1
 
     async def _run(self) -> None:
-        while True:
-            if not self._waiting:
-                if self._closing:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            batch = self._waiting.popleft()
-            started = time.perf_counter()
-            try:
-                await self._write(batch.items)
-            except asyncio.CancelledError:
-                batch.done.set_exception(WriteFailed("shutting down"))
-                self._fail_waiting(WriteFailed("shutting down"))
-                raise
-            except Exception as exc:  # every request of the batch learns it failed
-                log.warning("batch of %d calls not written: %s", len(batch.items), exc)
-                batch.done.set_exception(WriteFailed(str(exc)))
-                ok = False
-            else:
-                batch.done.set_result(None)
-                ok = True
-            if self._observe is not None:
-                self._observe(len(batch.items), time.perf_counter() - started, ok)
-            # Retrieve the exception so asyncio does not warn when no request awaits it.
-            if not ok:
-                batch.done.exception()
+        """Hand each waiting batch to a writer; at most `max_in_flight` writes at once."""
+        writes: set[asyncio.Task[None]] = set()
+        slots = asyncio.Semaphore(self._max_in_flight)
+        try:
+            while True:
+                if not self._waiting:
+                    if self._closing:
+                        break
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                    continue
+                await slots.acquire()
+                batch = self._waiting.popleft()
+                task = asyncio.get_running_loop().create_task(self._write_batch(batch, slots))
+                writes.add(task)
+                task.add_done_callback(writes.discard)
+            if writes:
+                await asyncio.gather(*writes)
+        except asyncio.CancelledError:
+            self._fail_waiting(WriteFailed("shutting down"))
+            raise
+
+    async def _write_batch(self, batch: _Batch, slots: asyncio.Semaphore) -> None:
+        started = time.perf_counter()
+        try:
+            await self._write(batch.items)
+        except Exception as exc:  # every request of the batch learns it failed
+            log.warning("batch of %d calls not written: %s", len(batch.items), exc)
+            batch.done.set_exception(WriteFailed(str(exc)))
+            batch.done.exception()  # retrieved: no "exception never retrieved" warning
+            ok = False
+        else:
+            batch.done.set_result(None)
+            ok = True
+        finally:
+            slots.release()
+        if self._observe is not None:
+            self._observe(len(batch.items), time.perf_counter() - started, ok)
 
     def _fail_waiting(self, exc: Exception) -> None:
         while self._waiting:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import psycopg
 import redis
 from rq import Queue
@@ -51,7 +53,7 @@ def _parsed(wires: list[dict]):
 
 def test_failed_job_is_retried_with_backoff_then_kept(redis_url: str, redis_conn: redis.Redis) -> None:
     settings = Settings.from_env({"REDIS_URL": redis_url, "INGEST_JOB_RETRIES": "1"}, dotenv=False)
-    job_id = BatchQueue(settings).enqueue([envelope(calls(1)[0][1], "application/x-www-form-urlencoded")])
+    job_id = asyncio.run(_enqueue(settings, [envelope(calls(1)[0][1], "application/x-www-form-urlencoded")]))
     env = ingest_env(redis_url, "postgresql://nobody@127.0.0.1:1/none", INGEST_JOB_RETRIES="1")
 
     done = run_ingest(["worker", "--burst"], env, timeout=60)
@@ -67,6 +69,14 @@ def test_failed_job_is_retried_with_backoff_then_kept(redis_url: str, redis_conn
     assert done.returncode == 0
     assert job_id in FailedJobRegistry(queue=queue).get_job_ids()
     assert Job.fetch(job_id, connection=redis_conn).args[0][0]["body"] == calls(1)[0][1]
+
+
+async def _enqueue(settings: Settings, wires: list[dict]) -> str:
+    queue = BatchQueue(settings)
+    try:
+        return await queue.enqueue(wires)
+    finally:
+        await queue.close()
 
 
 def test_retry_intervals_grow_and_are_capped() -> None:

@@ -1,0 +1,189 @@
+"""`make bench`: the receiver and the drain, measured beside their baselines in the same run.
+
+The machine is shared and noisy, so what counts is the ratio to a baseline measured minutes
+apart under the same load generator; the absolute figures are printed beside it. wrk runs on
+core 0, the measured process on core 1.
+
+    python -m bench [--quick] [--seconds S] [--burst N] [--drain N]
+
+Uses BENCH_REDIS_URL / BENCH_DATABASE_URL when set, else starts the embedded servers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import redis
+from rich.console import Console
+from rich.table import Table
+
+from bench import drain
+from bench.loadgen import INSTALL_HINT, LoadResult, have_wrk, pinned, run_wrk
+from ingest.embedded import EmbeddedPostgres, EmbeddedValkey, free_port, port_is_open
+from workers.schema import apply_migrations
+
+console = Console()
+SERVER_CORE = 1
+LOAD_CORE = 0
+
+
+def peak_rss_mib(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+@contextmanager
+def receiver(kind: str, redis_url: str, database_url: str, queue: str):
+    """Start one receiver pinned to the server core; yield (url, pid)."""
+    port = free_port()
+    env = {**os.environ, "REDIS_URL": redis_url, "DATABASE_URL": database_url, "INGEST_QUEUE": queue,
+           "INGEST_LOG_LEVEL": "WARNING", "INGEST_PORT": str(port), "INGEST_HOST": "127.0.0.1"}
+    if kind == "project":
+        argv = [sys.executable, "-m", "ingest", "serve"]
+    else:
+        argv = [sys.executable, "-m", "bench.baselines", kind, str(port), redis_url]
+    proc = subprocess.Popen(pinned(argv, SERVER_CORE), env=env)
+    try:
+        deadline = time.monotonic() + 20
+        while not port_is_open(port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"receiver {kind} did not start")
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}/copernica", proc.pid
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@dataclass
+class Row:
+    receiver: str
+    scenario: str
+    result: LoadResult
+    rss_mib: float
+    queued: int | None = None  # calls found in Redis afterwards (project only)
+
+
+RECEIVERS = ("bare", "enqueue", "lpush", "project")
+
+
+def scenarios(quick: bool) -> list[tuple[str, int, bool]]:
+    if quick:
+        return [("64 keep-alive", 64, True), ("256 keep-alive", 256, True)]
+    return [("64 keep-alive", 64, True), ("256 keep-alive", 256, True), ("64 close", 64, False),
+            ("256 close", 256, False)]
+
+
+def run_receivers(redis_url: str, database_url: str, seconds: float, quick: bool) -> list[Row]:
+    conn = redis.Redis.from_url(redis_url)
+    rows: list[Row] = []
+    for name, connections, keepalive in scenarios(quick):
+        for kind in RECEIVERS:
+            conn.flushdb()
+            queue = "bench-project"
+            with receiver(kind, redis_url, database_url, queue) as (url, pid):
+                run_wrk(url, connections=connections, seconds=1, keepalive=keepalive, core=LOAD_CORE)  # warm-up
+                conn.flushdb()
+                result = run_wrk(url, connections=connections, seconds=seconds, keepalive=keepalive, core=LOAD_CORE)
+                rss = peak_rss_mib(pid)
+            queued = drain.queued_calls(conn, queue) if kind == "project" else None
+            rows.append(Row(kind, name, result, rss, queued))
+            console.print(f"  {name:<15} {kind:<8} {result.rps:>9,.0f} req/s  p99 {result.p99_ms:6.2f} ms  "
+                          f"non-2xx {result.failures}")
+    conn.flushdb()
+    conn.close()
+    return rows
+
+
+def receiver_table(rows: list[Row]) -> Table:
+    table = Table(title="Receiver: distinct ~470-byte open events, wrk on core 0, receiver on core 1")
+    for column in ("scenario", "receiver", "req/s", "p50 ms", "p99 ms", "peak RSS MiB", "non-2xx",
+                   "× bare", "× enqueue", "× lpush", "2xx backed in Redis"):
+        table.add_column(column, justify="right" if column not in ("scenario", "receiver") else "left")
+    by = {(r.scenario, r.receiver): r for r in rows}
+    for row in rows:
+        ratios = []
+        for base in ("bare", "enqueue", "lpush"):
+            other = by.get((row.scenario, base))
+            ratios.append(f"{row.result.rps / other.result.rps:.2f}" if other and other.result.rps else "-")
+        backed = "-"
+        if row.queued is not None:
+            ok = row.result.requests - row.result.failures
+            backed = f"{row.queued:,} ≥ {ok:,} ✓" if row.queued >= ok else f"{row.queued:,} < {ok:,} ✗"
+        table.add_row(row.scenario, row.receiver, f"{row.result.rps:,.0f}", f"{row.result.p50_ms:.2f}",
+                      f"{row.result.p99_ms:.2f}", f"{row.rss_mib:.0f}", str(row.result.failures), *ratios, backed)
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="keep-alive scenarios only, shorter runs")
+    parser.add_argument("--seconds", type=float, default=8.0, help="seconds per receiver scenario (default 8)")
+    parser.add_argument("--drain", type=int, default=200_000, help="events for the drain measurement")
+    parser.add_argument("--burst", type=int, default=500_000, help="events in the burst (0 skips it)")
+    parser.add_argument("--skip-receivers", action="store_true", help="measure only the drain and the burst")
+    args = parser.parse_args(argv)
+    if not have_wrk() and not (args.skip_receivers and not args.burst):
+        console.print(INSTALL_HINT)
+        return 2
+    if args.quick:
+        args.seconds = min(args.seconds, 4.0)
+        args.drain = min(args.drain, 100_000)
+        args.burst = min(args.burst, 100_000)
+
+    with ExitStack() as stack:
+        redis_url = os.environ.get("BENCH_REDIS_URL")
+        database_url = os.environ.get("BENCH_DATABASE_URL")
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ingest-bench-")))
+        if not redis_url:
+            valkey = EmbeddedValkey(tmp / "valkey")
+            valkey.start()
+            stack.callback(valkey.stop)
+            redis_url = valkey.url
+        if not database_url:
+            postgres = EmbeddedPostgres(tmp / "postgres")
+            postgres.start()
+            stack.callback(postgres.stop)
+            database_url = postgres.url
+        apply_migrations(database_url)
+        console.print(f"redis {redis_url}  postgres {database_url}  cores {os.cpu_count()}")
+
+        if not args.skip_receivers:
+            console.rule("receiver")
+            rows = run_receivers(redis_url, database_url, args.seconds, args.quick)
+            console.print(receiver_table(rows))
+
+        console.rule("drain")
+        console.print(drain.drain_table(drain.measure_drain(redis_url, database_url, args.drain,
+                                                            core=SERVER_CORE)))
+        if args.burst:
+            console.rule("burst")
+            console.print(drain.burst_table(drain.measure_burst(redis_url, database_url, args.burst,
+                                                                receiver_ctx=receiver, load_core=LOAD_CORE,
+                                                                worker_core=SERVER_CORE)))
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute("TRUNCATE events, rejected_events")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

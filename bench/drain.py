@@ -1,0 +1,250 @@
+"""The drain (queue -> PostgreSQL) beside its baselines, and the burst end to end.
+
+- project:   `ingest worker --burst` on batches of 500 calls (what the receiver queues).
+- raw COPY:  the same rows, already parsed, through COPY + INSERT … ON CONFLICT alone: the
+             database's share of the work, the ceiling for any worker.
+- per-event: one RQ job per event, the shape a naive receiver produces.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+import psycopg
+import redis
+from rich.table import Table
+
+from bench.loadgen import pinned, run_wrk
+from ingest.queueing import BatchQueue
+from ingest.settings import Settings
+from workers import store
+from workers.envelope import wire
+from workers.jobs import parse_calls
+
+AGENT = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36"
+
+
+def make_calls(count: int, offset: int = 0) -> list[dict]:
+    """Distinct open events shaped like the load generator's (~470 bytes, form-encoded)."""
+    from urllib.parse import urlencode
+
+    calls = []
+    now = time.time()
+    for n in range(offset, offset + count):
+        body = urlencode({
+            "id": f"m{n:015d}", "type": "open", "timestamp": "2026-11-26 12:00:01", "time": 1795694401 + n % 86400,
+            "recipient": f"user{n % 1_000_000}@example.com", "ip": f"192.0.2.{n % 250 + 1}", "useragent": AGENT,
+            "referer": "https://mail.example.com/inbox?folder=news", "tags": "newsletter;weekly;november",
+            "profile": n % 1_000_000, "mailing": 4242, "database": 12, "extra": "x" * 60,
+        }).encode()
+        calls.append(wire(body, "application/x-www-form-urlencoded", now, "127.0.0.1", "POST", "/copernica",
+                          {"content-type": "application/x-www-form-urlencoded", "x-copernica-id": "account-1234"}))
+    return calls
+
+
+def fill_queue(redis_url: str, queue: str, calls: list[dict], batch: int) -> None:
+    settings = Settings.from_env({"REDIS_URL": redis_url, "INGEST_QUEUE": queue}, dotenv=False)
+    batch_queue = BatchQueue(settings)
+    conn = redis.Redis.from_url(redis_url)
+    for start in range(0, len(calls), batch):
+        _job_id, commands = batch_queue.prepare(calls[start:start + batch])
+        with conn.pipeline(transaction=True) as pipe:
+            for name, args, kwargs in commands:
+                getattr(pipe, name)(*args, **kwargs)
+            pipe.execute()
+    conn.close()
+
+
+_DESCRIPTION = re.compile(rb"store_batch\((\d+) calls\)")
+
+
+def queued_calls(conn: redis.Redis, queue: str) -> int:
+    """Calls held by the queue's jobs (each job's description says how many it carries)."""
+    ids = conn.lrange(f"rq:queue:{queue}", 0, -1)
+    total = 0
+    for start in range(0, len(ids), 1000):
+        with conn.pipeline(transaction=False) as pipe:
+            for job_id in ids[start:start + 1000]:
+                pipe.hget(b"rq:job:" + job_id, "description")
+            for description in pipe.execute():
+                match = _DESCRIPTION.search(description or b"")
+                total += int(match[1]) if match else 0
+    return total
+
+
+@dataclass
+class WorkerRun:
+    seconds: float  # from the first stored row to the worker's exit
+    rss_mib: list[float] = field(default_factory=list)
+
+
+def _rss_mib(pid: int) -> float | None:
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def run_worker(redis_url: str, database_url: str, queue: str, core: int | None) -> WorkerRun:
+    env = {**os.environ, "REDIS_URL": redis_url, "DATABASE_URL": database_url, "INGEST_QUEUE": queue,
+           "INGEST_LOG_LEVEL": "WARNING"}
+    samples: list[float] = []
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        before = conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
+        proc = subprocess.Popen(pinned([sys.executable, "-m", "ingest", "worker", "--burst"], core), env=env)
+        first = None
+        while proc.poll() is None:
+            if first is None and conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0] > before:
+                first = time.perf_counter()
+            rss = _rss_mib(proc.pid)
+            if rss is not None:
+                samples.append(rss)
+            time.sleep(0.05)
+        end = time.perf_counter()
+    if proc.returncode != 0:
+        raise RuntimeError(f"worker exited with {proc.returncode}")
+    return WorkerRun(end - (first or end), samples)
+
+
+def count_events(database_url: str) -> int:
+    with psycopg.connect(database_url) as conn:
+        return conn.execute("SELECT count(*) FROM events").fetchone()[0]
+
+
+def truncate(database_url: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("TRUNCATE events, rejected_events")
+
+
+@dataclass
+class DrainResult:
+    name: str
+    events: int
+    seconds: float
+    peak_rss_mib: float | None = None
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds if self.seconds else 0.0
+
+
+def raw_copy(database_url: str, calls: list[dict], batch: int, core: int | None) -> DrainResult:
+    """COPY + ON CONFLICT of the already-parsed rows, batch by batch, on one connection."""
+    events, _origins, _rejects = parse_calls(calls, "Europe/Amsterdam")
+    old = os.sched_getaffinity(0)
+    if core is not None:
+        os.sched_setaffinity(0, {core})
+    try:
+        with store.connect(database_url) as conn:
+            started = time.perf_counter()
+            for start in range(0, len(events), batch):
+                with conn.transaction():
+                    store.insert_events(conn, events[start:start + batch])
+            seconds = time.perf_counter() - started
+    finally:
+        os.sched_setaffinity(0, old)
+    return DrainResult("raw COPY + ON CONFLICT", len(events), seconds)
+
+
+def measure_drain(redis_url: str, database_url: str, count: int, *, core: int | None, batch: int = 500,
+                  per_event: int = 3000) -> list[DrainResult]:
+    conn = redis.Redis.from_url(redis_url)
+    calls = make_calls(count)
+    results = []
+
+    truncate(database_url)
+    conn.flushdb()
+    fill_queue(redis_url, "bench-drain", calls, batch)
+    run = run_worker(redis_url, database_url, "bench-drain", core)
+    stored = count_events(database_url)
+    results.append(DrainResult(f"project worker (jobs of {batch})", stored, run.seconds, max(run.rss_mib or [0])))
+
+    truncate(database_url)
+    results.append(raw_copy(database_url, calls, batch, core))
+
+    truncate(database_url)
+    conn.flushdb()
+    fill_queue(redis_url, "bench-drain", calls[:per_event], 1)
+    run = run_worker(redis_url, database_url, "bench-drain", core)
+    results.append(DrainResult("one RQ job per event", count_events(database_url), run.seconds,
+                               max(run.rss_mib or [0])))
+    truncate(database_url)
+    conn.flushdb()
+    conn.close()
+    if stored != count:
+        raise RuntimeError(f"drain stored {stored} of {count} events")
+    return results
+
+
+def drain_table(results: list[DrainResult]) -> Table:
+    table = Table(title="Drain: queue -> PostgreSQL with deduplication, worker on core 1")
+    for column in ("drain", "events", "seconds", "events/s", "peak RSS MiB", "project ×"):
+        table.add_column(column, justify="left" if column == "drain" else "right")
+    project = results[0]
+    for result in results:
+        ratio = f"{project.rate / result.rate:.2f}" if result is not project and result.rate else "-"
+        rss = f"{result.peak_rss_mib:.0f}" if result.peak_rss_mib else "-"
+        table.add_row(result.name, f"{result.events:,}", f"{result.seconds:.2f}", f"{result.rate:,.0f}", rss, ratio)
+    return table
+
+
+@dataclass
+class BurstResult:
+    posted: int
+    non_2xx: int
+    post_seconds: float
+    rps: float
+    p99_ms: float
+    queued: int
+    stored: int
+    drain_seconds: float
+    rss_first_mib: float
+    rss_last_mib: float
+    rss_peak_mib: float
+
+
+def measure_burst(redis_url: str, database_url: str, count: int, *, receiver_ctx, load_core: int,
+                  worker_core: int, connections: int = 64) -> BurstResult:
+    """Post `count` distinct events as fast as wrk can, then drain them all with one worker."""
+    conn = redis.Redis.from_url(redis_url)
+    conn.flushdb()
+    truncate(database_url)
+    queue = "bench-burst"
+    with receiver_ctx("project", redis_url, database_url, queue) as (url, _pid):
+        load = run_wrk(url, connections=connections, seconds=600, core=load_core, per_thread_limit=count)
+    queued = queued_calls(conn, queue)
+    run = run_worker(redis_url, database_url, queue, worker_core)
+    stored = count_events(database_url)
+    rss = run.rss_mib or [0.0]
+    warm = rss[len(rss) // 10:] or rss
+    conn.close()
+    return BurstResult(load.requests, load.failures, load.seconds, load.rps, load.p99_ms, queued, stored,
+                       run.seconds, warm[0], warm[-1], max(rss))
+
+
+def burst_table(result: BurstResult) -> Table:
+    table = Table(title="Burst: distinct events posted as fast as wrk can, then drained by one worker")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    ok = "✓" if result.non_2xx == 0 and result.stored == result.queued >= result.posted - result.non_2xx else "✗"
+    for name, value in (
+        ("answered (wrk)", f"{result.posted:,}"), ("non-2xx / socket errors", f"{result.non_2xx}"),
+        ("post rate", f"{result.rps:,.0f} req/s over {result.post_seconds:.1f} s"),
+        ("p99 latency", f"{result.p99_ms:.2f} ms"), ("calls in Redis", f"{result.queued:,}"),
+        ("rows stored", f"{result.stored:,}"),
+        ("drain", f"{result.drain_seconds:.1f} s ({result.stored / max(result.drain_seconds, 1e-9):,.0f} events/s)"),
+        ("worker RSS after warm-up: first / last / peak",
+         f"{result.rss_first_mib:.0f} / {result.rss_last_mib:.0f} / {result.rss_peak_mib:.0f} MiB"),
+        ("events in = rows out, no non-2xx", ok),
+    ):
+        table.add_row(name, value)
+    return table
+
