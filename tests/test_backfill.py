@@ -21,7 +21,7 @@ import pytest
 from ingest.cli import main
 from tests.fake_copernica import FakeCopernica, LogFile, make_records, webhook_fields
 from workers import store
-from workers.backfill import BackfillError, check_types, default_types, plan_import, sniff_format
+from workers.backfill import BackfillError, check_types, default_types, import_files, plan_import, sniff_format
 from workers.backfill_runs import follow, today_in
 from workers.copernica_api import CopernicaClient, RetryPolicy
 from workers.envelope import Envelope
@@ -400,3 +400,24 @@ def test_sigkill_midway_then_rerun_completes_without_duplicates(env, db, fake, t
     for secret in [fake.token, *fake.issued]:
         assert secret not in out + err
 
+
+
+def test_import_memory_does_not_grow_with_the_file(database_url, fake, tmp_path) -> None:
+    """Peak Python memory while importing depends on the batch size, not the file size."""
+    import tracemalloc
+
+    peaks = []
+    for n in (3000, 12000):
+        log = LogFile("x", "cdm-click", DAY, make_records("cdm-click", DAY, n, seed=n))
+        path = write(tmp_path, f"cdm-click.2026-11-25.{n}.json", fake.render(log, "json"))
+        del log
+        planned = plan_import([str(path)], None, None)
+        with store.connect(database_url) as conn:
+            tracemalloc.start()
+            try:
+                summary = import_files(conn, planned, TZ, batch_size=200)
+                peaks.append(tracemalloc.get_traced_memory()[1])
+            finally:
+                tracemalloc.stop()
+        assert summary.total("stored") == n
+    assert peaks[1] < peaks[0] * 1.5 + 1_000_000, peaks
