@@ -40,6 +40,13 @@ def _non_negative_int(raw: str) -> int:
     return value
 
 
+def _non_negative_int(raw: str) -> int:
+    value = _int(raw)
+    if value < 0:
+        raise ValueError("must be zero or a positive whole number")
+    return value
+
+
 def _port(raw: str) -> int:
     value = _int(raw)
     if not 0 <= value <= 65535:
@@ -108,6 +115,8 @@ SPEC: tuple[tuple[str, str, Callable[[str], Any], Any, str], ...] = (
     ("retry_after", "INGEST_RETRY_AFTER", _positive_int, 5, "Seconds sent in Retry-After with a 503."),
     ("job_retries", "INGEST_JOB_RETRIES", _positive_int, 8,
      "Times a failed store job is retried (with growing back-off) before it rests in the failed registry."),
+    ("worker_batch", "INGEST_WORKER_BATCH", _non_negative_int, 5000,
+     "Calls a worker stores in one transaction, taking queued batches together; 0 stores job by job."),
     ("data_dir", "INGEST_DATA_DIR", _text, ".ingest", "Where `ingest dev` keeps its embedded servers' data."),
     ("copernica_timezone", "COPERNICA_TIMEZONE", _timezone, "Europe/Amsterdam",
      "Zone of Copernica's zone-less times (`timestamp` fields, logfile `time`)."),
@@ -138,6 +147,7 @@ class Settings:
     redis_timeout: float = 1.0
     retry_after: int = 5
     job_retries: int = 8
+    worker_batch: int = 5000
     data_dir: str = ".ingest"
     copernica_timezone: str = "Europe/Amsterdam"
     log_level: str = "INFO"

@@ -12,9 +12,10 @@ import logging
 from typing import Any
 
 import psycopg
+from rq import get_current_job
 
 from ingest.settings import Settings
-from workers import store
+from workers import coalesce, store
 from workers.envelope import Envelope
 from workers.model import Event, from_webhook
 from workers.parsing import Unparseable, parse_body
@@ -72,18 +73,25 @@ def parse_calls(
 
 
 def store_batch(calls: list[dict[str, Any]]) -> dict[str, int]:
-    """RQ job: parse and store one batch of raw webhook calls."""
-    events, origins, rejects = parse_calls(calls, settings().copernica_timezone)
-    conn = connection()
-    try:
-        result = store.store(conn, events, rejects, origins)
-    except psycopg.Error:
-        if not conn.closed:
-            conn.close()
-        raise
+    """RQ job: parse and store one batch of raw webhook calls, with the batches queued behind
+    it (see workers.coalesce) up to INGEST_WORKER_BATCH calls, in one transaction."""
+    conf = settings()
+    job = get_current_job()
+    want = conf.worker_batch - len(calls) if job is not None and job.origin else 0
+    with coalesce.borrowing(job.connection if job else None, job.origin if job else "",
+                            job.id if job else "", want) as held:
+        every_call = calls + held.calls if held.calls else calls
+        events, origins, rejects = parse_calls(every_call, conf.copernica_timezone)
+        conn = connection()
+        try:
+            result = store.store(conn, events, rejects, origins)
+        except psycopg.Error:
+            if not conn.closed:
+                conn.close()
+            raise
     log.info(
-        "batch of %d calls: %d stored, %d duplicates, %d rejected",
-        len(calls), result.stored, result.duplicates, result.rejected,
+        "%d calls (%d borrowed batches): %d stored, %d duplicates, %d rejected",
+        len(every_call), len(held.job_ids), result.stored, result.duplicates, result.rejected,
     )
-    return {"calls": len(calls), "stored": result.stored, "duplicates": result.duplicates,
-            "rejected": result.rejected}
+    return {"calls": len(every_call), "batches": 1 + len(held.job_ids), "stored": result.stored,
+            "duplicates": result.duplicates, "rejected": result.rejected}

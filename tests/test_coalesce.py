@@ -1,0 +1,81 @@
+"""Borrowing queued batches: taken atomically, settled after the store, given back on failure
+or when the borrower died. Against a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis
+from rq import Queue
+
+from ingest.queueing import BatchQueue
+from ingest.settings import Settings
+from workers import coalesce
+from workers.envelope import wire
+
+
+def call(n: int) -> dict:
+    return wire(f"id=m{n}&type=open&time={1795694401 + n}".encode(), "application/x-www-form-urlencoded",
+                1795694401.0 + n, "127.0.0.1", "POST", "/copernica", {})
+
+
+def enqueue_batches(redis_url: str, sizes: list[int]) -> list[str]:
+    settings = Settings.from_env({"REDIS_URL": redis_url}, dotenv=False)
+
+    async def go() -> list[str]:
+        queue = BatchQueue(settings)
+        ids, n = [], 0
+        for size in sizes:
+            ids.append(await queue.enqueue([call(n + i) for i in range(size)]))
+            n += size
+        await queue.close()
+        return ids
+
+    return asyncio.run(go())
+
+
+def queued(conn: redis.Redis) -> list[str]:
+    return Queue("copernica", connection=conn).get_job_ids()
+
+
+def test_borrow_then_settle(redis_url: str, redis_conn: redis.Redis) -> None:
+    ids = enqueue_batches(redis_url, [3] * 40)
+    held = coalesce.borrow(redis_conn, "copernica", "owner1", want=30)
+    assert held.job_ids == ids[:10]  # 8 jobs, then the 2 still wanted: stops once it holds enough
+    assert [c["body"] for c in held.calls] == [call(n)["body"] for n in range(30)]
+    assert queued(redis_conn) == ids[10:]
+    coalesce.settle(redis_conn, held)
+    assert not redis_conn.exists(f"rq:job:{ids[0]}", f"rq:job:{ids[1]}", held.list_key, held.lease_key)
+    assert redis_conn.smembers(coalesce.REGISTRY) == set()
+
+
+def test_failure_gives_back_in_order(redis_url: str, redis_conn: redis.Redis) -> None:
+    ids = enqueue_batches(redis_url, [2] * 20)
+    with pytest.raises(RuntimeError), coalesce.borrowing(redis_conn, "copernica", "owner2", want=100) as held:
+        assert len(held.job_ids) == 20 and queued(redis_conn) == []
+        raise RuntimeError("postgres is down")
+    assert queued(redis_conn) == ids
+    assert all(redis_conn.exists(f"rq:job:{i}") for i in ids)
+    assert redis_conn.smembers(coalesce.REGISTRY) == set()
+
+
+def test_abandoned_batches_return_when_the_lease_ends(redis_url: str, redis_conn: redis.Redis) -> None:
+    ids = enqueue_batches(redis_url, [1, 1, 1])
+    held = coalesce.borrow(redis_conn, "copernica", "dead-worker", want=10)
+    assert queued(redis_conn) == [] and len(held.job_ids) == 3
+    assert coalesce.return_abandoned(redis_conn) == 0  # lease still running: not abandoned
+    redis_conn.delete(held.lease_key)  # the lease ran out
+    assert coalesce.return_abandoned(redis_conn) == 3
+    assert queued(redis_conn) == ids
+    assert coalesce.return_abandoned(redis_conn) == 0
+
+
+def test_foreign_jobs_stay_queued(redis_url: str, redis_conn: redis.Redis) -> None:
+    ids = enqueue_batches(redis_url, [1])
+    other = Queue("copernica", connection=redis_conn).enqueue("builtins.print", "hello")
+    ids += enqueue_batches(redis_url, [1])
+    held = coalesce.borrow(redis_conn, "copernica", "owner3", want=10)
+    assert held.job_ids == [ids[0], ids[1]]
+    assert queued(redis_conn) == [other.id]
+    coalesce.settle(redis_conn, held)
