@@ -12,6 +12,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.fixtures_copernica import (
     EVENT_LOGS,
@@ -299,3 +301,52 @@ def test_another_address_in_the_log_is_another_open(db: psycopg.Connection) -> N
     (record,) = records(encode_log("cdm-impression", [log_record("cdm-impression", ip="192.0.2.99")], "json"),
                         "cdm-impression", "json")
     assert store.store(db, [webhook, from_logfile(record.fields, "cdm-impression", TZ, RECEIVED)]).stored == 2
+
+
+# --- hostile input ------------------------------------------------------------------------------
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=600), st.sampled_from(["csv", "json", "xml"]), st.sampled_from(sorted(LOG_COLUMNS)))
+def test_arbitrary_bytes_never_raise(data: bytes, fmt: str, log_type: str) -> None:
+    for record in read_records(io.BytesIO(data), log_type, fmt):
+        assert (record.fields is None) == (record.error is not None)
+        assert record.line >= 1
+
+
+_values = st.one_of(st.text(max_size=40), st.integers(), st.floats(), st.none(), st.booleans(),
+                    st.sampled_from(["2026-11-26 13:00:01", "0001-01-01 00:00:00", "9999-12-31 23:59:59",
+                                     "2026-10-25 02:30:00", "1795694401", "::1", "999999999999999999999"]))
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(EVENT_LOGS), st.data())
+def test_arbitrary_field_values_become_events_or_unparseable(db: psycopg.Connection, log_type: str,
+                                                               data: st.DataObject) -> None:
+    db.execute("TRUNCATE events")
+    fields = {name: data.draw(_values, label=name) for name in LOG_COLUMNS[log_type]}
+    try:
+        event = from_logfile(fields, log_type, TZ, RECEIVED)
+    except Unparseable:
+        return
+    conn = store.connect(db.info.dsn)
+    try:
+        result = store.store(conn, [event])
+    finally:
+        conn.close()
+    assert (result.stored, result.rejected) == (1, 0)  # typed columns always fit PostgreSQL
+
+
+def test_values_json_cannot_hold_are_kept_as_text(db: psycopg.Connection) -> None:
+    (record,) = records(b'[{"id": "m", "time": "2026-11-26 13:00:01", "profile": 123456789012345678901234567890}]',
+                        "cdm-delivery", "json")
+    event = from_logfile(record.fields, "cdm-delivery", TZ, RECEIVED)
+    assert event.payload["profile"] == "123456789012345678901234567890" and event.profile_id is None
+    assert store.store(db, [event]).stored == 1
+
+
+def test_json_record_nested_too_deep_is_an_error_record_and_reading_goes_on() -> None:
+    data = b"[" + b'{"a":' * 100_000 + b"1" + b"}" * 100_000 + b', {"id": "m", "n": 1.5, "l": [2.25]}]'
+    got = records(data, "cdm-delivery", "json")
+    assert got[0].fields is None and "nested deeper" in got[0].error
+    assert got[1].fields == {"id": "m", "n": 1.5, "l": [2.25]}  # floats, not Decimals
+    assert type(got[1].fields["n"]) is float

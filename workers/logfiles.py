@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import json
 import logging
 import os
 import re
@@ -22,6 +23,7 @@ import xml.etree.ElementTree as ET
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, BinaryIO
 
 import ijson
@@ -62,6 +64,7 @@ LOG_COLUMNS: dict[str, tuple[str, ...]] = {
 FORMATS: frozenset[str] = frozenset({"csv", "json", "xml"})
 
 MAX_RECORD_BYTES = 64 * 1024 * 1024  # one CSV record (a quoted `mail` column can be large)
+MAX_DEPTH = 32  # nesting of one JSON record (records are flat; as for webhook bodies)
 _READ_SIZE = 64 * 1024
 # A damaged compressed stream fails while reading: an error record, not an exception.
 _STREAM_ERRORS = (OSError, EOFError, zlib.error)
@@ -248,12 +251,21 @@ def _read_json(stream: BinaryIO) -> Iterator[Record]:
     prefix, multiple = ("item", False) if head == b"[" else ("", True)
     number = 0
     try:
-        for item in ijson.items(full, prefix, use_float=True, multiple_values=multiple):
+        # Not use_float: the C backend then refuses integers past 64 bits ("integer overflow")
+        # and the rest of the file with them. Decimals are made floats below instead.
+        for item in ijson.items(full, prefix, multiple_values=multiple):
             number += 1
+            if isinstance(item, dict | list):
+                problem = _prepare(item)
+                if problem is not None:
+                    yield Record(number, None, b"", problem)
+                    continue
+            elif isinstance(item, Decimal):
+                item = float(item)
             try:
                 data = orjson.dumps(item)
-            except (TypeError, orjson.JSONEncodeError):
-                data = repr(item).encode("utf-8", "replace")[:4096]
+            except (TypeError, orjson.JSONEncodeError):  # integers past 64 bits
+                data = json.dumps(item).encode()
             if not isinstance(item, dict):
                 yield Record(number, None, data, f"record is {type(item).__name__}, not an object")
                 continue
@@ -261,6 +273,24 @@ def _read_json(stream: BinaryIO) -> Iterator[Record]:
     except (ijson.JSONError, ijson.IncompleteJSONError, ValueError, *_STREAM_ERRORS) as exc:
         reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
         yield Record(number + 1, None, b"", f"unreadable JSON after record {number}: {reason}")
+
+
+def _prepare(item: Any) -> str | None:
+    """Make ijson's Decimals floats (what any other JSON reader gives), in place, without
+    recursion; the reason when the record is nested deeper than MAX_DEPTH (no Copernica record
+    is: its payload could not be stored)."""
+    stack: list[tuple[Any, int]] = [(item, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return f"record nested deeper than {MAX_DEPTH} levels"
+        pairs = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, value in list(pairs):
+            if isinstance(value, Decimal):
+                node[key] = float(value)
+            elif isinstance(value, dict | list):
+                stack.append((value, depth + 1))
+    return None
 
 
 # --- XML ------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import orjson
 
 from workers import fields as fv
 from workers.envelope import Envelope
-from workers.parsing import Unparseable
+from workers.parsing import MAX_DEPTH, Unparseable
 
 log = logging.getLogger("workers.model")
 
@@ -239,16 +239,38 @@ def from_webhook(fields: dict[str, Any], envelope: Envelope, tz: str) -> Event:
     )
 
 
+_INT64 = (-(2**63), 2**64 - 1)  # what orjson writes
+
+
+def _jsonable(value: Any, depth: int = 0) -> Any:
+    """A record's value as JSON can hold it: integers past 64 bits (JSON logfiles can carry
+    them), Decimals and other odd scalars become their text; nesting past MAX_DEPTH its repr.
+    Webhook bodies need none of this (orjson and the form parser only produce JSON values)."""
+    if value is None or isinstance(value, str | bool | float):
+        return value
+    if isinstance(value, int):
+        return value if _INT64[0] <= value <= _INT64[1] else str(value)
+    if isinstance(value, dict | list):
+        if depth >= MAX_DEPTH:
+            return repr(value)[:10_000]
+        if isinstance(value, dict):
+            return {str(k): _jsonable(v, depth + 1) for k, v in value.items()}
+        return [_jsonable(v, depth + 1) for v in value]
+    return str(value)
+
+
 def from_logfile(fields: dict[str, Any], log_type: str, tz: str, received_at: datetime) -> Event:
     """One logfile record (column -> value) into an Event with source 'logfile'.
 
     `copernica_type` is the log's prefix (`cdm-impression`); `time` is local Copernica time
     (`tz`). Raises `Unparseable` for a record that cannot be an event: no usable `time`, or a
-    log that holds no events (`is_event_log`).
+    log that holds no events (`is_event_log`). Values JSON cannot hold (integers past 64 bits)
+    are kept in the payload as text.
     """
     prefix = log_type.strip().lower()
     if not is_event_log(prefix):
         raise Unparseable(f"{prefix} records are not events")
+    fields = _jsonable(fields)
     occurred = fv.occurred_at(fields, tz)
     if occurred is None:
         raise Unparseable(f"{prefix} record has no usable time: {fields.get('time')!r}"[:300])
