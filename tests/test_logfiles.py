@@ -350,3 +350,11 @@ def test_json_record_nested_too_deep_is_an_error_record_and_reading_goes_on() ->
     assert got[0].fields is None and "nested deeper" in got[0].error
     assert got[1].fields == {"id": "m", "n": 1.5, "l": [2.25]}  # floats, not Decimals
     assert type(got[1].fields["n"]) is float
+
+
+def test_xml_entity_expansion_is_refused() -> None:
+    entities = '<!ENTITY a "aaaaaaaaaa">' + "".join(
+        f'<!ENTITY {chr(98 + i)} "{("&" + chr(97 + i) + ";") * 10}">' for i in range(8))
+    data = f'<?xml version="1.0"?><!DOCTYPE r [{entities}]><records><record><id>&i;</id></record></records>'
+    got = records(data.encode(), "cdm-delivery", "xml")
+    assert len(got) == 1 and got[0].fields is None and "unreadable XML" in got[0].error

@@ -88,7 +88,11 @@ def test_upgrade_from_core_keeps_every_row_and_fills_columns(fresh_url: str) -> 
     with psycopg.connect(fresh_url) as conn:
         after = conn.execute("SELECT id, event_key, copernica_type, occurred_at, received_at, source, message_id,"
                              " payload FROM events ORDER BY id").fetchall()
-        assert after == before  # every row, every original value
+        assert len(after) == len(before) == len(OLD_ROWS)
+        # every row, every original value; only the failure re-labelled `bounced` is re-keyed
+        assert [r[:1] + r[2:] for r in after] == [r[:1] + r[2:] for r in before]
+        assert [r[1] for r in after if r[6] != "m2"] == [r[1] for r in before if r[6] != "m2"]
+        assert next(r[1] for r in after if r[6] == "m2") == core_key("bounced", "m2", TIME, None)
         assert conn.execute("SELECT count(*) FROM rejected_events").fetchone()[0] == 1
         rows = {r[0]: r[1:] for r in conn.execute(
             "SELECT message_id, event_type, host(ip), user_agent, url, mailing_id, profile_id, template_id, tags,"
@@ -122,9 +126,29 @@ def test_redelivery_after_upgrade_matches_a_core_row(fresh_url: str) -> None:
     apply_migrations(fresh_url, target=2)
     case = next(c for c in WEBHOOK_CASES if c.name == "open")
     event = from_webhook(case.form, wire(case, "form"), TZ)
+    bounce = from_webhook(OLD_ROWS[1][6], wire(case, "form"), TZ)  # the failure 0002 re-labelled `bounced`
+    assert bounce.event_type == "bounced"
     with store.connect(fresh_url) as conn:
-        result = store.store(conn, [event])
-    assert (result.stored, result.duplicates) == (0, 1)
+        result = store.store(conn, [event, bounce])
+    assert (result.stored, result.duplicates) == (0, 2)
+
+
+def test_rekeying_never_collides_with_a_stored_bounce(fresh_url: str) -> None:
+    apply_migrations(fresh_url, target=1)
+    failure = {"id": "m9", "type": "failure", "state": "bounce", "time": str(TIME)}
+    bounce = {"id": "m9", "type": "bounce", "mime": "x", "time": str(TIME)}
+    with psycopg.connect(fresh_url, autocommit=True) as conn:
+        for key, etype, ctype, payload in [(core_key("failed", "m9", TIME, None), "failed", "failure", failure),
+                                           (core_key("bounced", "m9", TIME, None), "bounced", "bounce", bounce)]:
+            conn.execute(
+                "INSERT INTO events (event_key, event_type, copernica_type, occurred_at, received_at, source,"
+                " message_id, payload) VALUES (%s, %s, %s, %s, %s, 'webhook', 'm9', %s)",
+                (key, etype, ctype, OCCURRED, RECEIVED, Jsonb(payload)))
+    apply_migrations(fresh_url, target=2)
+    with psycopg.connect(fresh_url) as conn:
+        rows = conn.execute("SELECT copernica_type, event_type, event_key FROM events ORDER BY id").fetchall()
+    assert rows == [("failure", "bounced", core_key("failed", "m9", TIME, None)),
+                    ("bounce", "bounced", core_key("bounced", "m9", TIME, None))]
 
 
 def test_migrations_are_idempotent(fresh_url: str) -> None:

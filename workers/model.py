@@ -132,6 +132,13 @@ def event_key(
     The database's unique constraint on `event_key` is the guard (INSERT ... ON CONFLICT DO
     NOTHING). Message-event keys are built as in the core schema (0001), so rows stored before
     migration 0002 keep matching re-deliveries.
+
+    Where webhook and logfile cannot meet: a click webhook from before 2023 carries no `ip`
+    while the `cdm-click` record does (two rows); logfile times are local, so in the hour a
+    DST change repeats (autumn, 02:00-03:00 Amsterdam) the first reading is taken and a
+    webhook from the second pass keys an hour apart (two rows). Profile events stored before
+    migration 0002 keep the payload key they were stored with (0002 re-keys only the failures
+    it re-labels `bounced`).
     """
     second = str(int(occurred.timestamp()))
     if message_id:

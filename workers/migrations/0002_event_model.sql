@@ -78,10 +78,24 @@ UPDATE events SET
                              CASE WHEN pg_temp.scalar(payload, 'code') ~ '^\s*[245]\.[0-9]{1,3}\.[0-9]{1,3}\s*$'
                                   THEN btrim(pg_temp.scalar(payload, 'code')) END),
     description   = pg_temp.scalar(payload, 'description'),
-    recipient     = coalesce(recipient, left(pg_temp.scalar(payload, 'email', 'rcptto'), 512)),
-    -- The core schema called every failure `failed`; a failure whose state says bounce is a bounce.
-    event_type    = CASE WHEN event_type = 'failed' AND pg_temp.scalar(payload, 'state') ILIKE '%bounce%'
-                         THEN 'bounced' ELSE event_type END;
+    recipient     = coalesce(recipient, left(pg_temp.scalar(payload, 'email', 'rcptto'), 512));
+
+-- The core schema called every failure `failed`; a failure whose state says bounce is a bounce.
+-- Its key is rebuilt by the rule of workers.model.event_key (type, message id, second), so a
+-- re-delivery after the upgrade is no second row; unless another row already has that key
+-- (a `bounce` webhook of the same message and second), in which case the old key stays.
+UPDATE events e SET
+    event_type = 'bounced',
+    event_key  = CASE WHEN e.message_id IS NULL OR EXISTS (SELECT 1 FROM events o WHERE o.event_key = k.new_key)
+                      THEN e.event_key ELSE k.new_key END
+FROM (
+    SELECT id, encode(sha256(convert_to(concat_ws(E'\x1f', 'bounced', message_id,
+                                                  floor(extract(epoch FROM occurred_at))::bigint::text), 'UTF8')),
+                      'hex') AS new_key
+    FROM events
+    WHERE event_type = 'failed' AND pg_temp.scalar(payload, 'state') ILIKE '%bounce%'
+) AS k
+WHERE e.id = k.id;
 
 DROP FUNCTION pg_temp.try_inet(text), pg_temp.try_bigint(text), pg_temp.scalar(jsonb, text[]),
     pg_temp.tag_list(jsonb);
