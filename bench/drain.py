@@ -1,9 +1,10 @@
 """The drain (queue -> PostgreSQL) beside its baselines, and the burst end to end.
 
-- project:   `ingest worker --burst` on batches of 500 calls (what the receiver queues).
+- project:   `ingest worker --burst` on jobs of 50 calls (what the receiver queues under a burst),
+             coalescing them into transactions of INGEST_WORKER_BATCH calls.
 - raw COPY:  the same rows, already parsed, through COPY + INSERT … ON CONFLICT alone: the
              database's share of the work, the ceiling for any worker.
-- per-event: one RQ job per event, the shape a naive receiver produces.
+- per-event: one RQ job per event, stored job by job: the shape a naive receiver produces.
 """
 
 from __future__ import annotations
@@ -85,17 +86,18 @@ class WorkerRun:
 
 def _rss_mib(pid: int) -> float | None:
     try:
-        for line in open(f"/proc/{pid}/status"):
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
     except OSError:
         return None
     return None
 
 
-def run_worker(redis_url: str, database_url: str, queue: str, core: int | None) -> WorkerRun:
+def run_worker(redis_url: str, database_url: str, queue: str, core: int | None, **extra: str) -> WorkerRun:
     env = {**os.environ, "REDIS_URL": redis_url, "DATABASE_URL": database_url, "INGEST_QUEUE": queue,
-           "INGEST_LOG_LEVEL": "WARNING"}
+           "INGEST_LOG_LEVEL": "WARNING", **extra}
     samples: list[float] = []
     with psycopg.connect(database_url, autocommit=True) as conn:
         before = conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
@@ -154,8 +156,9 @@ def raw_copy(database_url: str, calls: list[dict], batch: int, core: int | None)
     return DrainResult("raw COPY + ON CONFLICT", len(events), seconds)
 
 
-def measure_drain(redis_url: str, database_url: str, count: int, *, core: int | None, batch: int = 500,
+def measure_drain(redis_url: str, database_url: str, count: int, *, core: int | None, batch: int = 50,
                   per_event: int = 3000) -> list[DrainResult]:
+    """`batch`: calls per queued job, about what the receiver writes under a burst."""
     conn = redis.Redis.from_url(redis_url)
     calls = make_calls(count)
     results = []
@@ -165,15 +168,15 @@ def measure_drain(redis_url: str, database_url: str, count: int, *, core: int | 
     fill_queue(redis_url, "bench-drain", calls, batch)
     run = run_worker(redis_url, database_url, "bench-drain", core)
     stored = count_events(database_url)
-    results.append(DrainResult(f"project worker (jobs of {batch})", stored, run.seconds, max(run.rss_mib or [0])))
+    results.append(DrainResult(f"project worker (queued jobs of {batch} calls)", stored, run.seconds, max(run.rss_mib or [0])))
 
     truncate(database_url)
-    results.append(raw_copy(database_url, calls, batch, core))
+    results.append(raw_copy(database_url, calls, Settings().worker_batch, core))
 
     truncate(database_url)
     conn.flushdb()
     fill_queue(redis_url, "bench-drain", calls[:per_event], 1)
-    run = run_worker(redis_url, database_url, "bench-drain", core)
+    run = run_worker(redis_url, database_url, "bench-drain", core, INGEST_WORKER_BATCH="0")
     results.append(DrainResult("one RQ job per event", count_events(database_url), run.seconds,
                                max(run.rss_mib or [0])))
     truncate(database_url)
