@@ -141,7 +141,8 @@ def test_undocumented_fields_are_kept() -> None:
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.binary(max_size=2000), st.sampled_from([FORM, "application/json", "", "text/plain", "x/y+json"]))
+@given(st.binary(max_size=2000), st.sampled_from([FORM, "application/json", "", "text/plain", "x/y+json",
+                                                 FORM + "; charset=utf-16", FORM + "; charset=latin-1"]))
 def test_parse_body_raises_only_unparseable(body: bytes, content_type: str) -> None:
     try:
         fields = parse_body(content_type, body)
@@ -163,3 +164,12 @@ def test_form_with_arbitrary_bracket_keys_never_crashes(pairs: list[tuple[str, s
     except Unparseable:
         return
     orjson.dumps(fields)
+
+
+def test_form_charset_parameter_is_honoured() -> None:
+    body = b"type=open&recipient=ren%E9%40example.com"
+    assert parse_body(FORM + "; charset=ISO-8859-1", body)["recipient"] == "ren\u00e9@example.com"
+    with pytest.raises(Unparseable, match="UTF-8"):
+        parse_body(FORM, body)
+    for odd in ("no-such-codec", "rot13", "zlib", "\"utf-8\""):
+        assert parse_body(f"{FORM}; charset={odd}", b"a=b") == {"a": "b"}

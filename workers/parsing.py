@@ -45,8 +45,22 @@ def parse_body(content_type: str, body: bytes) -> dict[str, Any]:
     if kind in ("application/x-www-form-urlencoded", ""):
         if kind == "" and body.lstrip()[:1] == b"{":
             return _parse_json(body)  # no content type and a JSON object: read it as JSON
-        return parse_form(body)
+        return parse_form(body, _charset(content_type))
     raise Unparseable(f"unsupported content type {kind!r}")
+
+
+def _charset(content_type: str) -> str:
+    """The `charset` parameter when it names a codec Python knows; UTF-8 otherwise."""
+    for param in content_type.split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset":
+            charset = value.strip().strip('"').lower()
+            try:
+                b"a".decode(charset)  # also refuses codecs that are not text encodings (rot13, zlib)
+            except (LookupError, ValueError):
+                return "utf-8"
+            return charset
+    return "utf-8"
 
 
 # --- JSON -----------------------------------------------------------------------------------------
@@ -109,7 +123,7 @@ def split_key(key: str) -> list[str]:
     return parts
 
 
-def parse_form(body: bytes) -> dict[str, Any]:
+def parse_form(body: bytes, charset: str = "utf-8") -> dict[str, Any]:
     """Form body into nested values, PHP style, without losing a pair.
 
     Where PHP would overwrite, nothing is lost here: a plain key sent twice becomes a list of
@@ -125,10 +139,11 @@ def parse_form(body: bytes) -> dict[str, Any]:
             continue
         name, _, value = raw.partition(b"=")
         try:
-            key = unquote_plus(name.decode("utf-8"), errors="strict")
-            text = unquote_plus(value.decode("utf-8"), errors="strict")
+            key = unquote_plus(name.decode(charset), encoding=charset, errors="strict")
+            text = unquote_plus(value.decode(charset), encoding=charset, errors="strict")
         except UnicodeError:
-            raise Unparseable("form body is not valid UTF-8") from None
+            label = "UTF-8" if charset in ("utf-8", "utf8") else charset
+            raise Unparseable(f"form body is not valid {label}") from None
         if key:
             builder.place(key, text)
     if not builder.result:
