@@ -168,7 +168,8 @@ def measure_drain(redis_url: str, database_url: str, count: int, *, core: int | 
     fill_queue(redis_url, "bench-drain", calls, batch)
     run = run_worker(redis_url, database_url, "bench-drain", core)
     stored = count_events(database_url)
-    results.append(DrainResult(f"project worker (queued jobs of {batch} calls)", stored, run.seconds, max(run.rss_mib or [0])))
+    results.append(DrainResult(f"project worker (queued jobs of {batch} calls)", stored, run.seconds,
+                               max(run.rss_mib or [0])))
 
     truncate(database_url)
     results.append(raw_copy(database_url, calls, Settings().worker_batch, core))
