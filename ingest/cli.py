@@ -63,8 +63,10 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
-    from ingest.stats import print_stats
+    from ingest.stats import print_mailing, print_stats
 
+    if args.mailing is not None:
+        return print_mailing(settings, args.mailing, as_json=args.json)
     settings.require("redis_url", "database_url")
     return print_stats(settings, as_json=args.json)
 
@@ -114,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     stats = sub.add_parser("stats", help="show the queue and the stored events", description=(
         "Queue length, age of the oldest queued job, started and failed jobs, events per type."))
     stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    stats.add_argument("--mailing", type=int, metavar="ID",
+                       help="the mailing_stats row of one mailing: sent, delivered, opens, clicks, rates ...")
     stats.set_defaults(handler=cmd_stats)
 
     dev = sub.add_parser("dev", help="run the whole stack on this machine", description=(

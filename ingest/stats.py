@@ -59,6 +59,27 @@ def collect(settings: Settings) -> PipelineStats:
     return stats
 
 
+def print_mailing(settings: Settings, mailing_id: int, *, as_json: bool = False) -> int:
+    """One row of the `mailing_stats` view; exit 1 when the mailing has no stored event."""
+    from workers.reports import MAILING_STATS_COLUMNS, mailing_stats_row
+
+    settings.require("database_url")
+    with psycopg.connect(settings.database_url, connect_timeout=5) as conn:
+        row = mailing_stats_row(conn, mailing_id)
+    if row is None:
+        print(f"ingest: no stored events for mailing {mailing_id}", file=sys.stderr)
+        return 1
+    if as_json:
+        sys.stdout.write(orjson.dumps(row, default=float, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 0
+    for column in MAILING_STATS_COLUMNS:
+        value = row[column]
+        rate = column.endswith("_rate")
+        shown = str(value) if not rate else "-" if value is None else f"{float(value) * 100:.1f} %"
+        print(f"{column.replace('_', ' '):<16} {shown}")
+    return 0
+
+
 def print_stats(settings: Settings, *, as_json: bool = False) -> int:
     stats = collect(settings)
     if as_json:

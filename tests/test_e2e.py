@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+import orjson
 import psycopg
 
 from tests.payloads import WEBHOOK_TYPES, calls
@@ -70,3 +71,32 @@ def test_thousand_calls_stored_once(redis_url: str, database_url: str, redis_con
     assert stats.returncode == 0, stats.stderr
     assert '"events_total": 1000' in stats.stdout
     assert '"queued_jobs": 0' in stats.stdout
+
+
+def test_stats_for_one_mailing(redis_url: str, database_url: str, db: psycopg.Connection) -> None:
+    """Sent (carrying the mailing), delivered and two opens of one message (no mailing id): the
+    opens resolve their mailing through the sent event."""
+    from workers import store
+    from workers.jobs import parse_calls
+    from workers.model import from_logfile
+
+    sent = from_logfile({"id": "msg1", "time": "2026-11-26 13:00:00", "mailingid": "4242", "email": "a@example.com"},
+                        "cdm-attempts", "Europe/Amsterdam", __import__("datetime").datetime.now().astimezone())
+    bodies = [b"id=msg1&type=delivery&time=1795694500&recipient=a%40example.com",
+              b"id=msg1&type=open&time=1795694600&ip=192.0.2.1&recipient=a%40example.com",
+              b"id=msg1&type=open&time=1795694700&ip=192.0.2.1&recipient=a%40example.com"]
+    wires = [{"body": b, "content_type": "application/x-www-form-urlencoded", "received_at": 1795694800.0}
+             for b in bodies]
+    events, origins, rejects = parse_calls(wires, "Europe/Amsterdam")
+    with store.connect(database_url) as conn:
+        store.store(conn, [sent, *events], rejects)
+    env = ingest_env(redis_url, database_url)
+    done = run_ingest(["stats", "--mailing", "4242", "--json"], env)
+    assert done.returncode == 0, done.stderr
+    row = orjson.loads(done.stdout)
+    assert (row["sent"], row["delivered"], row["opens"], row["unique_opens"]) == (1, 1, 2, 1)
+    assert row["open_rate"] == 1.0
+    table = run_ingest(["stats", "--mailing", "4242"], env)
+    assert "open rate        100.0 %" in table.stdout
+    missing = run_ingest(["stats", "--mailing", "999"], env)
+    assert missing.returncode == 1 and "no stored events for mailing 999" in missing.stderr
