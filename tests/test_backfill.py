@@ -421,3 +421,27 @@ def test_import_memory_does_not_grow_with_the_file(database_url, fake, tmp_path)
                 tracemalloc.stop()
         assert summary.total("stored") == n
     assert peaks[1] < peaks[0] * 1.5 + 1_000_000, peaks
+
+
+def test_ctrl_c_stops_after_the_current_batch_and_a_rerun_finishes(env, db, fake, tmp_path) -> None:
+    for seed, log_type in enumerate(["cdm-click", "cdm-impression", "cdm-delivery"]):
+        fake.add_file(log_type, DAY, make_records(log_type, DAY, 1500, seed=seed))
+    fake.chunk_delay = 0.02
+    argv = [sys.executable, "-m", "ingest", "backfill", "--since", "2026-11-25", "--until", "2026-11-25",
+            "--types", "cdm-click,cdm-impression,cdm-delivery", "--batch-size", "50"]
+    proc = subprocess.Popen(argv, env=subprocess_env(env), cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: count(db, "SELECT count(*) FROM backfill_files WHERE completed_at IS NOT NULL") >= 1)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err.decode()
+    assert b"interrupted" in out and b"Traceback" not in err
+    assert count(db, "SELECT count(*) FROM backfill_files WHERE last_error = 'interrupted'") == 1
+    fake.chunk_delay = 0
+    rerun = subprocess.run(argv, env=subprocess_env(env), cwd=tmp_path, capture_output=True, timeout=60)
+    assert rerun.returncode == 0, rerun.stderr.decode()
+    assert count(db, "SELECT count(*) FROM events") == 4500
