@@ -7,7 +7,9 @@ the setting (`SettingsError`), never a traceback.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import zoneinfo
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -95,6 +97,68 @@ def _text(raw: str) -> str:
     return raw.strip()
 
 
+class Items(tuple[str, ...]):
+    """A comma-separated setting, parsed: shown (README, `to_env`) as the comma list it came from."""
+
+    def __str__(self) -> str:
+        return ",".join(self)
+
+
+def _items(raw: str) -> list[str]:
+    items = [part.strip() for part in raw.split(",") if part.strip()]
+    if not items:
+        raise ValueError("must list at least one value")
+    return items
+
+
+AUTH_METHODS = ("signature", "token", "none")
+
+
+def _auth_methods(raw: str) -> Items:
+    methods = [m.lower() for m in _items(raw)]
+    unknown = sorted(set(methods) - set(AUTH_METHODS))
+    if unknown:
+        raise ValueError(f"must be a comma-separated list of {', '.join(AUTH_METHODS)} (not {', '.join(unknown)})")
+    return Items(dict.fromkeys(methods))
+
+
+_TOKEN_CHARS = re.compile(r"[A-Za-z0-9._~-]{16,}")
+
+
+def _tokens(raw: str) -> Items:
+    tokens = _items(raw)
+    if not all(_TOKEN_CHARS.fullmatch(t) for t in tokens):
+        # The message never repeats a token: they are secrets.
+        raise ValueError("each token must be at least 16 URL-safe characters (A-Z a-z 0-9 . _ ~ -)")
+    return Items(tokens)
+
+
+def _networks(raw: str) -> Items:
+    try:
+        return Items(str(ipaddress.ip_network(item, strict=False)) for item in _items(raw))
+    except ValueError:
+        raise ValueError("must be a comma-separated list of addresses or CIDR networks") from None
+
+
+def _hosts(raw: str) -> Items:
+    return Items(item.lower().rstrip(".") for item in _items(raw))
+
+
+def _dns_server(raw: str) -> str:
+    host, port = raw.strip(), "53"
+    if host.startswith("["):
+        host, _, rest = host[1:].partition("]")
+        port = rest.removeprefix(":") or port
+    elif host.count(":") == 1:
+        host, port = host.split(":")
+    try:
+        ipaddress.ip_address(host)
+        port_number = _port(port)
+    except ValueError:
+        raise ValueError("must be an IP address with an optional port (127.0.0.1:53, [::1]:53)") from None
+    return f"[{host}]:{port_number}" if ":" in host else f"{host}:{port_number}"
+
+
 # (attribute, variable, cast, default, description). The README's settings table lists these.
 SPEC: tuple[tuple[str, str, Callable[[str], Any], Any, str], ...] = (
     ("redis_url", "REDIS_URL", _url("redis", "rediss", "unix"), None,
@@ -131,8 +195,29 @@ SPEC: tuple[tuple[str, str, Callable[[str], Any], Any, str], ...] = (
      "Times a REST call is retried after 429/502/503/504 or a dropped connection before its file fails."),
     ("copernica_retry_delay", "COPERNICA_RETRY_DELAY", _positive_float, 1.0,
      "Seconds of the first retry back-off (doubled each time, with jitter; Retry-After wins)."),
+    ("auth", "INGEST_AUTH", _auth_methods, Items(("signature", "token")),
+     "Who may post: any of `signature` (Copernica's signed requests), `token` (INGEST_TOKENS), `none`."),
+    ("tokens", "INGEST_TOKENS", _tokens, None,
+     "Secret tokens (comma-separated, several during a rotation) accepted in `?token=` or `/copernica/<token>`."),
+    ("public_hosts", "INGEST_PUBLIC_HOSTS", _hosts, None,
+     "Host names signed calls must be addressed to (comma-separated). Unset: Host is not checked."),
+    ("copernica_account_id", "COPERNICA_ACCOUNT_ID", _text, None,
+     "Signed calls must carry this X-Copernica-ID (`account-1234`, `1234`; `-`/`_` and case ignored)."),
+    ("signature_max_age", "INGEST_SIGNATURE_MAX_AGE", _positive_int, 60,
+     "Seconds a signed call's Date may differ from the receiver's clock (past or future)."),
+    ("signature_key_ttl", "INGEST_SIGNATURE_KEY_TTL", _positive_int, 3600,
+     "Seconds a signing key fetched from DNS is kept (refetched early once when a signature fails)."),
+    ("dns_server", "INGEST_DNS_SERVER", _dns_server, None,
+     "DNS server (`host:port`) asked for signing keys. Unset: the system's resolvers."),
+    ("allowed_networks", "INGEST_ALLOWED_NETWORKS", _networks, None,
+     "Only callers in these CIDR networks may post (others get 403). Unset: any address."),
+    ("trusted_proxies", "INGEST_TRUSTED_PROXIES", _networks, None,
+     "Proxies (CIDRs) whose X-Forwarded-For names the caller for INGEST_ALLOWED_NETWORKS."),
 )
 
+
+# Settings whose values are secrets: never repeated in an error message.
+SECRETS = frozenset({"COPERNICA_ACCESS_TOKEN", "INGEST_TOKENS"})
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -156,6 +241,15 @@ class Settings:
     copernica_auth_url: str = "https://authenticate.copernica.com"
     copernica_retries: int = 6
     copernica_retry_delay: float = 1.0
+    auth: Items = Items(("signature", "token"))
+    tokens: Items | None = field(default=None, repr=False)  # secret: never in repr or logs
+    public_hosts: Items | None = None
+    copernica_account_id: str | None = None
+    signature_max_age: int = 60
+    signature_key_ttl: int = 3600
+    dns_server: str | None = None
+    allowed_networks: Items | None = None
+    trusted_proxies: Items | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, dotenv: bool = True) -> Settings:
@@ -173,7 +267,8 @@ class Settings:
             try:
                 values[attr] = cast(raw)
             except ValueError as exc:
-                raise SettingsError(f"{var}={raw!r} is not valid: {exc}") from None
+                shown = var if var in SECRETS else f"{var}={raw!r}"  # a secret is never echoed
+                raise SettingsError(f"{shown} is not valid: {exc}") from None
         return cls(**values)
 
     def require(self, *attrs: str) -> None:

@@ -77,8 +77,9 @@ def redis_conn(redis_url: str) -> Iterator[redis.Redis]:
 
 @pytest.fixture
 def settings(redis_url: str, database_url: str, redis_conn: redis.Redis) -> Settings:
-    """Settings pointing at the real servers, with empty queue and tables."""
-    return Settings.from_env({"REDIS_URL": redis_url, "DATABASE_URL": database_url}, dotenv=False)
+    """Settings pointing at the real servers, with empty queue and tables; no auth (tests/test_auth.py has it)."""
+    return Settings.from_env({"REDIS_URL": redis_url, "DATABASE_URL": database_url, "INGEST_AUTH": "none"},
+                             dotenv=False)
 
 
 @pytest.fixture
