@@ -12,6 +12,7 @@ import time
 
 from aiohttp import web
 
+from ingest import metrics
 from ingest.batching import Closed, GroupCommitter, Overloaded, WriteFailed
 from ingest.queueing import BatchQueue
 from ingest.settings import Settings
@@ -105,7 +106,8 @@ def create_app(settings: Settings, queue: BatchQueue | None = None) -> web.Appli
     app[SETTINGS] = settings
     batch_queue = queue or BatchQueue(settings)
     app[QUEUE] = batch_queue
-    committer = GroupCommitter(batch_queue.enqueue, max_batch=settings.max_batch, max_pending=settings.max_pending)
+    committer = GroupCommitter(batch_queue.enqueue, max_batch=settings.max_batch, max_pending=settings.max_pending,
+                               observe=metrics.observe_batch)
     app[COMMITTER] = committer
 
     async def on_startup(app: web.Application) -> None:
@@ -118,10 +120,13 @@ def create_app(settings: Settings, queue: BatchQueue | None = None) -> web.Appli
 
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_shutdown)
-    app.router.add_post("/copernica", receive)
+    app.router.add_post("/copernica", metrics.counted(receive))  # answers counted by status, this route only
     app.router.add_get("/copernica", probe)  # aiohttp answers HEAD through the GET route
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics.handler(
+        batch_queue.connection, settings.queue, lambda: committer.pending,
+        min(metrics.SCRAPE_REDIS_TIMEOUT, settings.redis_timeout)))
     # JSON refusals without a middleware (a middleware costs every request on the hot path).
     app.router.add_route("*", "/copernica", method_not_allowed)
     app.router.add_route("*", "/{tail:.*}", not_found)
