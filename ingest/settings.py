@@ -181,6 +181,8 @@ SPEC: tuple[tuple[str, str, Callable[[str], Any], Any, str], ...] = (
      "Times a failed store job is retried (with growing back-off) before it rests in the failed registry."),
     ("worker_batch", "INGEST_WORKER_BATCH", _non_negative_int, 5000,
      "Calls a worker stores in one transaction, taking queued batches together; 0 stores job by job."),
+    ("worker_metrics_port", "INGEST_WORKER_METRICS_PORT", _port, 9400,
+     "Port of a worker's Prometheus metrics (`/metrics`); 0 turns them off. One port per worker on a machine."),
     ("data_dir", "INGEST_DATA_DIR", _text, ".ingest", "Where `ingest dev` keeps its embedded servers' data."),
     ("copernica_timezone", "COPERNICA_TIMEZONE", _timezone, "Europe/Amsterdam",
      "Zone of Copernica's zone-less times (`timestamp` fields, logfile `time`)."),
@@ -233,6 +235,7 @@ class Settings:
     retry_after: int = 5
     job_retries: int = 8
     worker_batch: int = 5000
+    worker_metrics_port: int = 9400
     data_dir: str = ".ingest"
     copernica_timezone: str = "Europe/Amsterdam"
     log_level: str = "INFO"
