@@ -8,7 +8,7 @@ import redis
 from rq import Queue, SimpleWorker
 
 from ingest.settings import Settings
-from workers import coalesce
+from workers import coalesce, metrics
 
 log = logging.getLogger("workers.runner")
 
@@ -24,7 +24,7 @@ class StoreWorker(SimpleWorker):
     def run_maintenance_tasks(self) -> None:
         super().run_maintenance_tasks()
         try:
-            coalesce.return_abandoned(self.connection)
+            metrics.record_abandoned(coalesce.return_abandoned(self.connection))
         except redis.RedisError as exc:  # maintenance must not stop the worker
             log.warning("could not check for abandoned batches: %s", exc)
 
@@ -37,9 +37,14 @@ def make_worker(settings: Settings, name: str | None = None) -> StoreWorker:
 
 
 def run_worker(settings: Settings, *, burst: bool = False, name: str | None = None) -> int:
-    """Work the queue; `burst` stops once it is empty."""
+    """Work the queue; `burst` stops once it is empty. Metrics are served meanwhile on
+    INGEST_WORKER_METRICS_PORT (unless 0)."""
     worker = make_worker(settings, name)
-    coalesce.return_abandoned(worker.connection)
-    log.info("worker %s on queue %r (burst=%s)", worker.name, settings.queue, burst)
-    worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level)
+    server = metrics.serve(settings.worker_metrics_port)
+    try:
+        metrics.record_abandoned(coalesce.return_abandoned(worker.connection))
+        log.info("worker %s on queue %r (burst=%s)", worker.name, settings.queue, burst)
+        worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level)
+    finally:
+        metrics.stop(server)
     return 0
