@@ -68,6 +68,14 @@ def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
     if args.mailing is not None:
         return print_mailing(settings, args.mailing, as_json=args.json)
     settings.require("redis_url", "database_url")
+    if args.watch:
+        from ingest.watch import run_watch
+
+        if not args.interval > 0:
+            print("ingest: stats: --interval must be a positive number of seconds", file=sys.stderr)
+            return EXIT_USAGE
+        return run_watch(settings, interval=args.interval, metrics_urls=args.metrics_url or (),
+                         frames=args.frames)
     return print_stats(settings, as_json=args.json)
 
 
@@ -84,7 +92,7 @@ Handler = Callable[[Settings, argparse.Namespace], int]
 
 # Command groups kept in modules of their own: each module has `register(subparsers)` that adds
 # its sub-commands with `set_defaults(handler=...)`. Keep their top-level imports light.
-COMMAND_MODULES: tuple[str, ...] = ("ingest.commands_events", "ingest.commands_backfill")
+COMMAND_MODULES: tuple[str, ...] = ("ingest.commands_events", "ingest.commands_backfill", "ingest.commands_ops")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,6 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
     stats.add_argument("--mailing", type=int, metavar="ID",
                        help="the mailing_stats row of one mailing: sent, delivered, opens, clicks, rates ...")
+    stats.add_argument("--watch", action="store_true",
+                       help="live view: queue depth, lag, intake and drain rates with history, failures (Ctrl-C ends)")
+    stats.add_argument("--interval", type=float, default=2.0, metavar="S",
+                       help="seconds between --watch samples (default 2)")
+    stats.add_argument("--metrics-url", action="append", metavar="URL",
+                       help="a receiver's /metrics, for the intake rate in --watch; repeat for each process")
+    stats.add_argument("--frames", type=int, help=argparse.SUPPRESS)  # tests: stop after N frames
     stats.set_defaults(handler=cmd_stats)
 
     dev = sub.add_parser("dev", help="run the whole stack on this machine", description=(
