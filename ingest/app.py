@@ -12,7 +12,8 @@ import time
 
 from aiohttp import web
 
-from ingest import metrics
+from ingest import metrics, openapi
+from ingest.auth import Authenticator, Refused
 from ingest.batching import Closed, GroupCommitter, Overloaded, WriteFailed
 from ingest.queueing import BatchQueue
 from ingest.settings import Settings
@@ -25,6 +26,7 @@ ACCEPTED_TYPES = ("application/x-www-form-urlencoded", "application/json")
 SETTINGS = web.AppKey("settings", Settings)
 COMMITTER = web.AppKey("committer", GroupCommitter)
 QUEUE = web.AppKey("queue", BatchQueue)
+AUTH = web.AppKey("auth", Authenticator)
 
 _QUEUED = b'{"status":"queued"}'
 _KEPT = {name.encode(): name for name in KEPT_HEADERS}
@@ -60,13 +62,17 @@ async def receive(request: web.Request) -> web.Response:
         return _json(413, f"body larger than {settings.max_body_bytes} bytes")
     if not body:
         return _json(400, "empty body")
+    try:  # who may post (ingest.auth): before anything is queued; the kept target has no token
+        target = await request.app[AUTH].check(request, body)
+    except Refused as refused:
+        return _json(refused.status, refused.reason, **refused.headers)
     # The kept headers, in one pass over the raw pairs (cheaper than eight look-ups).
     headers = {}
     for name, value in request.raw_headers:
         key = name.lower()
         if key in _KEPT:
             headers[_KEPT[key]] = value.decode("latin-1")
-    call = wire(body, content_type, time.time(), request.remote or "", request.method, request.raw_path, headers)
+    call = wire(body, content_type, time.time(), request.remote or "", request.method, target, headers)
     try:
         await request.app[COMMITTER].submit(call)
     except Overloaded:
@@ -109,6 +115,7 @@ def create_app(settings: Settings, queue: BatchQueue | None = None) -> web.Appli
     committer = GroupCommitter(batch_queue.enqueue, max_batch=settings.max_batch, max_pending=settings.max_pending,
                                observe=metrics.observe_batch)
     app[COMMITTER] = committer
+    app[AUTH] = Authenticator(settings)
 
     async def on_startup(app: web.Application) -> None:
         committer.start()
@@ -122,6 +129,9 @@ def create_app(settings: Settings, queue: BatchQueue | None = None) -> web.Appli
     app.on_cleanup.append(on_shutdown)
     app.router.add_post("/copernica", metrics.counted(receive))  # answers counted by status, this route only
     app.router.add_get("/copernica", probe)  # aiohttp answers HEAD through the GET route
+    app.router.add_post("/copernica/{token}", metrics.counted(receive))  # token in the path (ingest.auth)
+    app.router.add_get("/copernica/{token}", probe)
+    app.router.add_get("/openapi.json", openapi.handler(settings))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics.handler(
@@ -129,5 +139,6 @@ def create_app(settings: Settings, queue: BatchQueue | None = None) -> web.Appli
         min(metrics.SCRAPE_REDIS_TIMEOUT, settings.redis_timeout)))
     # JSON refusals without a middleware (a middleware costs every request on the hot path).
     app.router.add_route("*", "/copernica", method_not_allowed)
+    app.router.add_route("*", "/copernica/{token}", method_not_allowed)
     app.router.add_route("*", "/{tail:.*}", not_found)
     return app
