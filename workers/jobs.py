@@ -9,13 +9,14 @@ raises, so RQ retries the job with back-off and, at the end, keeps it in its fai
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 from rq import get_current_job
 
 from ingest.settings import Settings
-from workers import coalesce, store
+from workers import coalesce, metrics, store
 from workers.envelope import Envelope
 from workers.model import Event, from_webhook
 from workers.parsing import Unparseable, parse_body
@@ -72,23 +73,34 @@ def parse_calls(
     return events, origins, rejects
 
 
+CHUNK = 1000  # calls parsed while PostgreSQL stores the previous chunk
+
+
+def parse_chunks(calls: list[dict[str, Any]], tz: str) -> Iterator[store.Chunk]:
+    for start in range(0, len(calls), CHUNK):
+        events, origins, rejects = parse_calls(calls[start:start + CHUNK], tz)
+        yield events, origins, rejects
+
+
 def store_batch(calls: list[dict[str, Any]]) -> dict[str, int]:
     """RQ job: parse and store one batch of raw webhook calls, with the batches queued behind
     it (see workers.coalesce) up to INGEST_WORKER_BATCH calls, in one transaction."""
     conf = settings()
     job = get_current_job()
     want = conf.worker_batch - len(calls) if job is not None and job.origin else 0
-    with coalesce.borrowing(job.connection if job else None, job.origin if job else "",
-                            job.id if job else "", want) as held:
+    recorder = metrics.StoreRecorder()  # served on INGEST_WORKER_METRICS_PORT
+    with recorder, coalesce.borrowing(job.connection if job else None, job.origin if job else "",
+                                      job.id if job else "", want) as held:
+        recorder.borrowed = len(held.job_ids)
         every_call = calls + held.calls if held.calls else calls
-        events, origins, rejects = parse_calls(every_call, conf.copernica_timezone)
         conn = connection()
         try:
-            result = store.store(conn, events, rejects, origins)
+            result = store.store_chunks(conn, recorder.tally.chunks(parse_chunks(every_call, conf.copernica_timezone)))
         except psycopg.Error:
             if not conn.closed:
                 conn.close()
             raise
+    recorder.stored(result, len(every_call))
     log.info(
         "%d calls (%d borrowed batches): %d stored, %d duplicates, %d rejected",
         len(every_call), len(held.job_ids), result.stored, result.duplicates, result.rejected,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import re
 from typing import Any
-from urllib.parse import unquote_plus
+from urllib.parse import unquote_to_bytes
 
 import orjson
 
@@ -123,6 +123,16 @@ def split_key(key: str) -> list[str]:
     return parts
 
 
+def _unquote(raw: bytes, charset: str) -> str:
+    """`unquote_plus` on bytes: percent-decoding before the one decode, so a body is decoded
+    once per value (the worker's hottest loop), not twice."""
+    if b"+" in raw:
+        raw = raw.replace(b"+", b" ")
+    if b"%" in raw:
+        raw = unquote_to_bytes(raw)
+    return raw.decode(charset)
+
+
 def parse_form(body: bytes, charset: str = "utf-8") -> dict[str, Any]:
     """Form body into nested values, PHP style, without losing a pair.
 
@@ -134,18 +144,20 @@ def parse_form(body: bytes, charset: str = "utf-8") -> dict[str, Any]:
     if len(pairs) > MAX_FIELDS:
         raise Unparseable(f"more than {MAX_FIELDS} form fields")
     builder = _FormBuilder()
-    for raw in pairs:
-        if not raw:
-            continue
-        name, _, value = raw.partition(b"=")
-        try:
-            key = unquote_plus(name.decode(charset), encoding=charset, errors="strict")
-            text = unquote_plus(value.decode(charset), encoding=charset, errors="strict")
-        except UnicodeError:
-            label = "UTF-8" if charset in ("utf-8", "utf8") else charset
-            raise Unparseable(f"form body is not valid {label}") from None
-        if key:
-            builder.place(key, text)
+    place = builder.place
+    try:
+        for raw in pairs:
+            if not raw:
+                continue
+            name, _, value = raw.partition(b"=")
+            # Most names and many values need no unquoting: decode them directly.
+            key = _unquote(name, charset) if b"%" in name or b"+" in name else name.decode(charset)
+            text = _unquote(value, charset) if b"%" in value or b"+" in value else value.decode(charset)
+            if key:
+                place(key, text)
+    except UnicodeError:
+        label = "UTF-8" if charset in ("utf-8", "utf8") else charset
+        raise Unparseable(f"form body is not valid {label}") from None
     if not builder.result:
         raise Unparseable("form body has no fields")
     return builder.result
@@ -160,7 +172,7 @@ class _FormBuilder:
         self._clashes: dict[str, int] = {}
 
     def place(self, key: str, value: str) -> None:
-        parts = split_key(key)
+        parts = split_key(key) if "[" in key else (key,)
         if len(parts) == 1:
             existing = self.result.get(key)
             if existing is None:

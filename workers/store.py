@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import queue
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 
@@ -77,11 +79,11 @@ def insert_events(conn: psycopg.Connection, events: Sequence[Event]) -> int:
     if not events:
         return 0
     with conn.cursor() as cur:
+        # Once per chunk, not per row: cheap, and right after a rollback dropped the stage.
         cur.execute(
             f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} ON COMMIT DELETE ROWS AS "
             f"SELECT {_COLS} FROM events WITH NO DATA"
         )
-        cur.execute(f"TRUNCATE {_STAGE}")
         with cur.copy(f"COPY {_STAGE} ({_COLS}) FROM STDIN") as copy:
             for event in events:
                 copy.write_row(_row(event))
@@ -89,7 +91,9 @@ def insert_events(conn: psycopg.Connection, events: Sequence[Event]) -> int:
             f"INSERT INTO events ({_COLS}) SELECT {_COLS} FROM {_STAGE} "
             "ON CONFLICT (event_key) DO NOTHING"
         )
-        return cur.rowcount
+        stored = cur.rowcount
+        cur.execute(f"DELETE FROM {_STAGE}")  # the next chunk of this transaction starts empty
+        return stored
 
 
 def call_key(envelope: Envelope) -> str:
@@ -120,6 +124,10 @@ def insert_rejects(conn: psycopg.Connection, rejects: Iterable[Rejected]) -> int
     return count
 
 
+Chunk = tuple[Sequence[Event], Sequence[Envelope] | None, Sequence[Rejected]]
+_REFUSED = (psycopg.DataError, psycopg.errors.UntranslatableCharacter, psycopg.errors.CharacterNotInRepertoire)
+
+
 def store(
     conn: psycopg.Connection,
     events: Sequence[Event],
@@ -129,23 +137,76 @@ def store(
     """Store a batch in one transaction. An event PostgreSQL refuses (bad data) does not sink
     the batch: the batch is retried event by event and the refused ones become rejects, kept
     with `origins[i]` (the raw call event i came from) when given."""
+    return store_chunks(conn, [(events, origins, rejects)])
+
+
+def store_chunks(conn: psycopg.Connection, chunks: Iterable[Chunk]) -> StoreResult:
+    """Store chunks as they come, in one transaction, on a thread of their own: PostgreSQL
+    stores chunk k while the caller's iterator produces (parses) chunk k+1."""
+    feed: queue.Queue[Chunk | None] = queue.Queue(maxsize=2)
+    outcome: dict[str, object] = {}
+
+    def write() -> None:
+        stored = 0
+        try:
+            with conn.transaction():
+                while (chunk := feed.get()) is not None:
+                    stored += insert_events(conn, chunk[0])
+                    if chunk[2]:
+                        insert_rejects(conn, chunk[2])
+                if "abort" in outcome:
+                    raise _Aborted()
+            outcome["stored"] = stored
+        except BaseException as exc:  # handed to the caller's thread
+            outcome["error"] = exc
+            while feed.get() is not None:  # let the producer finish
+                pass
+
+    writer = threading.Thread(target=write, name="store-writer", daemon=True)
+    writer.start()
+    kept: list[Chunk] = []
     try:
-        with conn.transaction():
-            stored = insert_events(conn, events)
-            kept = insert_rejects(conn, rejects)
-        return StoreResult(stored, len(events) - stored, kept)
-    except (psycopg.DataError, psycopg.errors.UntranslatableCharacter, psycopg.errors.CharacterNotInRepertoire):
-        log.warning("batch of %d refused by PostgreSQL; storing it event by event", len(events))
+        for chunk in chunks:
+            kept.append(chunk)
+            if "error" not in outcome:
+                feed.put(chunk)
+    except BaseException:
+        outcome["abort"] = True
+        raise
+    finally:
+        feed.put(None)
+        writer.join()
+    error = outcome.get("error")
+    events = [event for chunk in kept for event in chunk[0]]
+    rejects = [item for chunk in kept for item in chunk[2]]
+    if error is None:
+        stored = int(outcome["stored"])  # type: ignore[call-overload]
+        return StoreResult(stored, len(events) - stored, len(rejects))
+    if not isinstance(error, _REFUSED):
+        raise error
+    log.warning("batch of %d refused by PostgreSQL; storing it event by event", len(events))
+    origins: list[Envelope | None] = []
+    for chunk in kept:
+        origins.extend(chunk[1] if chunk[1] is not None else [None] * len(chunk[0]))
+    return _store_one_by_one(conn, events, origins, rejects)
+
+
+class _Aborted(Exception):
+    """The producer failed: roll the transaction back."""
+
+
+def _store_one_by_one(conn: psycopg.Connection, events: Sequence[Event], origins: Sequence[Envelope | None],
+                      rejects: Sequence[Rejected]) -> StoreResult:
     result = StoreResult()
     refused: list[Rejected] = list(rejects)
-    for index, event in enumerate(events):
+    for event, origin in zip(events, origins, strict=True):
         try:
             with conn.transaction():
                 new = insert_events(conn, [event])
             result.stored += new
             result.duplicates += 1 - new
         except psycopg.DataError as exc:
-            env = origins[index] if origins is not None else _envelope_of(event)
+            env = origin if origin is not None else _envelope_of(event)
             refused.append(Rejected(env, f"refused by PostgreSQL: {exc}".splitlines()[0], event.source))
     with conn.transaction():
         result.rejected = insert_rejects(conn, refused)
