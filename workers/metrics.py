@@ -12,6 +12,7 @@ is always the exact number of rows stored.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -97,6 +98,29 @@ def record_store(tally: TypeTally, result: StoreResult, calls: int, seconds: flo
         REJECTED.inc(result.rejected)
     STORE_SECONDS.observe(seconds)
     STORE_BATCH_CALLS.observe(calls)
+
+
+class StoreRecorder:
+    """Times one store job and records its outcome: `with recorder, coalesce.borrowing(...)`.
+
+    On an exception (the job fails; RQ retries it) it counts the failure and the borrowed
+    batches that went back to the queue (`borrowed`, set once they are held)."""
+
+    def __init__(self) -> None:
+        self.tally = TypeTally()
+        self.borrowed = 0
+        self.started = 0.0
+
+    def __enter__(self) -> StoreRecorder:
+        self.started = time.perf_counter()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if kind is not None and issubclass(kind, Exception):
+            record_failure(self.borrowed)
+
+    def stored(self, result: StoreResult, calls: int) -> None:
+        record_store(self.tally, result, calls, time.perf_counter() - self.started)
 
 
 def record_failure(returned_batches: int) -> None:
