@@ -76,6 +76,13 @@ def _wait_for_port(port: int, child: subprocess.Popen[bytes], timeout: float = 3
     return False
 
 
+def _auth_chosen() -> bool:
+    """INGEST_AUTH set in the environment or in .env (else `ingest dev` uses `none`)."""
+    from ingest.settings import _read_dotenv
+
+    return bool(os.environ.get("INGEST_AUTH") or _read_dotenv().get("INGEST_AUTH"))
+
+
 def run_dev(settings: Settings, *, redis_port: int = 16379, postgres_port: int = 15432,
             dashboard_port: int = 9181) -> int:
     from workers.schema import apply_migrations
@@ -106,6 +113,9 @@ def run_dev(settings: Settings, *, redis_port: int = 16379, postgres_port: int =
         apply_migrations(database_url)
 
         env = {**os.environ, **settings.to_env(), "REDIS_URL": redis_url, "DATABASE_URL": database_url}
+        # On one's own machine anyone may post, unless INGEST_AUTH says otherwise (said at start).
+        env["INGEST_AUTH"] = auth = str(settings.auth) if _auth_chosen() else "none"
+        anyone = " (anyone; set INGEST_AUTH to require a signature or token)" if auth == "none" else ""
         python = sys.executable
         stack.spawn("receiver", [python, "-m", "ingest", "serve"], env)
         stack.spawn("worker", [python, "-m", "ingest", "worker"], env)
@@ -120,6 +130,7 @@ def run_dev(settings: Settings, *, redis_port: int = 16379, postgres_port: int =
         print(
             "\ncopernica-ingest is running (Ctrl-C stops everything)\n"
             f"  webhook URL    http://{host}:{settings.port}/copernica\n"
+            f"  who may post   INGEST_AUTH={auth}{anyone}\n"
             f"  dashboard      http://127.0.0.1:{dashboard_port}/\n"
             f"  database URL   {database_url}\n"
             f"  redis URL      {redis_url}\n"
