@@ -145,9 +145,8 @@ def render_frame(frame: Frame) -> Group:
     table.add_row("failed jobs", _number(s.failed_jobs), "ingest requeue-failed --all" if s.failed_jobs else "")
     table.add_row("rejected (1 h)", _number(s.rejected_last_hour, "calls"), "ingest rejected list" if
                   s.rejected_last_hour else "")
-    parts: list = [title, table]
-    types = Table(title="events in the last hour (by occurred_at)", title_justify="left", box=None,
-                  show_header=False, padding=(0, 2))
+    parts: list = [title, table, Text("events in the last hour (by occurred_at)", style="bold")]
+    types = Table(box=None, show_header=False, padding=(0, 2))
     types.add_column(style="cyan", no_wrap=True)
     types.add_column(justify="right", no_wrap=True)
     if s.last_hour is None:
