@@ -13,6 +13,8 @@ from importlib import resources
 
 import psycopg
 
+from workers import partitions
+
 log = logging.getLogger("workers.schema")
 
 _LOCK_ID = 0x636F7065  # arbitrary, constant: "cope"
@@ -48,7 +50,8 @@ def applied(conn: psycopg.Connection) -> set[int]:
 
 def apply_migrations(database_url: str, target: int | None = None) -> list[Migration]:
     """Apply every pending migration (up to version `target` when given), each in its own
-    transaction; return those applied."""
+    transaction; return those applied. Then make the partitions of `events` ahead
+    (`workers.partitions.create_ahead`, idempotent)."""
     done: list[Migration] = []
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_ID,))
@@ -72,6 +75,9 @@ def apply_migrations(database_url: str, target: int | None = None) -> list[Migra
                     )
                 log.info("applied migration %04d_%s", migration.version, migration.name)
                 done.append(migration)
+            # Monthly partitions of `events` around today (from 0004 on): made by every
+            # migrate, so a run at least every few months keeps workers from making any.
+            partitions.create_ahead(conn)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_ID,))
     return done

@@ -1,8 +1,9 @@
 """PostgreSQL: how rows reach the tables. The only module that writes event SQL.
 
 Events go in by COPY into a session-temporary table, then one
-`INSERT … SELECT … ON CONFLICT (event_key) DO NOTHING`: the unique constraint on `event_key`
-is what makes a second delivery of the same event a no-op, whichever path brings it.
+`INSERT … SELECT … ON CONFLICT DO NOTHING`: the unique constraint on (event_key, occurred_at)
+is what makes a second delivery of the same event a no-op, whichever path brings it (see
+_NEW_KEY for why that is one row per event, and the partitions it needs, `workers.partitions`).
 Rejected calls are keyed by `call_key` the same way, so a retried job never doubles them.
 """
 
@@ -19,6 +20,7 @@ import orjson
 import psycopg
 from psycopg.types.json import Jsonb
 
+from workers import partitions
 from workers.envelope import Envelope
 from workers.model import Event
 
@@ -29,6 +31,20 @@ _COLS = ", ".join(EVENT_COLUMNS)
 # The staging table is per session and shaped like `events` when first made: its name carries
 # the column list, so a long-lived connection never COPYs into a stage of an older schema.
 _STAGE = "incoming_events_" + hashlib.sha256(_COLS.encode()).hexdigest()[:12]
+# One row per event. `events` is partitioned by month on occurred_at (migration 0004), so its
+# unique constraint is (event_key, occurred_at); the PRIMARY KEY (id, occurred_at) is the only
+# other one and never conflicts (generated ids), so a bare ON CONFLICT DO NOTHING arbitrates
+# on the key constraint (and also works on a schema before 0004: a worker deployed before
+# `ingest migrate`). That is "one row per event_key" whenever occurred_at follows from the key:
+# a whole second read from the event's `time`/`timestamp`, which message and profile keys
+# contain. It does not when occurred_at is the time of receipt (no usable time: each delivery
+# has its own) or a timestamp with a fraction of a second; those rows also look their key up
+# in every partition. Limit: that lookup sees rows committed before the statement, so two
+# such copies in one batch, or stored by two workers at the same moment, are two rows.
+_NEW_KEY = (
+    "WHERE (s.occurred_at <> s.received_at AND s.occurred_at = date_trunc('second', s.occurred_at))"
+    " OR NOT EXISTS (SELECT 1 FROM events e WHERE e.event_key = s.event_key)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +94,7 @@ def insert_events(conn: psycopg.Connection, events: Sequence[Event]) -> int:
     """Insert within the caller's transaction; return how many rows were new."""
     if not events:
         return 0
+    partitions.ensure_for_events(conn, events)  # a set of months when they are known: no query
     with conn.cursor() as cur:
         # Once per chunk, not per row: cheap, and right after a rollback dropped the stage.
         cur.execute(
@@ -87,10 +104,7 @@ def insert_events(conn: psycopg.Connection, events: Sequence[Event]) -> int:
         with cur.copy(f"COPY {_STAGE} ({_COLS}) FROM STDIN") as copy:
             for event in events:
                 copy.write_row(_row(event))
-        cur.execute(
-            f"INSERT INTO events ({_COLS}) SELECT {_COLS} FROM {_STAGE} "
-            "ON CONFLICT (event_key) DO NOTHING"
-        )
+        cur.execute(f"INSERT INTO events ({_COLS}) SELECT {_COLS} FROM {_STAGE} s {_NEW_KEY} ON CONFLICT DO NOTHING")
         stored = cur.rowcount
         cur.execute(f"DELETE FROM {_STAGE}")  # the next chunk of this transaction starts empty
         return stored
