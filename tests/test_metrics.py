@@ -162,6 +162,21 @@ def test_refusals_come_from_ingest_auth(monkeypatch: pytest.MonkeyPatch) -> None
     assert receiver_metrics.refusals() == {}
 
 
+async def test_a_refused_call_is_counted_by_status_and_reason(settings: Settings, redis_conn: redis.Redis) -> None:
+    guarded = Settings.from_env(
+        {**settings.to_env(), "INGEST_AUTH": "token", "INGEST_TOKENS": "s3cret-token-0123456789"}, dotenv=False)
+    before = dict(receiver_metrics.refusals())
+    async with TestClient(TestServer(create_app(guarded))) as client:
+        resp = await client.post("/copernica?token=wrong", data=b"a=1", headers={"Content-Type": FORM})
+        assert resp.status == 401
+        served = scrape(await (await client.get("/metrics")).text())
+    after = receiver_metrics.refusals()
+    [code] = [code for code in after if after[code] != before.get(code, 0)]
+    assert served[("copernica_ingest_refused_total", (("reason", code),))] == after[code]
+    assert served[("copernica_ingest_requests_total", (("status", "401"),))] >= 1
+    assert Queue("copernica", connection=redis_conn).count == 0
+
+
 async def test_counted_counts_raised_http_errors() -> None:
     async def raising(request: web.Request) -> web.Response:
         raise web.HTTPForbidden()
@@ -337,6 +352,9 @@ def test_grafana_dashboard_uses_only_exported_metrics() -> None:
                    "copernica_ingest_events_stored_total", "copernica_ingest_rejected_total",
                    "copernica_ingest_refused_total", "copernica_ingest_store_seconds_bucket"):
         assert wanted in used, wanted
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    assert all(t["refId"] for p in panels for t in p["targets"])
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
     for panel in panels:
