@@ -7,18 +7,22 @@ data is wiped); otherwise one embedded pair is started for the session in a temp
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
 import redis
+from psycopg.conninfo import make_conninfo
 
 from ingest.embedded import EmbeddedPostgres, EmbeddedValkey
 from ingest.settings import Settings
 from workers.schema import apply_migrations
 
-# Tables every test starts without rows (the schema itself is kept).
+# Tables every test starts without rows (the schema itself is kept). TRUNCATE on `events`
+# empties its partitions too; partitions a test made stay, empty, and harm no other test.
 DATA_TABLES = ("events", "rejected_events", "backfill_files")
 
 
@@ -65,6 +69,19 @@ def database_url(migrated_database_url: str) -> str:
         if present:
             conn.execute(f"TRUNCATE {', '.join(present)} RESTART IDENTITY")
     return migrated_database_url
+
+
+@pytest.fixture
+def scratch_database_url(migrated_database_url: str) -> Iterator[str]:
+    """An empty database of its own on the test server (not migrated), as a URL (what
+    DATABASE_URL takes); dropped afterwards."""
+    name = f"scratch_{uuid.uuid4().hex[:10]}"
+    admin = make_conninfo(migrated_database_url, dbname="postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield urlunsplit(urlsplit(migrated_database_url)._replace(path=f"/{name}"))
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
