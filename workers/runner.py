@@ -3,23 +3,54 @@
 from __future__ import annotations
 
 import logging
+import threading
+from typing import Any
 
 import redis
 from rq import Queue, SimpleWorker
+from rq.job import Job
+from rq.worker import WorkerStatus
 
 from ingest.settings import Settings
 from workers import coalesce, metrics
 
 log = logging.getLogger("workers.runner")
 
-# Seconds between a worker's maintenance rounds (RQ's default is 10 minutes): abandoned jobs
-# and abandoned borrowed batches go back to the queue within about a minute.
-MAINTENANCE_INTERVAL = 30
+# Together these bound how long a batch held by a dead worker waits: its heartbeat lapses
+# after ABANDONED_AFTER seconds, the next maintenance round (every MAINTENANCE_INTERVAL, by any
+# worker; RQ's default is 10 minutes) retries it. About a minute in all, not RQ's ~11 minutes
+# (a SimpleWorker's job otherwise counts as alive for its whole timeout plus a minute).
+MAINTENANCE_INTERVAL = 15
+ABANDONED_AFTER = 30
+HEARTBEAT_INTERVAL = 10
 
 
 class StoreWorker(SimpleWorker):
     """RQ's SimpleWorker (jobs run in this process, so the PostgreSQL connection lives as long
-    as the worker) that also returns batches borrowed by workers that died."""
+    as the worker), with a heartbeat while a job runs, so that a job whose worker died is
+    retried within about a minute; it also returns batches borrowed by workers that died."""
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        return ABANDONED_AFTER
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        execution = self.prepare_execution(job)
+        stop = threading.Event()
+        beat = threading.Thread(target=self._beat, args=(job, execution, stop), name="heartbeat", daemon=True)
+        beat.start()
+        try:
+            self.perform_job(job, queue, execution)
+        finally:
+            stop.set()
+            beat.join()
+        self.set_state(WorkerStatus.IDLE)
+
+    def _beat(self, job: Job, execution: Any, stop: threading.Event) -> None:
+        while not stop.wait(HEARTBEAT_INTERVAL):
+            try:
+                self.maintain_heartbeats(job, execution)
+            except redis.RedisError as exc:  # the job goes on; at worst it is retried (idempotent)
+                log.warning("heartbeat for job %s failed: %s", job.id, exc)
 
     def run_maintenance_tasks(self) -> None:
         super().run_maintenance_tasks()

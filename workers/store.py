@@ -26,6 +26,7 @@ from workers.model import Event
 
 log = logging.getLogger("workers.store")
 
+STATEMENT_TIMEOUT_MS = 120_000
 EVENT_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Event))
 _COLS = ", ".join(EVENT_COLUMNS)
 # The staging table is per session and shaped like `events` when first made: its name carries
@@ -68,7 +69,10 @@ class StoreResult:
 
 
 def connect(database_url: str) -> psycopg.Connection:
-    return psycopg.connect(database_url, autocommit=False, application_name="copernica-ingest")
+    # A statement that runs for minutes is a sick database: fail it, so the job is retried
+    # rather than held (a worker's job must finish well within its timeout).
+    return psycopg.connect(database_url, autocommit=False, application_name="copernica-ingest",
+                           options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}")
 
 
 def _clean(value: object) -> object:
