@@ -15,6 +15,7 @@ from aiohttp import web
 from ingest import metrics, openapi
 from ingest.auth import Authenticator, Refused
 from ingest.batching import Closed, GroupCommitter, Overloaded, WriteFailed
+from ingest.highwater import HighWater
 from ingest.queueing import BatchQueue
 from ingest.settings import Settings
 from workers.envelope import KEPT_HEADERS, wire
@@ -26,6 +27,7 @@ ACCEPTED_TYPES = ("application/x-www-form-urlencoded", "application/json")
 SETTINGS = web.AppKey("settings", Settings)
 COMMITTER = web.AppKey("committer", GroupCommitter)
 QUEUE = web.AppKey("queue", BatchQueue)
+HIGH_WATER = web.AppKey("high_water", HighWater)
 AUTH = web.AppKey("auth", Authenticator)
 
 _QUEUED = b'{"status":"queued"}'
@@ -62,6 +64,8 @@ async def receive(request: web.Request) -> web.Response:
         return _json(413, f"body larger than {settings.max_body_bytes} bytes")
     if not body:
         return _json(400, "empty body")
+    if request.app[HIGH_WATER].over:
+        return _unavailable(settings, "queue is above its high-water mark")
     try:  # who may post (ingest.auth): before anything is queued; the kept target has no token
         target = await request.app[AUTH].check(request, body)
     except Refused as refused:
@@ -112,16 +116,25 @@ def create_app(settings: Settings, queue: BatchQueue | None = None) -> web.Appli
     app[SETTINGS] = settings
     batch_queue = queue or BatchQueue(settings)
     app[QUEUE] = batch_queue
+    high_water = HighWater(batch_queue.connection, batch_queue.queue.key, settings.max_queue_depth)
+    app[HIGH_WATER] = high_water
+
+    def observe(size: int, seconds: float, ok: bool) -> None:
+        metrics.observe_batch(size, seconds, ok)
+        high_water.observe(size, ok)
+
     committer = GroupCommitter(batch_queue.enqueue, max_batch=settings.max_batch, max_pending=settings.max_pending,
-                               observe=metrics.observe_batch)
+                               observe=observe)
     app[COMMITTER] = committer
     app[AUTH] = Authenticator(settings)
 
     async def on_startup(app: web.Application) -> None:
         committer.start()
+        high_water.start()
 
     async def on_shutdown(app: web.Application) -> None:
         # In-flight batches are written and answered before the process exits.
+        await high_water.stop()
         await committer.close()
         await batch_queue.close()
 

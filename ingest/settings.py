@@ -174,6 +174,8 @@ SPEC: tuple[tuple[str, str, Callable[[str], Any], Any, str], ...] = (
      "Most webhook calls written to Redis as one RQ job (group commit)."),
     ("max_pending", "INGEST_MAX_PENDING", _positive_int, 20000,
      "Most calls waiting for Redis at once; past it a call gets 503 at once (bounded memory)."),
+    ("max_queue_depth", "INGEST_MAX_QUEUE_DEPTH", _non_negative_int, 1_000_000,
+     "High-water mark: past about this many queued calls the receiver answers 503; 0 means no mark."),
     ("redis_timeout", "INGEST_REDIS_TIMEOUT", _positive_float, 1.0,
      "Seconds a Redis write may take before the calls it carries get 503."),
     ("retry_after", "INGEST_RETRY_AFTER", _positive_int, 5, "Seconds sent in Retry-After with a 503."),
@@ -231,6 +233,7 @@ class Settings:
     max_body_bytes: int = 10 * 1024 * 1024
     max_batch: int = 500
     max_pending: int = 20000
+    max_queue_depth: int = 1_000_000
     redis_timeout: float = 1.0
     retry_after: int = 5
     job_retries: int = 8

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.faults
 async def test_redis_stopped_then_back(tmp_path: Path) -> None:
     valkey = EmbeddedValkey(tmp_path / "valkey")
     valkey.start()
-    settings = Settings.from_env({"REDIS_URL": valkey.url}, dotenv=False)
+    settings = Settings.from_env({"REDIS_URL": valkey.url, "INGEST_AUTH": "none"}, dotenv=False)
     conn = redis.Redis.from_url(valkey.url)
     try:
         async with TestClient(TestServer(create_app(settings))) as client:
