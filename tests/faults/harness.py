@@ -1,0 +1,183 @@
+"""Shared parts of the fault-injection tests: private servers that a test may stop or kill,
+real `ingest` processes, a bounded stream of distinct events, and the checks every fault
+test makes: each event answered 2xx is stored exactly once, every other got a 4xx/5xx (or
+no answer at all, e.g. a refused connection)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import psycopg
+
+from ingest.embedded import EmbeddedPostgres, EmbeddedValkey, free_port, port_is_open
+from workers.schema import apply_migrations
+
+FORM = "application/x-www-form-urlencoded"
+
+
+def body(tag: str, n: int) -> bytes:
+    return (f"id={tag}{n:08d}&type=open&time={1795694401 + n}&recipient=u{n}%40example.com"
+            f"&ip=192.0.2.{n % 250 + 1}&useragent=Mozilla%2F5.0&tags=fault%3Btest").encode()
+
+
+def message_id(tag: str, n: int) -> str:
+    return f"{tag}{n:08d}"
+
+
+@dataclass
+class Servers:
+    valkey: EmbeddedValkey
+    postgres: EmbeddedPostgres
+
+    @property
+    def env(self) -> dict[str, str]:
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("INGEST_", "REDIS_URL", "DATABASE_URL"))}
+        return {**base, "REDIS_URL": self.valkey.url, "DATABASE_URL": self.postgres.url, "INGEST_AUTH": "none",
+                "INGEST_LOG_LEVEL": "WARNING"}
+
+
+@contextlib.contextmanager
+def servers(tmp: Path, appendfsync: str = "always") -> Iterator[Servers]:
+    valkey = EmbeddedValkey(tmp / "valkey", appendfsync=appendfsync)
+    postgres = EmbeddedPostgres(tmp / "postgres")
+    valkey.start()
+    postgres.start()
+    try:
+        apply_migrations(postgres.url)
+        yield Servers(valkey, postgres)
+    finally:
+        valkey.stop()
+        postgres.stop()
+
+
+class Process:
+    """A real `python -m ingest ...` child that a test may SIGTERM or SIGKILL."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        self.args, self.env = args, env
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Process:
+        self.proc = subprocess.Popen([sys.executable, "-m", "ingest", *self.args], env=self.env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return self
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def terminate(self, timeout: float = 60) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def __enter__(self) -> Process:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+
+
+@contextlib.contextmanager
+def receiver(env: dict[str, str], **extra: str) -> Iterator[tuple[str, Process]]:
+    port = free_port()
+    proc = Process(["serve", "--host", "127.0.0.1", "--port", str(port)], {**env, **extra}).start()
+    deadline = time.monotonic() + 20
+    while not port_is_open(port):
+        assert proc.proc.poll() is None and time.monotonic() < deadline, "receiver did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}/copernica", proc
+    finally:
+        proc.kill()
+
+
+@dataclass
+class Stream:
+    """Posts `count` distinct events from a background thread; `statuses[n]` is the answer to
+    event n (0 when none came: connection refused or reset)."""
+
+    url: str
+    count: int
+    tag: str
+    concurrency: int = 16
+    pause: float = 0.0  # seconds between one worker's posts (to stretch a stream over time)
+    statuses: dict[int, int] = field(default_factory=dict)
+    thread: threading.Thread | None = None
+
+    def start(self) -> Stream:
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+        self.thread.start()
+        return self
+
+    def join(self, timeout: float = 300) -> Stream:
+        assert self.thread is not None
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "stream did not finish in time"
+        return self
+
+    @property
+    def sent(self) -> int:
+        return len(self.statuses)
+
+    async def _run(self) -> None:
+        next_n = iter(range(self.count))
+        timeout = aiohttp.ClientTimeout(total=10)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            async def worker() -> None:
+                for n in next_n:
+                    try:
+                        async with session.post(self.url, data=body(self.tag, n),
+                                                headers={"Content-Type": FORM}) as resp:
+                            await resp.read()
+                            self.statuses[n] = resp.status
+                    except (TimeoutError, aiohttp.ClientError, OSError):
+                        self.statuses[n] = 0
+                    if self.pause:
+                        await asyncio.sleep(self.pause)
+
+            await asyncio.gather(*(worker() for _ in range(self.concurrency)))
+
+    def accepted(self) -> set[str]:
+        return {message_id(self.tag, n) for n, status in self.statuses.items() if 200 <= status < 300}
+
+    def check_answers(self) -> None:
+        """Every event got a 2xx, a 4xx/5xx, or no answer: never anything else."""
+        assert self.sent == self.count
+        odd = {s for s in self.statuses.values() if not (s == 0 or 200 <= s < 600)}
+        assert not odd, odd
+
+
+def stored_ids(database_url: str, tag: str) -> list[str]:
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute("SELECT message_id FROM events WHERE message_id LIKE %s", (tag + "%",)).fetchall()
+    return [r[0] for r in rows]
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.5) -> float:
+    """Seconds until `predicate()` held; AssertionError after `timeout`."""
+    started = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - started < timeout, f"not reached within {timeout:.0f} s"
+        time.sleep(interval)
+    return time.monotonic() - started
+
+
+def assert_stored_exactly_once(database_url: str, stream: Stream) -> None:
+    ids = stored_ids(database_url, stream.tag)
+    assert len(ids) == len(set(ids)), "an event was stored twice"
+    missing = stream.accepted() - set(ids)
+    assert not missing, f"{len(missing)} acknowledged events not stored, e.g. {sorted(missing)[:3]}"
+
