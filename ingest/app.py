@@ -7,6 +7,7 @@ the group commit. 200 means the call is in Redis; 503 with Retry-After means it 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -59,9 +60,17 @@ async def receive(request: web.Request) -> web.Response:
     if not _accepted_type(content_type):
         return _json(415, "content type must be application/x-www-form-urlencoded or application/json")
     try:
-        body = await request.read()
+        if request.content.is_eof():  # the whole body has arrived (most calls): no timer needed
+            body = await request.read()
+        else:
+            async with asyncio.timeout(settings.body_timeout):
+                body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         return _json(413, f"body larger than {settings.max_body_bytes} bytes")
+    except TimeoutError:
+        return _json(408, f"body not received within {settings.body_timeout:g} s")
+    except (web.RequestPayloadError, ConnectionError):  # broken chunking or Content-Encoding, a dropped sender
+        return _json(400, "body could not be read")
     if not body:
         return _json(400, "empty body")
     if request.app[HIGH_WATER].over:

@@ -60,9 +60,10 @@ def _post(settings: Settings, path_token: bool) -> dict[str, Any]:
         }},
         "responses": {
             "200": _ok("Queued", "the call is durably in Redis"),
-            "400": _error("empty body"),
+            "400": _error("empty body, or a body that could not be read (broken chunking or encoding)"),
             "401": _error("no or invalid credentials"),
             "403": _error("credentials fine, caller not allowed (network, host, account)"),
+            "408": _error(f"body not received within {settings.body_timeout:g} s"),
             "413": _error(f"body larger than {settings.max_body_bytes} bytes"),
             "415": _error("content type other than form or JSON"),
             "503": _error("not queued now (Redis down, slow or full; signing key unavailable): retry",

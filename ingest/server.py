@@ -40,6 +40,11 @@ def serve(settings: Settings, *, processes: int = 1, host: str | None = None, po
     web.run_app(
         create_app(settings), host=host, port=port, reuse_port=reuse_port or None,
         loop=_event_loop(), access_log=None, print=None, backlog=4096, shutdown_timeout=30,
+        # Hostile input (issue 6): an idle or never-finished request head is closed after
+        # keepalive_timeout (longer than nginx's upstream keepalive, so nginx never reuses a closing
+        # connection); a stalled body gets 408 after INGEST_BODY_TIMEOUT (app.py); oversized request
+        # lines, headers or header counts get aiohttp's 400. No access log: targets may hold a token.
+        keepalive_timeout=75, max_line_size=8190, max_field_size=8190, max_headers=128,
     )
     return 0
 

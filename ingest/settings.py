@@ -217,6 +217,8 @@ SPEC: tuple[tuple[str, str, Callable[[str], Any], Any, str], ...] = (
      "Only callers in these CIDR networks may post (others get 403). Unset: any address."),
     ("trusted_proxies", "INGEST_TRUSTED_PROXIES", _networks, None,
      "Proxies (CIDRs) whose X-Forwarded-For names the caller for INGEST_ALLOWED_NETWORKS."),
+    ("body_timeout", "INGEST_BODY_TIMEOUT", _positive_float, 30.0,
+     "Seconds a caller may take to send its body; slower gets 408 (a stalled sender cannot hold the receiver)."),
 )
 
 
@@ -256,6 +258,7 @@ class Settings:
     dns_server: str | None = None
     allowed_networks: Items | None = None
     trusted_proxies: Items | None = None
+    body_timeout: float = 30.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, dotenv: bool = True) -> Settings:
