@@ -55,7 +55,7 @@ def _post(settings: Settings, path_token: bool) -> dict[str, Any]:
                        f"(here: {', '.join(settings.auth)}).",
         "parameters": parameters,
         "requestBody": {"required": True, "content": {
-            _FORM: {"schema": {"type": "object", "additionalProperties": {"type": "string"}}},
+            _FORM: {"schema": {"type": "object", "minProperties": 1, "additionalProperties": {"type": "string"}}},
             _JSON: {"schema": {}},
         }},
         "responses": {
