@@ -16,7 +16,7 @@ from ingest.embedded import free_port, port_is_open
 def ingest_env(redis_url: str, database_url: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("INGEST_", "REDIS_URL", "DATABASE_URL"))}
     return {**env, "REDIS_URL": redis_url, "DATABASE_URL": database_url, "INGEST_LOG_LEVEL": "WARNING",
-            "INGEST_AUTH": "none", **extra}
+            "INGEST_AUTH": "none", "INGEST_WORKER_METRICS_PORT": "0", **extra}
 
 
 def run_ingest(args: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
