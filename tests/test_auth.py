@@ -4,13 +4,16 @@ server on 127.0.0.1), tokens, networks, stacking. A refused call is never queued
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from urllib.parse import unquote_plus
 
 import pytest
 import redis
 from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives.asymmetric import rsa
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ingest.app import AUTH, create_app
 from ingest.auth import REFUSALS, Authenticator, strip_token
@@ -35,9 +38,6 @@ def dns(key: rsa.RSAPrivateKey):
     with DnsServer() as server:
         server.records[KEY_ID] = ["v=spf1 -all", dkim_record(key)]
         yield server
-
-
-MakeClient = Callable[..., "asynccontextmanager[TestClient]"]
 
 
 @pytest.fixture
@@ -176,6 +176,17 @@ def test_tokens_are_secret_in_settings() -> None:
 ])
 def test_strip_token(target: str, kept: str, found: list[str]) -> None:
     assert strip_token(target, target.startswith("/copernica/")) == (kept, found)
+
+
+@given(st.text(max_size=80), st.booleans())
+def test_strip_token_never_fails(target: str, path_token: bool) -> None:
+    """Whatever the target, no `token` parameter is left in what is kept."""
+    raw = "/copernica" + ("/x" if path_token else "") + "?" + target
+    kept, found = strip_token(raw, path_token)
+    assert kept.startswith("/copernica")
+    _path, _sep, query = kept.partition("?")
+    assert all(unquote_plus(part.partition("=")[0]) != "token" for part in query.split("&"))
+    assert ("x" in found) == path_token
 
 
 # --- none, stacking, networks -----------------------------------------------------------------

@@ -15,6 +15,8 @@ from email.utils import formatdate
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from ingest.signatures import (
@@ -291,3 +293,27 @@ def test_rotated_key_verifies_after_one_refetch(key: rsa.RSAPrivateKey, other_ke
     assert dns.lookups == 2
     assert _refused(v, sign(key)).code == "bad_signature"  # the old key is gone, no refetch storm
     assert dns.lookups == 2
+
+
+_signature_values = st.one_of(
+    st.text(max_size=300),
+    st.builds(lambda k, h, sig: f'keyId="{k}",algorithm="rsa-sha256",headers="{h}",signature="{sig}"',
+              st.sampled_from([KEY_ID, "x.copernica.com", "copernica.com", ""]) | st.text(max_size=30),
+              st.sampled_from([SIGNED, "(request-target) host date x-copernica-id digest"]) | st.text(max_size=60),
+              st.text(max_size=60)),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(signature=_signature_values, digest=st.text(max_size=100), date=st.text(max_size=40),
+       host=st.text(max_size=20), body=st.binary(max_size=100), target=st.text(max_size=40))
+def test_any_header_values_end_in_signature_error(signature: str, digest: str, date: str, host: str, body: bytes,
+                                                 target: str) -> None:
+    """Whatever a caller sends, verification refuses with SignatureError and nothing else escapes."""
+    dns = FakeDns({KEY_ID: [dkim_record(_FUZZ_KEY)]})
+    headers = {"Signature": signature, "Digest": digest, "Date": date, "Host": host, "X-Copernica-ID": "a"}
+    with pytest.raises(SignatureError):
+        verify(verifier(dns, hosts=("h",), account="1"), headers, body, target)
+
+
+_FUZZ_KEY = new_key()
