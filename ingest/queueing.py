@@ -29,9 +29,14 @@ FAILURE_TTL = 365 * 24 * 3600  # a failed batch rests in the failed registry for
 RESULT_TTL = 0  # a stored batch leaves Redis at once: the rows are in PostgreSQL
 
 
+_BACK_OFF = (5, 10, 30, 60, 120, 300, 600)
+
+
 def retry_intervals(retries: int) -> list[int]:
-    """Back-off for failed batches: 5 s, 15 s, 45 s, ... capped at 15 minutes."""
-    return [min(5 * 3**i, 900) for i in range(retries)]
+    """Back-off for failed batches: 5 s, 10 s, 30 s, 1, 2, 5, 10 minutes, then every 15 minutes.
+    Short at first, because the usual failure is brief (a worker killed, PostgreSQL restarting);
+    a job abandoned by a dead worker is retried through the same back-off."""
+    return [_BACK_OFF[i] if i < len(_BACK_OFF) else 900 for i in range(retries)]
 
 
 def _client_options(settings: Settings, timeout: float | None) -> dict[str, Any]:

@@ -80,4 +80,4 @@ async def _enqueue(settings: Settings, wires: list[dict]) -> str:
 
 
 def test_retry_intervals_grow_and_are_capped() -> None:
-    assert retry_intervals(8) == [5, 15, 45, 135, 405, 900, 900, 900]
+    assert retry_intervals(9) == [5, 10, 30, 60, 120, 300, 600, 900, 900]

@@ -33,7 +33,7 @@ from ingest.queueing import JOB_FUNCTION
 log = logging.getLogger("workers.coalesce")
 
 REGISTRY = "ingest:borrowed"  # set of borrowed lists, so abandoned ones can be found
-LEASE_SECONDS = 60  # a borrowed list unrenewed this long belongs to a dead worker
+LEASE_SECONDS = 30  # a borrowed list unrenewed this long belongs to a dead worker
 FIRST_ROUND = 8  # jobs borrowed by the first round trip; later rounds aim at what is still wanted
 MAX_ROUND = 64
 

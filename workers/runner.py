@@ -23,6 +23,9 @@ log = logging.getLogger("workers.runner")
 MAINTENANCE_INTERVAL = 15
 ABANDONED_AFTER = 30
 HEARTBEAT_INTERVAL = 10
+# An idle RQ worker blocks on the queue for its TTL less 15 s (RQ's default: 405 s) and runs
+# maintenance only between waits: a short TTL keeps maintenance on time when no job arrives.
+WORKER_TTL = 30
 
 
 class StoreWorker(SimpleWorker):
@@ -64,7 +67,8 @@ def make_worker(settings: Settings, name: str | None = None) -> StoreWorker:
     settings.require("redis_url")
     connection = redis.Redis.from_url(settings.redis_url)
     queue = Queue(settings.queue, connection=connection)
-    return StoreWorker([queue], connection=connection, name=name, maintenance_interval=MAINTENANCE_INTERVAL)
+    return StoreWorker([queue], connection=connection, name=name, maintenance_interval=MAINTENANCE_INTERVAL,
+                       worker_ttl=WORKER_TTL)
 
 
 def run_worker(settings: Settings, *, burst: bool = False, name: str | None = None) -> int:
