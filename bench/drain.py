@@ -213,6 +213,7 @@ class BurstResult:
     rss_first_mib: float
     rss_last_mib: float
     rss_peak_mib: float
+    redis_bytes_per_call: float
 
 
 def measure_burst(redis_url: str, database_url: str, count: int, *, receiver_ctx, load_core: int,
@@ -222,16 +223,18 @@ def measure_burst(redis_url: str, database_url: str, count: int, *, receiver_ctx
     conn.flushdb()
     truncate(database_url)
     queue = "bench-burst"
+    memory_before = int(conn.info("memory")["used_memory"])
     with receiver_ctx("project", redis_url, database_url, queue) as (url, _pid):
         load = run_wrk(url, connections=connections, seconds=600, core=load_core, per_thread_limit=count)
     queued = queued_calls(conn, queue)
+    memory_per_call = (int(conn.info("memory")["used_memory"]) - memory_before) / max(queued, 1)
     run = run_worker(redis_url, database_url, queue, worker_core)
     stored = count_events(database_url)
     rss = run.rss_mib or [0.0]
     warm = rss[len(rss) // 10:] or rss
     conn.close()
     return BurstResult(load.requests, load.failures, load.seconds, load.rps, load.p99_ms, queued, stored,
-                       run.seconds, warm[0], warm[-1], max(rss))
+                       run.seconds, warm[0], warm[-1], max(rss), memory_per_call)
 
 
 def burst_table(result: BurstResult) -> Table:
@@ -243,6 +246,7 @@ def burst_table(result: BurstResult) -> Table:
         ("answered (wrk)", f"{result.posted:,}"), ("non-2xx / socket errors", f"{result.non_2xx}"),
         ("post rate", f"{result.rps:,.0f} req/s over {result.post_seconds:.1f} s"),
         ("p99 latency", f"{result.p99_ms:.2f} ms"), ("calls in Redis", f"{result.queued:,}"),
+        ("Redis memory per queued call", f"{result.redis_bytes_per_call:,.0f} bytes"),
         ("rows stored", f"{result.stored:,}"),
         ("drain", f"{result.drain_seconds:.1f} s ({result.stored / max(result.drain_seconds, 1e-9):,.0f} events/s)"),
         ("worker RSS after warm-up: first / last / peak",

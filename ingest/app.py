@@ -133,7 +133,7 @@ def create_app(settings: Settings, queue: BatchQueue | None = None) -> web.Appli
         high_water.observe(size, ok)
 
     committer = GroupCommitter(batch_queue.enqueue, max_batch=settings.max_batch, max_pending=settings.max_pending,
-                               observe=observe)
+                               max_in_flight=settings.max_in_flight, observe=observe)
     app[COMMITTER] = committer
     app[AUTH] = Authenticator(settings)
 
