@@ -147,7 +147,10 @@ def create_ahead(conn: psycopg.Connection, today: date | None = None) -> list[da
 @dataclass(slots=True)
 class _Known:
     """What one connection knows exists. `pending` is the transaction (xid8) that made
-    partitions and may still roll back: until it has ended, nothing cached is trusted for good."""
+    partitions and may still roll back: until it has ended, nothing cached is trusted for good
+    (the catalogue is read again once it has). A partition made and then rolled back to a
+    savepoint is believed in until that transaction ends: rows of its month go to the default
+    partition meanwhile (never lost; `create_ahead` moves them)."""
 
     months: set[date] = field(default_factory=set)
     partitioned: bool = True
