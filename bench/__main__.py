@@ -32,7 +32,7 @@ from bench.loadgen import INSTALL_HINT, LoadResult, have_wrk, pinned, run_wrk
 from ingest.embedded import EmbeddedPostgres, EmbeddedValkey, free_port, port_is_open
 from workers.schema import apply_migrations
 
-console = Console()
+console = Console(width=170)  # wide enough for the tables in a log file or CI output
 SERVER_CORE = 1
 LOAD_CORE = 0
 
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="keep-alive scenarios only, shorter runs")
     parser.add_argument("--seconds", type=float, default=8.0, help="seconds per receiver scenario (default 8)")
-    parser.add_argument("--drain", type=int, default=200_000, help="events for the drain measurement")
+    parser.add_argument("--drain", type=int, default=200_000, help="events for the drain measurement (0 skips it)")
     parser.add_argument("--burst", type=int, default=500_000, help="events in the burst (0 skips it)")
     parser.add_argument("--skip-receivers", action="store_true", help="measure only the drain and the burst")
     args = parser.parse_args(argv)
@@ -175,9 +175,10 @@ def main(argv: list[str] | None = None) -> int:
             rows = run_receivers(redis_url, database_url, args.seconds, args.quick)
             console.print(receiver_table(rows))
 
-        console.rule("drain")
-        console.print(drain.drain_table(drain.measure_drain(redis_url, database_url, args.drain,
-                                                            core=SERVER_CORE)))
+        if args.drain:
+            console.rule("drain")
+            console.print(drain.drain_table(drain.measure_drain(redis_url, database_url, args.drain,
+                                                                core=SERVER_CORE)))
         if args.burst:
             console.rule("burst")
             console.print(drain.burst_table(drain.measure_burst(redis_url, database_url, args.burst,

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import re
 import shutil
+import signal
 import subprocess
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,9 +77,32 @@ def run_wrk(url: str, *, connections: int, seconds: float, keepalive: bool = Tru
     script = HERE / ("burst.lua" if per_thread_limit else "events.lua")
     argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", f"--timeout={timeout:g}s",
             "--latency", "-s", str(script), url, "--", "keep" if keepalive else "close"]
-    if per_thread_limit:
-        argv.append(str(per_thread_limit))
-    done = subprocess.run(pinned(argv, core), capture_output=True, text=True, timeout=seconds + 120)
-    if done.returncode != 0:
-        raise RuntimeError(f"wrk failed: {done.stderr.strip() or done.stdout.strip()}")
-    return parse(done.stdout)
+    if not per_thread_limit:
+        done = subprocess.run(pinned(argv, core), capture_output=True, text=True, timeout=seconds + 120)
+        if done.returncode != 0:
+            raise RuntimeError(f"wrk failed: {done.stderr.strip() or done.stdout.strip()}")
+        return parse(done.stdout)
+    return _run_counted([*argv, str(per_thread_limit)], core, seconds)
+
+
+def _run_counted(argv: list[str], core: int | None, seconds: float) -> LoadResult:
+    """A run of a fixed number of requests: wrk's threads stop at their share and the script
+    marks the end in a file; wrk is then interrupted (SIGINT), and prints its report."""
+    with tempfile.TemporaryDirectory() as tmp:
+        marker = Path(tmp) / "done"
+        argv = [*argv, str(marker)]
+        started = time.monotonic()
+        proc = subprocess.Popen(pinned(argv, core), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        while not marker.exists() and proc.poll() is None and time.monotonic() - started < seconds:
+            time.sleep(0.05)
+        elapsed = time.monotonic() - started
+        time.sleep(0.2)  # let the last answers land
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    result = parse(out)
+    if not result.requests:
+        raise RuntimeError(f"wrk failed: {err.strip() or out.strip()}")
+    # wrk's own rate counts the time until it was interrupted; the run ended at the marker.
+    result.seconds = elapsed
+    result.rps = result.requests / elapsed if elapsed else 0.0
+    return result

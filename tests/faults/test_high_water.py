@@ -23,12 +23,13 @@ async def post_one(url: str, n: int, tag: str) -> tuple[int, dict[str, str]]:
 
 def test_high_water_mark_then_drain(tmp_path: Path) -> None:
     with servers(tmp_path) as srv, receiver(srv.env, INGEST_MAX_QUEUE_DEPTH="300", INGEST_MAX_BATCH="10") as (url, _):
-        stream = Stream(url, count=2000, tag="hw", concurrency=4).start().join()
+        stream = Stream(url, count=2000, tag="hw", concurrency=4, pause=0.002).start().join()
         stream.check_answers()
         accepted = len(stream.accepted())
         refused = [s for s in stream.statuses.values() if s == 503]
-        assert 300 <= accepted < 1000, accepted  # the mark held (it is polled twice a second)
+        assert 300 <= accepted < stream.count, accepted  # the mark held (it is polled twice a second)
         assert len(refused) == stream.count - accepted
+        assert {stream.statuses[n] for n in range(stream.count - 200, stream.count)} == {503}  # and holds
         status, headers = asyncio.run(post_one(url, 99_999, "hw"))
         assert status == 503 and headers["Retry-After"] == "5"
         assert "high-water" in headers["_body"]
