@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +27,7 @@ from rich.table import Table
 
 from bench import drain
 from bench.loadgen import INSTALL_HINT, LoadResult, have_wrk, pinned, run_wrk
-from ingest.embedded import EmbeddedPostgres, EmbeddedValkey, free_port, port_is_open
+from ingest.embedded import EmbeddedPostgres, EmbeddedValkey, free_port, stop_process, wait_for_port
 from workers.schema import apply_migrations
 
 console = Console(width=170)  # wide enough for the tables in a log file or CI output
@@ -62,19 +60,11 @@ def receiver(kind: str, redis_url: str, database_url: str, queue: str):
     quiet = subprocess.DEVNULL if kind != "project" else None
     proc = subprocess.Popen(pinned(argv, SERVER_CORE), env=env, stderr=quiet)
     try:
-        deadline = time.monotonic() + 20
-        while not port_is_open(port):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"receiver {kind} did not start")
-            time.sleep(0.05)
+        if not wait_for_port(port, proc, timeout=20):
+            raise RuntimeError(f"receiver {kind} did not start")
         yield f"http://127.0.0.1:{port}/copernica", proc.pid
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 @dataclass

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from ingest.embedded import EmbeddedPostgres, EmbeddedValkey, _die_with_parent, port_is_open, prune_stale
+from ingest.embedded import EmbeddedPostgres, EmbeddedValkey, _die_with_parent, prune_stale, wait_for_port
 from ingest.settings import Settings
 
 log = logging.getLogger("ingest.dev")
@@ -63,17 +63,6 @@ class Stack:
         for server in reversed(self.servers):
             server.stop()
         self.servers.clear()
-
-
-def _wait_for_port(port: int, child: subprocess.Popen[bytes], timeout: float = 30) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if child.poll() is not None:
-            return False
-        if port_is_open(port):
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def _auth_chosen() -> bool:
@@ -123,7 +112,7 @@ def run_dev(settings: Settings, *, redis_port: int = 16379, postgres_port: int =
         if dashboard:
             stack.spawn("dashboard", [dashboard, "--redis-url", redis_url, "--port", str(dashboard_port),
                                       "--bind", "127.0.0.1"], env)
-        if not _wait_for_port(settings.port, stack.children["receiver"]):
+        if not wait_for_port(settings.port, stack.children["receiver"]):
             log.error("the receiver did not start")
             return 1
         host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host

@@ -46,6 +46,31 @@ def port_is_open(port: int, host: str = "127.0.0.1") -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+def wait_for_port(port: int, process: subprocess.Popen | None = None, timeout: float = 30) -> bool:
+    """True once `port` on 127.0.0.1 accepts connections; False when `process` exits first or
+    `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            return False
+        if port_is_open(port):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM (a graceful stop), then SIGKILL if it has not exited after `timeout` seconds."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def _die_with_parent(sig: int, user: pwd.struct_passwd | None = None):
     """preexec_fn: the child gets `sig` when its parent dies; optionally drops root."""
     libc = ctypes.CDLL("libc.so.6", use_errno=True)

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ingest.embedded import free_port, port_is_open
+from ingest.embedded import free_port, stop_process, wait_for_port
 
 
 def ingest_env(redis_url: str, database_url: str, **extra: str) -> dict[str, str]:
@@ -31,16 +29,8 @@ def receiver(env: dict[str, str], *args: str) -> Iterator[str]:
     proc = subprocess.Popen([sys.executable, "-m", "ingest", "serve", "--host", "127.0.0.1", "--port", str(port),
                              *args], env=env)
     try:
-        deadline = time.monotonic() + 20
-        while not port_is_open(port):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("receiver did not start")
-            time.sleep(0.05)
+        if not wait_for_port(port, proc, timeout=20):
+            raise RuntimeError("receiver did not start")
         yield f"http://127.0.0.1:{port}"
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)

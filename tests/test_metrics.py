@@ -6,7 +6,6 @@ import asyncio
 import json
 import math
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ from rq import Queue
 
 from ingest import metrics as receiver_metrics
 from ingest.app import create_app
-from ingest.embedded import free_port
+from ingest.embedded import free_port, stop_process
 from ingest.settings import Settings
 from tests.conftest import ROOT
 from tests.payloads import calls
@@ -304,12 +303,7 @@ def test_worker_serves_its_metrics(redis_url: str, database_url: str, settings: 
         assert served[("copernica_ingest_store_seconds_count", ())] >= 1
         assert not any(name.startswith("copernica_ingest_requests") for name, _ in served)  # not the receiver's
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def test_a_taken_port_costs_the_metrics_not_the_worker() -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import aiohttp
 import psycopg
 
-from ingest.embedded import EmbeddedPostgres, EmbeddedValkey, free_port, port_is_open
+from ingest.embedded import EmbeddedPostgres, EmbeddedValkey, free_port, wait_for_port
 from workers.schema import apply_migrations
 
 FORM = "application/x-www-form-urlencoded"
@@ -94,10 +94,7 @@ class Process:
 def receiver(env: dict[str, str], **extra: str) -> Iterator[tuple[str, Process]]:
     port = free_port()
     proc = Process(["serve", "--host", "127.0.0.1", "--port", str(port)], {**env, **extra}).start()
-    deadline = time.monotonic() + 20
-    while not port_is_open(port):
-        assert proc.proc.poll() is None and time.monotonic() < deadline, "receiver did not start"
-        time.sleep(0.05)
+    assert wait_for_port(port, proc.proc, timeout=20), "receiver did not start"
     try:
         yield f"http://127.0.0.1:{port}/copernica", proc
     finally:
