@@ -26,9 +26,14 @@ _ACCOUNT = re.compile(r"\s*([A-Za-z]+)[-_](\S+?)\s*")
 def text(value: Any, limit: int | None = None) -> str | None:
     """A scalar as trimmed text without NULs (PostgreSQL text cannot hold them); None when empty,
     a container, or longer than `limit`."""
-    if value is None or isinstance(value, dict | list | bool):
+    if type(value) is str:  # the common case, first: no str() and no NUL scan when there is none
+        result = value.strip()
+        if "\x00" in result:
+            result = result.replace("\x00", "").strip()
+    elif value is None or isinstance(value, dict | list | bool):
         return None
-    result = str(value).replace("\x00", "").strip()
+    else:
+        result = str(value).replace("\x00", "").strip()
     if not result or (limit is not None and len(result) > limit):
         return None
     return result
