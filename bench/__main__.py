@@ -26,23 +26,13 @@ from rich.console import Console
 from rich.table import Table
 
 from bench import drain
-from bench.loadgen import INSTALL_HINT, LoadResult, have_wrk, pinned, run_wrk
+from bench.loadgen import INSTALL_HINT, LoadResult, have_wrk, pinned, run_wrk, status_mib
 from ingest.embedded import EmbeddedPostgres, EmbeddedValkey, free_port, stop_process, wait_for_port
 from workers.schema import apply_migrations
 
 console = Console(width=170)  # wide enough for the tables in a log file or CI output
 SERVER_CORE = 1
 LOAD_CORE = 0
-
-
-def peak_rss_mib(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
 
 
 @contextmanager
@@ -97,7 +87,7 @@ def run_receivers(redis_url: str, database_url: str, seconds: float, quick: bool
                 run_wrk(url, connections=connections, seconds=1, keepalive=keepalive, core=LOAD_CORE)  # warm-up
                 conn.flushdb()
                 result = run_wrk(url, connections=connections, seconds=seconds, keepalive=keepalive, core=LOAD_CORE)
-                rss = peak_rss_mib(pid)
+                rss = status_mib(pid, "VmHWM") or float("nan")
             queued = drain.queued_calls(conn, queue) if kind == "project" else None
             rows.append(Row(kind, name, result, rss, queued))
             console.print(f"  {name:<15} {kind:<8} {result.rps:>9,.0f} req/s  p99 {result.p99_ms:6.2f} ms  "

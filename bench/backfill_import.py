@@ -26,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.loadgen import status_mib  # noqa: E402
 from tests.fake_copernica import FakeCopernica, LogFile, make_records, webhook_fields  # noqa: E402
 from workers import store  # noqa: E402
 from workers.envelope import Envelope  # noqa: E402
@@ -34,18 +35,6 @@ from workers.schema import apply_migrations  # noqa: E402
 
 TZ = "Europe/Amsterdam"
 DAY = date(2026, 11, 25)
-
-
-def _rss_mb(pid: int) -> float:
-    """Resident memory of a process (Linux /proc), 0 where unknown."""
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
 
 
 def main() -> int:
@@ -81,7 +70,7 @@ def main() -> int:
                                     stdout=subprocess.DEVNULL)
             max_rss_mb = 0.0
             while proc.poll() is None:
-                max_rss_mb = max(max_rss_mb, _rss_mb(proc.pid))
+                max_rss_mb = max(max_rss_mb, status_mib(proc.pid) or 0.0)
                 time.sleep(0.1)
             took_import = time.perf_counter() - started
             assert proc.returncode == 0, proc.returncode

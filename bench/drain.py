@@ -20,7 +20,7 @@ import psycopg
 import redis
 from rich.table import Table
 
-from bench.loadgen import pinned, run_wrk
+from bench.loadgen import pinned, run_wrk, status_mib
 from ingest.queueing import BatchQueue
 from ingest.settings import Settings
 from workers import store
@@ -84,17 +84,6 @@ class WorkerRun:
     rss_mib: list[float] = field(default_factory=list)
 
 
-def _rss_mib(pid: int) -> float | None:
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
 def run_worker(redis_url: str, database_url: str, queue: str, core: int | None, **extra: str) -> WorkerRun:
     env = {**os.environ, "REDIS_URL": redis_url, "DATABASE_URL": database_url, "INGEST_QUEUE": queue,
            "INGEST_LOG_LEVEL": "WARNING", **extra}
@@ -106,7 +95,7 @@ def run_worker(redis_url: str, database_url: str, queue: str, core: int | None, 
         while proc.poll() is None:
             if first is None and conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0] > before:
                 first = time.perf_counter()
-            rss = _rss_mib(proc.pid)
+            rss = status_mib(proc.pid)
             if rss is not None:
                 samples.append(rss)
             time.sleep(0.05)

@@ -40,6 +40,19 @@ def pinned(argv: list[str], core: int | None) -> list[str]:
     return argv
 
 
+def status_mib(pid: int, key: str = "VmRSS") -> float | None:
+    """A memory figure of a process from /proc/<pid>/status in MiB (VmRSS now, VmHWM its peak);
+    None when the process is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
 
 

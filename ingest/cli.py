@@ -20,6 +20,12 @@ EXIT_USAGE = 2
 EXIT_FAILURE = 1
 
 
+def fail(message: str, code: int = EXIT_FAILURE) -> int:
+    """Print `ingest: <message>` on stderr and return the exit code (for command handlers)."""
+    print(f"ingest: {message}", file=sys.stderr)
+    return code
+
+
 class CommandError(Exception):
     """A command cannot do its work; the message is printed as one line."""
 

@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from typing import Any
 
+from ingest.cli import EXIT_FAILURE, EXIT_USAGE, fail
 from ingest.settings import Settings
 
 log = logging.getLogger("ingest.commands_events")
 
-EXIT_USAGE = 2
-EXIT_FAILURE = 1
 
 
 def register(subparsers: Any) -> None:
@@ -39,17 +37,12 @@ def register(subparsers: Any) -> None:
     replay.set_defaults(handler=cmd_rejected_replay)
 
 
-def _fail(message: str, code: int) -> int:
-    print(f"ingest: {message}", file=sys.stderr)
-    return code
-
-
 def cmd_rejected_list(settings: Settings, args: argparse.Namespace) -> int:
     from workers import store
     from workers.rejected import as_rows, count_rejected, list_rejected
 
     if args.limit < 1:
-        return _fail("rejected list: --limit must be at least 1", EXIT_USAGE)
+        return fail("rejected list: --limit must be at least 1", EXIT_USAGE)
     settings.require("database_url")
     with store.connect(settings.database_url) as conn:
         conn.autocommit = True
@@ -74,9 +67,9 @@ def cmd_rejected_list(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_rejected_replay(settings: Settings, args: argparse.Namespace) -> int:
     if args.id is None and not args.all:
-        return _fail("rejected replay: give --id N or --all", EXIT_USAGE)
+        return fail("rejected replay: give --id N or --all", EXIT_USAGE)
     if args.id is not None and args.all:
-        return _fail("rejected replay: give --id N or --all, not both", EXIT_USAGE)
+        return fail("rejected replay: give --id N or --all, not both", EXIT_USAGE)
     from workers import store
     from workers.rejected import replay
 
@@ -86,7 +79,7 @@ def cmd_rejected_replay(settings: Settings, args: argparse.Namespace) -> int:
         if args.id is not None:
             exists = conn.execute("SELECT 1 FROM rejected_events WHERE id = %s", (args.id,)).fetchone()
             if not exists:
-                return _fail(f"rejected replay: no rejected call with id {args.id}", EXIT_FAILURE)
+                return fail(f"rejected replay: no rejected call with id {args.id}", EXIT_FAILURE)
         result = replay(conn, settings.copernica_timezone, only=args.id)
     print(f"replayed {result.replayed}: {result.removed} now stored ({result.stored} new events, "
           f"{result.duplicates} already stored), {result.still_rejected} still rejected")

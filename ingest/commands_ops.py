@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from typing import Any
 
+from ingest.cli import EXIT_FAILURE, EXIT_USAGE, fail
 from ingest.settings import Settings
 
 log = logging.getLogger("ingest.commands_ops")
 
-EXIT_USAGE = 2
-EXIT_FAILURE = 1
 
 
 def register(subparsers: Any) -> None:
@@ -33,11 +31,6 @@ def register(subparsers: Any) -> None:
     requeue.add_argument("--id", metavar="ID", help="requeue the failed job with this id")
     requeue.add_argument("--all", action="store_true", help="requeue every failed job")
     requeue.set_defaults(handler=cmd_requeue_failed)
-
-
-def _fail(message: str, code: int) -> int:
-    print(f"ingest: {message}", file=sys.stderr)
-    return code
 
 
 def requeue_failed(settings: Settings, job_id: str | None = None) -> int:
@@ -70,13 +63,13 @@ def requeue_failed(settings: Settings, job_id: str | None = None) -> int:
 
 def cmd_requeue_failed(settings: Settings, args: argparse.Namespace) -> int:
     if args.id is None and not args.all:
-        return _fail("requeue-failed: give --id ID or --all", EXIT_USAGE)
+        return fail("requeue-failed: give --id ID or --all", EXIT_USAGE)
     if args.id is not None and args.all:
-        return _fail("requeue-failed: give --id ID or --all, not both", EXIT_USAGE)
+        return fail("requeue-failed: give --id ID or --all, not both", EXIT_USAGE)
     settings.require("redis_url")
     try:
         count = requeue_failed(settings, args.id)
     except LookupError as exc:
-        return _fail(f"requeue-failed: {exc.args[0]}", EXIT_FAILURE)
+        return fail(f"requeue-failed: {exc.args[0]}", EXIT_FAILURE)
     print(f"requeued {count} failed job{'' if count == 1 else 's'} on queue {settings.queue!r}")
     return 0

@@ -11,6 +11,7 @@ import logging
 import sys
 from typing import TYPE_CHECKING, Any
 
+from ingest.cli import EXIT_USAGE
 from ingest.settings import Settings
 
 if TYPE_CHECKING:
@@ -18,7 +19,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ingest.commands_retention")
 
-EXIT_USAGE = 2
 
 
 def register(subparsers: Any) -> None:

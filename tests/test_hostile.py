@@ -19,6 +19,7 @@ import psycopg
 import pytest
 import redis
 
+from tests.checks import store_and_assert_nothing_vanished
 from tests.processes import ingest_env, receiver
 from tests.test_app import queued_calls
 from workers import store
@@ -107,15 +108,7 @@ def test_hostile_bodies_are_queued_and_contained_by_the_worker(base: str, redis_
     events, origins, rejects = parse_calls(calls, TZ)  # nothing escapes: every call is one or the other
     assert len(events) + len(rejects) == len(calls)
     assert time.monotonic() - started < 10  # contained, not followed
-    conn = store.connect(db.info.dsn)
-    try:
-        store.store(conn, events, rejects, origins)
-    finally:
-        conn.close()
-    stored_keys = {r[0] for r in db.execute("SELECT event_key FROM events")}
-    kept = {r[0] for r in db.execute("SELECT call_key FROM rejected_events")}
-    for event, origin in zip(events, origins, strict=True):  # nothing vanished
-        assert event.event_key in stored_keys or store.call_key(origin) in kept
+    stored_keys, kept = store_and_assert_nothing_vanished(db, events, origins, rejects)
     for reject in rejects:
         assert store.call_key(reject.envelope) in kept
 

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg.rows import dict_row
 
+from tests.checks import store_and_assert_nothing_vanished
 from tests.fixtures_copernica import (
     MESSAGE,
     NORMALISED,
@@ -257,15 +258,7 @@ def test_arbitrary_calls_never_crash_and_never_get_lost(db: psycopg.Connection, 
     events, origins, rejects = parse_calls(batch, TZ)
     assert len(events) + len(rejects) == len(batch)  # every call is an event or a reject
     assert len(origins) == len(events)
-    conn = store.connect(db.info.dsn)
-    try:
-        store.store(conn, events, rejects, origins)
-    finally:
-        conn.close()
-    stored_keys = {r[0] for r in db.execute("SELECT event_key FROM events")}
-    kept = {r[0] for r in db.execute("SELECT call_key FROM rejected_events")}
-    for event, origin in zip(events, origins, strict=True):
-        assert event.event_key in stored_keys or store.call_key(origin) in kept
+    stored_keys, kept = store_and_assert_nothing_vanished(db, events, origins, rejects)
     for reject in rejects:
         assert store.call_key(reject.envelope) in kept
     # and nothing else: the rows are exactly these events and these calls
