@@ -34,7 +34,8 @@ class Stack:
 
     def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
         pid_file = self.data_dir / f"{name}.pid"
-        prune_stale(pid_file, argv[-1] if name != "dashboard" else "rq-dashboard")
+        # A leftover is recognised by its command line: ours are `... -m ingest <command>`.
+        prune_stale(pid_file, " ".join(argv[1:]) if name != "dashboard" else "rq-dashboard")
         child = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
                                  preexec_fn=_die_with_parent(signal.SIGTERM))
         pid_file.write_text(f"{child.pid}\n")
