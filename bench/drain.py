@@ -53,11 +53,7 @@ def fill_queue(redis_url: str, queue: str, calls: list[dict], batch: int) -> Non
     batch_queue = BatchQueue(settings)
     conn = redis.Redis.from_url(redis_url)
     for start in range(0, len(calls), batch):
-        _job_id, commands = batch_queue.prepare(calls[start:start + batch])
-        with conn.pipeline(transaction=True) as pipe:
-            for name, args, kwargs in commands:
-                getattr(pipe, name)(*args, **kwargs)
-            pipe.execute()
+        batch_queue.write_sync(conn, calls[start:start + batch])
     conn.close()
 
 

@@ -1,0 +1,124 @@
+"""One batch, one RQ job: the job the template writes is the job RQ itself would write, and the
+write is all or nothing. Against a real Redis (Valkey)."""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import time
+import zlib
+
+import pytest
+import redis
+from rq import Queue
+from rq.job import Job, JobStatus
+
+from ingest.queueing import FAILURE_TTL, JOB_FUNCTION, JOB_TIMEOUT, RESULT_TTL, BatchQueue
+from ingest.settings import Settings
+from workers.envelope import wire
+
+
+def calls(count: int, start: int = 0) -> list[dict]:
+    return [wire(f"id=m{n}&type=open&time={1795694401 + n}".encode(), "application/x-www-form-urlencoded",
+                 1795694401.0 + n, "192.0.2.7", "POST", "/copernica", {"x-copernica-id": "7"})
+            for n in range(start, start + count)]
+
+
+def enqueue(settings: Settings, *batches: list[dict]) -> list[str]:
+    async def go() -> list[str]:
+        queue = BatchQueue(settings)
+        try:
+            return [await queue.enqueue(batch) for batch in batches]
+        finally:
+            await queue.close()
+
+    return asyncio.run(go())
+
+
+def test_the_job_is_the_one_rq_writes(settings: Settings, redis_conn: redis.Redis) -> None:
+    batch = calls(3)
+    [ours] = enqueue(settings, batch)
+    queue = BatchQueue(settings)
+    theirs = queue.queue.enqueue_call(JOB_FUNCTION, args=(batch,), timeout=JOB_TIMEOUT, result_ttl=RESULT_TTL,
+                                      failure_ttl=FAILURE_TTL, retry=queue.retry,
+                                      description="store_batch(3 calls)").id
+    mine, rqs = redis_conn.hgetall(f"rq:job:{ours}"), redis_conn.hgetall(f"rq:job:{theirs}")
+    assert mine.keys() == rqs.keys()
+    varying = {b"created_at", b"enqueued_at", b"data"}
+    assert {k: v for k, v in mine.items() if k not in varying} == {k: v for k, v in rqs.items() if k not in varying}
+    assert pickle.loads(zlib.decompress(mine[b"data"])) == pickle.loads(zlib.decompress(rqs[b"data"]))
+    assert abs(Job.fetch(ours, connection=redis_conn).created_at.timestamp() - time.time()) < 60
+    assert Queue("copernica", connection=redis_conn).get_job_ids() == [ours, theirs]
+    assert redis_conn.smembers("rq:queues") == {b"rq:queue:copernica"}
+
+
+def test_rq_reads_the_job_back(settings: Settings, redis_conn: redis.Redis) -> None:
+    batch = calls(5)
+    first, second = enqueue(settings, batch, calls(1, 5))
+    job = Job.fetch(first, connection=redis_conn)
+    assert job.func_name == JOB_FUNCTION and job.args == (batch,) and job.kwargs == {}
+    assert job.get_status() == JobStatus.QUEUED and job.origin == "copernica"
+    assert job.description == "store_batch(5 calls)" and job.timeout == JOB_TIMEOUT
+    assert job.retries_left == settings.job_retries
+    assert first != second and Job.fetch(second, connection=redis_conn).args == (calls(1, 5),)
+
+
+def test_write_sync_writes_the_same_job(settings: Settings, redis_conn: redis.Redis) -> None:
+    job_id = BatchQueue(settings).write_sync(redis_conn, calls(2))
+    assert Job.fetch(job_id, connection=redis_conn).args == (calls(2),)
+    assert Queue("copernica", connection=redis_conn).get_job_ids() == [job_id]
+
+
+def test_out_of_memory_writes_nothing(settings: Settings, redis_conn: redis.Redis) -> None:
+    enqueue(settings, calls(1))  # the template is built, the queue exists
+    redis_conn.flushdb()
+    used = int(redis_conn.info("memory")["used_memory"])
+    redis_conn.config_set("maxmemory", str(max(used - 1024 * 1024, 1)))
+    try:
+        with pytest.raises(redis.ResponseError, match="maxmemory"):
+            enqueue(settings, calls(50))
+        assert redis_conn.keys("rq:*") == []
+    finally:
+        redis_conn.config_set("maxmemory", "0")
+    assert len(enqueue(settings, calls(1))) == 1
+
+
+def test_a_dropped_connection_is_replaced(settings: Settings, redis_conn: redis.Redis) -> None:
+    async def go() -> list[str]:
+        queue = BatchQueue(settings)
+        try:
+            ids = [await queue.enqueue(calls(1))]
+            killed = redis_conn.client_kill_filter(_type="normal", skipme=True)
+            assert killed >= 1
+            ids.append(await queue.enqueue(calls(1, 1)))  # the dead socket is noticed, a new one used
+            return ids
+        finally:
+            await queue.close()
+
+    ids = asyncio.run(go())
+    assert Queue("copernica", connection=redis_conn).get_job_ids() == ids
+
+
+def test_a_hung_redis_times_out_then_writes_resume(redis_url: str, redis_conn: redis.Redis) -> None:
+    settings = Settings.from_env({"REDIS_URL": redis_url, "INGEST_REDIS_TIMEOUT": "0.3"}, dotenv=False)
+
+    async def go() -> str:
+        queue = BatchQueue(settings)
+        try:
+            await queue.enqueue(calls(1))
+            redis_conn.execute_command("CLIENT", "PAUSE", "1500", "WRITE")
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                await queue.enqueue(calls(1, 1))
+            assert time.monotonic() - started < 1.2  # twice the Redis timeout, not the whole pause
+            redis_conn.execute_command("CLIENT", "UNPAUSE")
+            return await queue.enqueue(calls(1, 2))
+        finally:
+            redis_conn.execute_command("CLIENT", "UNPAUSE")
+            await queue.close()
+
+    last = asyncio.run(go())
+    # The timed-out write may still land once Redis resumes (it was sent): then it is queued
+    # once, and storing is idempotent. The write after it always lands.
+    assert last in Queue("copernica", connection=redis_conn).get_job_ids()
+    assert Job.fetch(last, connection=redis_conn).args == (calls(1, 2),)
