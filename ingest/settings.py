@@ -42,13 +42,6 @@ def _non_negative_int(raw: str) -> int:
     return value
 
 
-def _non_negative_int(raw: str) -> int:
-    value = _int(raw)
-    if value < 0:
-        raise ValueError("must be zero or a positive whole number")
-    return value
-
-
 def _port(raw: str) -> int:
     value = _int(raw)
     if not 0 <= value <= 65535:
