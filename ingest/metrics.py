@@ -65,7 +65,7 @@ BATCH_SIZE = Histogram(
     f"{PREFIX}_batch_size", "Calls per group-commit batch written to Redis as one RQ job.",
     buckets=BATCH_SIZE_BUCKETS, registry=REGISTRY)
 ENQUEUE_SECONDS = Histogram(
-    f"{PREFIX}_enqueue_seconds", "Seconds one batch took to be written to Redis (MULTI/EXEC).",
+    f"{PREFIX}_enqueue_seconds", "Seconds one batch took to be written to Redis (one script call).",
     buckets=ENQUEUE_SECONDS_BUCKETS, registry=REGISTRY)
 ENQUEUE_FAILURES = PromCounter(
     f"{PREFIX}_enqueue_failed_batches", "Batches Redis did not take (their calls were answered 503).",
