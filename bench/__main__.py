@@ -2,7 +2,8 @@
 
 The machine is shared and noisy, so what counts is the ratio to a baseline measured minutes
 apart under the same load generator; the absolute figures are printed beside it. wrk runs on
-core 0, the measured process on core 1.
+core 0, the measured process on core 1. The embedded Redis and PostgreSQL are pinned to core 0
+too, as if on other machines: the measured process has its core to itself.
 
     python -m bench [--quick] [--seconds S] [--burst N] [--drain N]
 
@@ -12,6 +13,7 @@ Uses BENCH_REDIS_URL / BENCH_DATABASE_URL when set, else starts the embedded ser
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -74,6 +76,24 @@ def scenarios(quick: bool) -> list[tuple[str, int, bool]]:
         return [("64 keep-alive", 64, True), ("256 keep-alive", 256, True)]
     return [("64 keep-alive", 64, True), ("256 keep-alive", 256, True), ("64 close", 64, False),
             ("256 close", 256, False)]
+
+
+def pin_tree(pid: int, core: int) -> None:
+    """Pin a server process, its threads and its children (PostgreSQL's background processes;
+    later backends inherit it from the postmaster) to one core."""
+    pids = {pid}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                pids.add(int(entry.name))
+    for each in pids:
+        for task in Path(f"/proc/{each}/task").iterdir():
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(int(task.name), {core})
 
 
 def run_receivers(redis_url: str, database_url: str, seconds: float, quick: bool) -> list[Row]:
@@ -142,11 +162,13 @@ def main(argv: list[str] | None = None) -> int:
             valkey.start()
             stack.callback(valkey.stop)
             redis_url = valkey.url
+            pin_tree(valkey.process.pid, LOAD_CORE)
         if not database_url:
             postgres = EmbeddedPostgres(tmp / "postgres")
             postgres.start()
             stack.callback(postgres.stop)
             database_url = postgres.url
+            pin_tree(postgres.process.pid, LOAD_CORE)
         apply_migrations(database_url)
         console.print(f"redis {redis_url}  postgres {database_url}  cores {os.cpu_count()}")
 
