@@ -11,7 +11,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.fixtures_copernica import WEBHOOK_CASES, encode_form
-from workers.parsing import MAX_DEPTH, MAX_FIELDS, Unparseable, parse_body, parse_form, split_key
+from workers.parsing import (
+    MAX_DEPTH,
+    MAX_FIELDS,
+    Unparseable,
+    _build_form,
+    _flat_utf8,
+    parse_body,
+    parse_form,
+    split_key,
+)
 
 FORM = "application/x-www-form-urlencoded"
 
@@ -173,3 +182,39 @@ def test_form_charset_parameter_is_honoured() -> None:
         parse_body(FORM, body)
     for odd in ("no-such-codec", "rot13", "zlib", "\"utf-8\""):
         assert parse_body(f"{FORM}; charset={odd}", b"a=b") == {"a": "b"}
+
+
+def _outcome(parse, body: bytes) -> object:
+    try:
+        return parse(body)
+    except Unparseable as exc:
+        return f"Unparseable: {exc}"
+
+
+# Bytes that steer the one-pass decoder (escapes, separators, backslash, bracket, UTF-8 and not).
+_FORM_BYTES = st.lists(st.sampled_from([
+    b"a", b"b", b"0", b"2", b"5", b"6", b"D", b"d", b"f", b"x", b"%", b"%25", b"%26", b"%3D", b"%3d", b"%2B",
+    b"%41", b"%4", b"%zz", b"%%", b"&", b"=", b"+", b"[", b"]", b"%5B", b"\\", b"\\x41", b"\xc3\xa9", b"\xc3",
+    b"%C3%A9", b"%C3", b"%00", b"\x00",
+]), max_size=60).map(b"".join)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_FORM_BYTES)
+def test_one_pass_form_decoding_reads_what_the_pairwise_path_reads(body: bytes) -> None:
+    assert _outcome(parse_form, body) == _outcome(lambda b: _build_form(b, "utf-8"), body)
+
+
+@pytest.mark.parametrize("body", [
+    b"u=https%3A%2F%2Fx.example%2F%3Fa%3D1%26b%3D2&k%3Dx=%2526&t=50%25+off%2B",  # kept escapes, %25 then 26
+    b"id=1&type=open&&=lost&x=%C3%A9",  # empty pair and empty key skipped
+])
+def test_one_pass_form_decoding_examples(body: bytes) -> None:
+    fields = _flat_utf8(body)
+    assert fields is not None and fields == _build_form(body, "utf-8")
+
+
+@pytest.mark.parametrize("body", [b"a=1&a=2", b"a[b]=1", b"a=%4", b"a=\\x41", b"a=\xc3", b"=x&", b"a=%C3"])
+def test_one_pass_form_decoding_leaves_odd_bodies_to_the_pairwise_path(body: bytes) -> None:
+    assert _flat_utf8(body) is None
+    assert _outcome(parse_form, body) == _outcome(lambda b: _build_form(b, "utf-8"), body)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
+from codecs import escape_decode
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -140,10 +141,19 @@ def parse_form(body: bytes, charset: str = "utf-8") -> dict[str, Any]:
     its values; a pair that clashes with the shape built so far (`a=1&a[b]=2`) is kept under
     its literal key (`"a[b]"`, then `"a[b]#2"`, ...).
     """
-    pairs = body.split(b"&")
-    if len(pairs) > MAX_FIELDS:
+    if body.count(b"&") >= MAX_FIELDS:
         raise Unparseable(f"more than {MAX_FIELDS} form fields")
+    if charset in ("utf-8", "utf8"):
+        flat = _flat_utf8(body)
+        if flat is not None:
+            return flat
+    return _build_form(body, charset)
+
+
+def _build_form(body: bytes, charset: str) -> dict[str, Any]:
+    """The general path of `parse_form`: pair by pair, any charset, any key shape."""
     builder = _FormBuilder()
+    pairs = body.split(b"&")
     place = builder.place
     try:
         for raw in pairs:
@@ -161,6 +171,54 @@ def parse_form(body: bytes, charset: str = "utf-8") -> dict[str, Any]:
     if not builder.result:
         raise Unparseable("form body has no fields")
     return builder.result
+
+
+# A `%XX` escape as a `\xXX` one, so that one C call (`escape_decode`) decodes a whole body.
+# The escapes of `%`, `&` and `=` stay as they are until the body is split into pairs.
+_KEPT = (b"\\x25", b"\\x26", b"\\x3D", b"\\x3d")
+
+
+def _flat_utf8(body: bytes) -> dict[str, str] | None:
+    """The common body (UTF-8, plain keys each sent once) decoded in one pass: the same fields
+    as the general path, or None when the body needs that path (a nested or repeated key, a
+    backslash, an invalid escape, invalid UTF-8 (the general path words the error), no fields)."""
+    if b"\\" in body:
+        return None
+    if b"+" in body:
+        body = body.replace(b"+", b" ")
+    kept = False
+    if b"%" in body:
+        escaped = body.replace(b"%", b"\\x")
+        for escape in _KEPT:
+            if escape in escaped:
+                escaped = escaped.replace(escape, b"%" + escape[2:])
+                kept = True
+        try:
+            body = escape_decode(escaped)[0]
+        except ValueError:  # a `%` not followed by two hex digits: kept as text by the general path
+            return None
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    result: dict[str, str] = {}
+    for pair in text.split("&"):
+        key, _, value = pair.partition("=")
+        if kept and "%" in pair:
+            key, value = _unkeep(key), _unkeep(value)
+        if not key:
+            continue
+        if "[" in key or key in result:
+            return None
+        result[key] = value
+    return result or None
+
+
+def _unkeep(text: str) -> str:
+    """Decode the escapes `_flat_utf8` kept; `%25` last, so no `%` it yields is read again."""
+    if "%" not in text:
+        return text
+    return text.replace("%26", "&").replace("%3D", "=").replace("%3d", "=").replace("%25", "%")
 
 
 class _FormBuilder:
