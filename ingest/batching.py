@@ -1,10 +1,12 @@
 """Group commit: many requests, one Redis write.
 
 A request adds its call to the open batch and awaits that batch's write. A flusher hands
-batches to writers, a few at once (`max_in_flight`: Redis answers several concurrent writes
-with one fsync); while those are being written the next batch fills, so batches grow with
-load and a lone request is written at once. Every request of a batch gets the batch's
-outcome: all are in Redis, or all are told they are not.
+batches to writers, `max_in_flight` at once; while those are being written the next batch
+fills, so batches grow with load and a lone request is written at once. One write at a time
+is the default: the receiver is bound by CPU before Redis, and a second concurrent write only
+halves the batches (measured: 10-35 % more CPU per call, most with short-lived connections).
+Every request of a batch gets the batch's outcome: all are in Redis, or all are told they
+are not.
 
 Memory is bounded: a batch holds at most `max_batch` calls and at most `max_pending` calls wait
 at once; past that `Overloaded` is raised at once and the receiver answers 503.
@@ -65,7 +67,7 @@ class GroupCommitter:
         *,
         max_batch: int,
         max_pending: int,
-        max_in_flight: int = 2,
+        max_in_flight: int = 1,
         observe: Observer | None = None,
     ) -> None:
         self._write = write
