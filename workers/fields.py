@@ -21,6 +21,9 @@ INDEXED_TEXT_MAX = 512
 _DIGITS = re.compile(r"\s*(\d{1,19})\s*")
 _ENHANCED = re.compile(r"\s*[245]\.\d{1,3}\.\d{1,3}\s*")
 _ACCOUNT = re.compile(r"\s*([A-Za-z]+)[-_](\S+?)\s*")
+# A dotted quad as `ipaddress` accepts it (no leading zeros), which is its own canonical form.
+_OCTET = "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
 
 
 def text(value: Any, limit: int | None = None) -> str | None:
@@ -46,6 +49,9 @@ def bigint(value: Any) -> int | None:
     if isinstance(value, int):
         number = value
     elif isinstance(value, str):
+        if value.isascii() and value.isdigit() and len(value) <= 19:  # the common id, without the regex
+            number = int(value)
+            return number if number <= BIGINT_MAX else None
         match = _DIGITS.fullmatch(value)
         if match is None:
             return None
@@ -60,6 +66,8 @@ def ip(value: Any) -> str | None:
     raw = text(value, 100)
     if raw is None:
         return None
+    if _IPV4.fullmatch(raw):
+        return raw
     try:
         address = ipaddress.ip_address(raw)
     except ValueError:

@@ -157,11 +157,14 @@ def event_key(
     return hashlib.sha256("\x1f".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
 
 
+_SIZED = (str, list, dict)  # the kinds whose empty value counts as absent
+
+
 def _first(fields: dict[str, Any], *names: str) -> Any:
-    """The first of `names` that is present with a non-empty value."""
+    """The first of `names` that is present with a non-empty value (not None, "", [] or {})."""
     for name in names:
         value = fields.get(name)
-        if value not in (None, "", [], {}):
+        if value or (value is not None and not isinstance(value, _SIZED)):
             return value
     return None
 
@@ -173,14 +176,15 @@ def _common(fields: dict[str, Any]) -> dict[str, Any]:
     then the 2017 feedback names (`rcptto`). Values that do not fit a column (a non-numeric
     id, an invalid address) leave it NULL; the payload keeps them as sent.
     """
-    code_raw = _first(fields, "code")
+    # A single name needs no `_first`: every coercion below reads an empty value as None.
+    code_raw = fields.get("code")
     smtp_code = fv.smtp_code(code_raw)
     smtp_status = fv.text(_first(fields, "extended", "status"))
     if smtp_status is None and smtp_code is None and fv.is_enhanced_status(code_raw):
         smtp_status = fv.text(code_raw)
     return {
         "recipient": fv.text(_first(fields, "recipient", "email", "rcptto"), fv.INDEXED_TEXT_MAX),
-        "ip": fv.ip(_first(fields, "ip")),
+        "ip": fv.ip(fields.get("ip")),
         "user_agent": fv.text(_first(fields, "useragent", "user_agent", "header")),
         "url": fv.text(_first(fields, "original", "url")),
         "link_id": fv.text(_first(fields, "linkinfo", "link", "linkid")),
@@ -193,7 +197,7 @@ def _common(fields: dict[str, Any]) -> dict[str, Any]:
         "tags": fv.tags(fields.get("tags")),
         "smtp_code": smtp_code,
         "smtp_status": smtp_status,
-        "description": fv.text(_first(fields, "description")),
+        "description": fv.text(fields.get("description")),
     }
 
 
