@@ -96,3 +96,23 @@ async def test_close_writes_accepted_batches_then_refuses() -> None:
     assert sorted(x for b in writer.batches for x in b) == list(range(20))
     with pytest.raises(Closed):
         await committer.submit(99)
+
+
+async def test_a_cancelled_request_leaves_its_batch_alone() -> None:
+    writer = Writer()
+    writer.release.clear()  # the first write waits: the next requests share one batch
+    committer = GroupCommitter(writer, max_batch=100, max_pending=1000)
+    first = asyncio.ensure_future(committer.submit(0))
+    await asyncio.sleep(0.01)
+    waiting = [asyncio.ensure_future(committer.submit(i)) for i in (1, 2, 3)]
+    await asyncio.sleep(0.01)
+    waiting[0].cancel()  # its caller went away
+    await asyncio.sleep(0.01)
+    assert not waiting[0].done()  # cancelled only once the batch's outcome is known
+    writer.release.set()
+    await asyncio.gather(first, waiting[1], waiting[2])  # the others are answered normally
+    with pytest.raises(asyncio.CancelledError):
+        await waiting[0]
+    assert writer.batches == [[0], [1, 2, 3]]  # the cancelled call was written all the same
+    assert committer.pending == 0
+    await committer.close()
