@@ -15,12 +15,12 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis
-from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from rq import Queue
 
+from ingest import app as app_module
 from ingest import metrics as receiver_metrics
 from ingest.app import create_app
 from ingest.embedded import free_port, stop_process
@@ -176,20 +176,18 @@ async def test_a_refused_call_is_counted_by_status_and_reason(settings: Settings
     assert Queue("copernica", connection=redis_conn).count == 0
 
 
-async def test_counted_counts_raised_http_errors() -> None:
-    async def raising(request: web.Request) -> web.Response:
-        raise web.HTTPForbidden()
-
-    async def failing(request: web.Request) -> web.Response:
+async def test_an_unexpected_error_is_counted_as_500(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object) -> dict:
         raise RuntimeError("bug")
 
+    monkeypatch.setattr(app_module, "wire", broken)
     before = dict(receiver_metrics.ANSWERS)
-    with pytest.raises(web.HTTPForbidden):
-        await receiver_metrics.counted(raising)(None)  # type: ignore[arg-type]
-    with pytest.raises(RuntimeError):
-        await receiver_metrics.counted(failing)(None)  # type: ignore[arg-type]
-    assert receiver_metrics.ANSWERS[403] == before.get(403, 0) + 1
+    async with TestClient(TestServer(create_app(settings))) as client:
+        resp = await client.post("/copernica", data=b"a=1", headers={"Content-Type": FORM})
+        assert resp.status == 500
+        assert (await client.post("/copernica", data=b"", headers={"Content-Type": FORM})).status == 400
     assert receiver_metrics.ANSWERS[500] == before.get(500, 0) + 1
+    assert receiver_metrics.ANSWERS[400] == before.get(400, 0) + 1
 
 
 def test_a_fresh_receiver_shows_exact_counts(redis_url: str, database_url: str, redis_conn: redis.Redis) -> None:
