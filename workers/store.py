@@ -15,6 +15,8 @@ import queue
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
+from datetime import datetime
+from operator import attrgetter
 
 import orjson
 import psycopg
@@ -82,16 +84,50 @@ def _clean(value: object) -> object:
     return value
 
 
-def _row(event: Event) -> tuple:
-    row = []
-    for name in EVENT_COLUMNS:
-        value = getattr(event, name)
-        if isinstance(value, dict):
-            value = orjson.dumps(value).decode().replace("\\u0000", "")
-        elif isinstance(value, list):  # a text[] column (tags)
-            value = [_clean(item) for item in value]
-        row.append(_clean(value))
-    return tuple(row)
+def _json(value: dict) -> str:
+    """The payload as jsonb text; orjson escapes NUL as \\u0000, which jsonb refuses: dropped."""
+    return orjson.dumps(value).decode().replace("\\u0000", "")
+
+
+# COPY's text format, written here rather than by psycopg's row formatter: one str per event,
+# escaped only in the rare row that holds a backslash, tab, newline, carriage return or NUL.
+_VALUES = attrgetter(*EVENT_COLUMNS)
+_NULL = "\\N"
+_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\x00": None})
+_LAST_TAB = len(EVENT_COLUMNS) - 1
+
+
+def _copy_line(event: Event) -> str:
+    """One event as a line of COPY text (NULs dropped: PostgreSQL text cannot hold them)."""
+    values = _VALUES(event)
+    cells = [_NULL if v is None else v if type(v) is str else (_format(type(v)) or _cell)(v) for v in values]
+    line = "\t".join(cells)
+    if (line.count("\\") != values.count(None) or line.count("\t") != _LAST_TAB
+            or "\n" in line or "\r" in line or "\x00" in line):
+        line = "\t".join([_NULL if v is None else _cell(v).translate(_ESCAPES) for v in values])
+    return line + "\n"
+
+
+def _cell(value: object) -> str:
+    """A non-NULL value as PostgreSQL reads it, before COPY's escaping."""
+    if isinstance(value, dict):
+        return _json(value)
+    if isinstance(value, list):
+        return _array(value)
+    return str(value)  # str, int, datetime ('2026-11-26 12:00:01+00:00')
+
+
+def _array(items: list) -> str:
+    """A text[] literal with every element quoted (so NULL, commas, braces are plain text)."""
+    quoted = [
+        "NULL" if item is None
+        else '"' + str(item).replace("\x00", "").replace("\\", "\\\\").replace('"', '\\"') + '"'
+        for item in items
+    ]
+    return "{" + ",".join(quoted) + "}"
+
+
+_format = {int: str, datetime: str, dict: _json, list: _array}.get  # the exact types `_cell` meets most
 
 
 def insert_events(conn: psycopg.Connection, events: Sequence[Event]) -> int:
@@ -106,8 +142,7 @@ def insert_events(conn: psycopg.Connection, events: Sequence[Event]) -> int:
             f"SELECT {_COLS} FROM events WITH NO DATA"
         )
         with cur.copy(f"COPY {_STAGE} ({_COLS}) FROM STDIN") as copy:
-            for event in events:
-                copy.write_row(_row(event))
+            copy.write("".join([_copy_line(event) for event in events]).encode())
         cur.execute(f"INSERT INTO events ({_COLS}) SELECT {_COLS} FROM {_STAGE} s {_NEW_KEY} ON CONFLICT DO NOTHING")
         stored = cur.rowcount
         cur.execute(f"DELETE FROM {_STAGE}")  # the next chunk of this transaction starts empty

@@ -1,0 +1,107 @@
+"""Events reach PostgreSQL through COPY text the worker writes itself: every value comes back
+as it was (NULs dropped), whatever characters COPY or array literals give a meaning to."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import psycopg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from psycopg.rows import dict_row
+
+from workers import store
+from workers.model import Event
+
+WHEN = datetime(2026, 11, 26, 12, 0, 1, tzinfo=UTC)
+ODD = ["\\", "\\N", "\t", "\n", "\r", "\\t", '"', "'", ",", "{", "}", "NULL", "null", " ", "é", "\u2028", "x\x00y"]
+
+
+def _event(n: int, **values: Any) -> Event:
+    base = Event(event_key=f"key-{n}", event_type="opened", copernica_type="open", occurred_at=WHEN,
+                 received_at=WHEN + timedelta(microseconds=123_456), source="webhook", message_id=f"m{n}",
+                 recipient="a@example.com", payload={"id": f"m{n}"})
+    return dataclasses.replace(base, **values)
+
+
+def _stored(db: psycopg.Connection, events: list[Event]) -> dict[str, dict[str, Any]]:
+    db.execute("TRUNCATE events")
+    result = store.store(db, events)
+    assert (result.stored, result.rejected) == (len(events), 0)
+    with db.cursor(row_factory=dict_row) as cur:
+        return {row["event_key"]: row for row in cur.execute("SELECT * FROM events")}
+
+
+def _expected(event: Event) -> dict[str, Any]:
+    row = {}
+    for name in store.EVENT_COLUMNS:
+        value = getattr(event, name)
+        if isinstance(value, str):
+            value = value.replace("\x00", "")
+        elif isinstance(value, list):
+            value = [item.replace("\x00", "") if isinstance(item, str) else item for item in value]
+        row[name] = value
+    return row
+
+
+def _as_read(row: dict[str, Any]) -> dict[str, Any]:
+    got = {name: row[name] for name in store.EVENT_COLUMNS}
+    got["ip"] = str(row["ip"]) if row["ip"] is not None else None
+    return got
+
+
+def test_plain_event_comes_back_column_for_column(db: psycopg.Connection) -> None:
+    event = _event(1, ip="192.0.2.1", user_agent="Mozilla/5.0 (X11)", url="https://x.example/?a=1&b=2",
+                   link_id="7", mailing_id=4242, profile_id=2**63 - 1, subprofile_id=0, database_id=12,
+                   collection_id=3, template_id=9, tags=["newsletter", "weekly"], smtp_code=550,
+                   smtp_status="5.1.1", description="user unknown", account="1234")
+    row = _stored(db, [event])["key-1"]
+    assert _as_read(row) == _expected(event)
+
+
+@pytest.mark.parametrize("odd", ODD)
+def test_characters_with_a_meaning_in_copy_or_arrays_come_back_as_sent(db: psycopg.Connection, odd: str) -> None:
+    text = f"a{odd}b"
+    clean = text.replace("\x00", "")  # a NUL in the payload is dropped: test_null_tag_element_and_nul_in_payload
+    events = [
+        _event(1, recipient=text, user_agent=odd, description=text, smtp_status=odd, account=text),
+        _event(2, tags=[odd, text, "", "plain"], url=text, copernica_type=text),
+        _event(3, payload={"v": clean, clean: [clean, None, 1]}, message_id=text),
+    ]
+    rows = _stored(db, events)
+    for event in events:
+        assert _as_read(rows[event.event_key]) == _expected(event)
+
+
+def test_null_tag_element_and_nul_in_payload(db: psycopg.Connection) -> None:
+    event = _event(1, tags=[None, "NULL"], payload={"body": "a\x00b"})
+    row = _stored(db, [event])["key-1"]
+    assert row["tags"] == [None, "NULL"]
+    assert row["payload"] == {"body": "ab"}
+
+
+def test_times_keep_their_instant(db: psycopg.Connection) -> None:
+    amsterdam = timezone(timedelta(hours=1))
+    event = _event(1, occurred_at=datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=amsterdam),
+                   received_at=datetime(1999, 12, 31, 23, 59, 59, tzinfo=UTC))
+    row = _stored(db, [event])["key-1"]
+    assert row["occurred_at"] == event.occurred_at and row["received_at"] == event.received_at
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.text(max_size=12), min_size=1, max_size=4), st.text(max_size=30))
+def test_any_text_comes_back(db: psycopg.Connection, tags: list[str], text: str) -> None:
+    event = _event(1, tags=tags, description=text or None, payload={"t": text.replace("\x00", "")})
+    row = _stored(db, [event])["key-1"]
+    assert _as_read(row) == _expected(event)
+
+
+def test_a_row_is_escaped_only_when_it_needs_it() -> None:
+    plain = store._copy_line(_event(1, tags=["a b"]))
+    assert plain.count("\t") == len(store.EVENT_COLUMNS) - 1 and plain.endswith("\n")
+    assert '\t{"a b"}\t' in plain and "\\\\" not in plain
+    odd = store._copy_line(_event(1, description="x\ty\\N"))
+    assert "\tx\\ty\\\\N\t" in odd and odd.count("\t") == len(store.EVENT_COLUMNS) - 1
