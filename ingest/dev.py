@@ -18,7 +18,14 @@ import sys
 import time
 from pathlib import Path
 
-from ingest.embedded import EmbeddedPostgres, EmbeddedValkey, _die_with_parent, prune_stale, wait_for_port
+from ingest.embedded import (
+    EmbeddedPostgres,
+    EmbeddedValkey,
+    StopSignals,
+    _die_with_parent,
+    prune_stale,
+    wait_for_port,
+)
 from ingest.settings import Settings
 
 log = logging.getLogger("ingest.dev")
@@ -80,14 +87,7 @@ def run_dev(settings: Settings, *, redis_port: int = 16379, postgres_port: int =
     data_dir = Path(settings.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     stack = Stack(data_dir)
-    stopping = False
-
-    def request_stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    signals = StopSignals()
     try:
         redis_url, database_url = settings.redis_url, settings.database_url
         if redis_url is None:
@@ -128,7 +128,7 @@ def run_dev(settings: Settings, *, redis_port: int = 16379, postgres_port: int =
             f"    export REDIS_URL={redis_url} DATABASE_URL={database_url}\n",
             flush=True,
         )
-        while not stopping:
+        while not signals.caught:
             gone = stack.exited()
             if gone is not None:
                 log.error("%s exited unexpectedly; stopping the stack", gone)

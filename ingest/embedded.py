@@ -71,6 +71,19 @@ def stop_process(process: subprocess.Popen, timeout: float = 30) -> None:
         process.wait()
 
 
+class StopSignals:
+    """SIGTERM and SIGINT set a flag instead of interrupting: a supervising loop polls `caught`
+    and then stops its children in order (`ingest dev`, `ingest serve --processes N`)."""
+
+    def __init__(self) -> None:
+        self.caught = False
+        signal.signal(signal.SIGTERM, self._catch)
+        signal.signal(signal.SIGINT, self._catch)
+
+    def _catch(self, signum: int, frame: object) -> None:
+        self.caught = True
+
+
 def _die_with_parent(sig: int, user: pwd.struct_passwd | None = None):
     """preexec_fn: the child gets `sig` when its parent dies; optionally drops root."""
     libc = ctypes.CDLL("libc.so.6", use_errno=True)

@@ -14,6 +14,7 @@ import time
 from aiohttp import web
 
 from ingest.app import create_app
+from ingest.embedded import StopSignals
 from ingest.settings import Settings
 
 log = logging.getLogger("ingest.server")
@@ -65,16 +66,9 @@ def _supervise(processes: int, host: str, port: int) -> int:
     argv = [sys.executable, "-m", "ingest", "serve", "--host", host, "--port", str(port), "--reuse-port"]
     children = [subprocess.Popen(argv) for _ in range(processes)]
     log.info("started %d receiver processes on %s:%d", processes, host, port)
-    stopping = False
-
-    def stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    signals = StopSignals()
     code = 0
-    while not stopping:
+    while not signals.caught:
         if any(child.poll() is not None for child in children):
             log.error("a receiver process exited; stopping the others")
             code = 1
