@@ -116,3 +116,79 @@ async def test_a_cancelled_request_leaves_its_batch_alone() -> None:
     assert writer.batches == [[0], [1, 2, 3]]  # the cancelled call was written all the same
     assert committer.pending == 0
     await committer.close()
+
+
+class HeldWriter:
+    """Each write waits until the test lets it finish; records what is in flight at once."""
+
+    def __init__(self) -> None:
+        self.started: list[list[int]] = []
+        self.gates: list[asyncio.Event] = []
+        self.most_at_once = 0
+        self.in_flight = 0
+
+    async def __call__(self, items: list[int]) -> None:
+        gate = asyncio.Event()
+        self.started.append(list(items))
+        self.gates.append(gate)
+        self.in_flight += 1
+        self.most_at_once = max(self.most_at_once, self.in_flight)
+        await gate.wait()
+        self.in_flight -= 1
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_a_small_batch_waits_for_the_write_in_flight() -> None:
+    writer = HeldWriter()
+    committer = GroupCommitter(writer, max_batch=100, max_pending=1000, max_in_flight=2, overlap_min=4)
+    tasks = [asyncio.ensure_future(committer.submit(0))]
+    await settle()
+    tasks += [asyncio.ensure_future(committer.submit(i)) for i in (1, 2, 3)]  # below overlap_min
+    await settle()
+    assert writer.started == [[0]]  # the three wait: not worth a write of their own yet
+    writer.gates[0].set()
+    await settle()
+    assert writer.started == [[0], [1, 2, 3]]  # written as soon as the first write finished
+    writer.gates[1].set()
+    await asyncio.gather(*tasks)
+    assert writer.most_at_once == 1
+    await committer.close()
+
+
+async def test_a_batch_of_overlap_min_goes_beside_the_write_in_flight() -> None:
+    writer = HeldWriter()
+    committer = GroupCommitter(writer, max_batch=100, max_pending=1000, max_in_flight=2, overlap_min=4)
+    tasks = [asyncio.ensure_future(committer.submit(0))]
+    await settle()
+    tasks += [asyncio.ensure_future(committer.submit(i)) for i in (1, 2, 3, 4)]
+    await settle()
+    assert writer.started == [[0], [1, 2, 3, 4]] and writer.most_at_once == 2
+    tasks += [asyncio.ensure_future(committer.submit(i)) for i in range(5, 15)]
+    await settle()
+    assert len(writer.started) == 2  # max_in_flight: a third write waits, however big its batch
+    for gate in writer.gates:
+        gate.set()
+    await settle()
+    assert writer.started[2] == list(range(5, 15))
+    writer.gates[2].set()
+    await asyncio.gather(*tasks)
+    await committer.close()
+
+
+async def test_close_writes_a_small_batch_without_waiting_for_it_to_grow() -> None:
+    writer = HeldWriter()
+    committer = GroupCommitter(writer, max_batch=100, max_pending=1000, max_in_flight=2, overlap_min=50)
+    tasks = [asyncio.ensure_future(committer.submit(i)) for i in range(3)]
+    await settle()
+    tasks.append(asyncio.ensure_future(committer.submit(3)))
+    await settle()
+    closing = asyncio.ensure_future(committer.close())
+    await settle()
+    assert writer.started == [[0, 1, 2], [3]]  # closing: the small batch goes beside the first
+    for gate in writer.gates:
+        gate.set()
+    await asyncio.gather(*tasks, closing)
