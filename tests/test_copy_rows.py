@@ -105,3 +105,53 @@ def test_a_row_is_escaped_only_when_it_needs_it() -> None:
     assert '\t{"a b"}\t' in plain and "\\\\" not in plain
     odd = store._copy_line(_event(1, description="x\ty\\N"))
     assert "\tx\\ty\\\\N\t" in odd and odd.count("\t") == len(store.EVENT_COLUMNS) - 1
+
+
+def test_chunks_of_one_transaction_share_one_stage(db: psycopg.Connection) -> None:
+    """Only the first chunk with events makes the staging table; later ones find it (and empty)."""
+    db.execute("TRUNCATE events")
+    statements: list[str] = []
+    real = store.insert_events
+
+    def spy(conn: psycopg.Connection, events: Any, data: bytes | None = None, *, staged: bool = False) -> int:
+        statements.append("staged" if staged else "create")
+        return real(conn, events, data, staged=staged)
+
+    chunks = [([], None, []), ([_event(1)], None, []), ([_event(2), _event(3)], None, []), ([_event(1)], None, [])]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(store, "insert_events", spy)
+        result = store.store_chunks(db, chunks)
+    assert (result.stored, result.duplicates) == (3, 1)
+    assert statements == ["create", "create", "staged", "staged"]  # the empty chunk stages nothing
+    assert db.execute("SELECT count(*) FROM events").fetchone()[0] == 3
+
+
+def test_a_rolled_back_transaction_leaves_the_next_one_a_stage(db: psycopg.Connection) -> None:
+    db.execute("TRUNCATE events")
+    with pytest.raises(RuntimeError):
+        store.store_chunks(db, _then_fail([([_event(1)], None, [])]))
+    assert store.store(db, [_event(2)]).stored == 1  # the stage went with the rollback: made again
+
+
+def _then_fail(chunks: list) -> Any:
+    yield from chunks
+    raise RuntimeError("parser broke")
+
+
+def test_switch_interval_is_lowered_only_while_storing(db: psycopg.Connection) -> None:
+    import sys
+
+    seen: list[float] = []
+
+    def chunks() -> Any:
+        seen.append(sys.getswitchinterval())
+        yield [_event(1)], None, []
+
+    before = sys.getswitchinterval()
+    db.execute("TRUNCATE events")
+    store.store_chunks(db, chunks())
+    assert seen == [min(before, store.WRITER_SWITCH_INTERVAL)]
+    assert sys.getswitchinterval() == before
+    with pytest.raises(RuntimeError):
+        store.store_chunks(db, _then_fail([]))
+    assert sys.getswitchinterval() == before

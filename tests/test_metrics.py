@@ -352,3 +352,16 @@ def test_grafana_dashboard_uses_only_exported_metrics() -> None:
     for panel in panels:
         assert panel["datasource"]["uid"] == "${datasource}"
         assert {"h", "w", "x", "y"} <= set(panel["gridPos"])
+
+
+def test_stopping_the_metrics_server_is_prompt() -> None:
+    """A burst worker exits once its metrics server stopped: that must not wait out a long poll."""
+    took = []
+    for _ in range(3):
+        server = worker_metrics.serve(free_port(), addr="127.0.0.1")
+        assert server is not None
+        time.sleep(0.01)
+        started = time.perf_counter()
+        worker_metrics.stop(server)
+        took.append(time.perf_counter() - started)
+    assert max(took) < 0.2, took

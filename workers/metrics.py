@@ -12,14 +12,16 @@ is always the exact number of rows stored.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
-from wsgiref.simple_server import WSGIServer
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Histogram, make_wsgi_app
 from prometheus_client import Counter as PromCounter
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
@@ -143,13 +145,24 @@ def serve(port: int, addr: str = "0.0.0.0") -> WSGIServer | None:
     if not port:
         return None
     try:
-        server, _thread = start_http_server(port, addr=addr, registry=REGISTRY)
+        server = make_server(addr, port, make_wsgi_app(REGISTRY), ThreadingWSGIServer, handler_class=_QuietHandler)
     except OSError as exc:
         log.warning("worker metrics not served on port %d: %s (set INGEST_WORKER_METRICS_PORT per worker)",
                     port, exc)
         return None
+    # A short poll: `stop` waits for the loop to see it, and a burst worker exits only then.
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": STOP_POLL_SECONDS},
+                     name="metrics", daemon=True).start()
     log.info("worker metrics on http://%s:%d/metrics", addr, port)
     return server
+
+
+STOP_POLL_SECONDS = 0.05
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        """Scrapes are not worth a log line each."""
 
 
 def stop(server: WSGIServer | None) -> None:

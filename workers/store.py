@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import queue
+import sys
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
@@ -130,19 +131,27 @@ def _array(items: list) -> str:
 _format = {int: str, datetime: str, dict: _json, list: _array}.get  # the exact types `_cell` meets most
 
 
-def insert_events(conn: psycopg.Connection, events: Sequence[Event]) -> int:
-    """Insert within the caller's transaction; return how many rows were new."""
+def copy_data(events: Iterable[Event]) -> bytes:
+    """The COPY text of `events`, as `insert_events` sends it."""
+    return "".join([_copy_line(event) for event in events]).encode()
+
+
+def insert_events(conn: psycopg.Connection, events: Sequence[Event], data: bytes | None = None, *,
+                  staged: bool = False) -> int:
+    """Insert within the caller's transaction; return how many rows were new. `data`: the
+    events' `copy_data` when the caller made it already (on another thread); `staged`: this
+    transaction made the staging table already (an earlier chunk)."""
     if not events:
         return 0
     partitions.ensure_for_events(conn, events)  # a set of months when they are known: no query
     with conn.cursor() as cur:
-        # Once per chunk, not per row: cheap, and right after a rollback dropped the stage.
-        cur.execute(
-            f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} ON COMMIT DELETE ROWS AS "
-            f"SELECT {_COLS} FROM events WITH NO DATA"
-        )
+        if not staged:  # once per transaction: cheap, and right after a rollback dropped the stage
+            cur.execute(
+                f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} ON COMMIT DELETE ROWS AS "
+                f"SELECT {_COLS} FROM events WITH NO DATA"
+            )
         with cur.copy(f"COPY {_STAGE} ({_COLS}) FROM STDIN") as copy:
-            copy.write("".join([_copy_line(event) for event in events]).encode())
+            copy.write(copy_data(events) if data is None else data)
         cur.execute(f"INSERT INTO events ({_COLS}) SELECT {_COLS} FROM {_STAGE} s {_NEW_KEY} ON CONFLICT DO NOTHING")
         stored = cur.rowcount
         cur.execute(f"DELETE FROM {_STAGE}")  # the next chunk of this transaction starts empty
@@ -178,6 +187,7 @@ def insert_rejects(conn: psycopg.Connection, rejects: Iterable[Rejected]) -> int
 
 
 Chunk = tuple[Sequence[Event], Sequence[Envelope] | None, Sequence[Rejected]]
+WRITER_SWITCH_INTERVAL = 0.001  # seconds; see store_chunks
 _REFUSED = (psycopg.DataError, psycopg.errors.UntranslatableCharacter, psycopg.errors.CharacterNotInRepertoire)
 
 
@@ -195,40 +205,51 @@ def store(
 
 def store_chunks(conn: psycopg.Connection, chunks: Iterable[Chunk]) -> StoreResult:
     """Store chunks as they come, in one transaction, on a thread of their own: PostgreSQL
-    stores chunk k while the caller's iterator produces (parses) chunk k+1."""
-    feed: queue.Queue[Chunk | None] = queue.Queue(maxsize=2)
+    stores chunk k while the caller's iterator produces (parses) chunk k+1. The caller's thread
+    also writes each chunk's COPY text, so the writer holds the GIL as little as it can."""
+    feed: queue.Queue[tuple[Chunk, bytes] | None] = queue.Queue(maxsize=2)
     outcome: dict[str, object] = {}
 
     def write() -> None:
         stored = 0
+        ended = False  # the producer's end (None) was taken: nothing more will come
         try:
             with conn.transaction():
-                while (chunk := feed.get()) is not None:
-                    stored += insert_events(conn, chunk[0])
+                staged = False
+                while (item := feed.get()) is not None:
+                    chunk, data = item
+                    stored += insert_events(conn, chunk[0], data, staged=staged)
+                    staged = staged or bool(chunk[0])
                     if chunk[2]:
                         insert_rejects(conn, chunk[2])
+                ended = True
                 if "abort" in outcome:
                     raise _Aborted()
             outcome["stored"] = stored
         except BaseException as exc:  # handed to the caller's thread
             outcome["error"] = exc
-            while feed.get() is not None:  # let the producer finish
+            while not ended and feed.get() is not None:  # let the producer finish
                 pass
 
     writer = threading.Thread(target=write, name="store-writer", daemon=True)
     writer.start()
     kept: list[Chunk] = []
+    # The writer waits on PostgreSQL several times a chunk and each time needs the GIL back
+    # from the parsing thread: by default it waits up to 5 ms for it (the switch interval).
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(min(switch, WRITER_SWITCH_INTERVAL))
     try:
         for chunk in chunks:
             kept.append(chunk)
             if "error" not in outcome:
-                feed.put(chunk)
+                feed.put((chunk, copy_data(chunk[0])))
     except BaseException:
         outcome["abort"] = True
         raise
     finally:
         feed.put(None)
         writer.join()
+        sys.setswitchinterval(switch)
     error = outcome.get("error")
     events = [event for chunk in kept for event in chunk[0]]
     rejects = [item for chunk in kept for item in chunk[2]]
