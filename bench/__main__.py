@@ -144,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drain", type=int, default=200_000, help="events for the drain measurement (0 skips it)")
     parser.add_argument("--burst", type=int, default=500_000, help="events in the burst (0 skips it)")
     parser.add_argument("--skip-receivers", action="store_true", help="measure only the drain and the burst")
+    parser.add_argument("--fsync", choices=("always", "everysec"), default="always",
+                        help="the embedded Redis's appendfsync (default always: what the contract needs)")
     args = parser.parse_args(argv)
     if not have_wrk() and not (args.skip_receivers and not args.burst):
         console.print(INSTALL_HINT)
@@ -163,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
             stack.callback(valkey.stop)
             redis_url = valkey.url
             pin_tree(valkey.process.pid, LOAD_CORE)
+            with redis.Redis.from_url(redis_url) as conn:
+                conn.config_set("appendfsync", args.fsync)
         if not database_url:
             postgres = EmbeddedPostgres(tmp / "postgres")
             postgres.start()
@@ -170,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
             database_url = postgres.url
             pin_tree(postgres.process.pid, LOAD_CORE)
         apply_migrations(database_url)
-        console.print(f"redis {redis_url}  postgres {database_url}  cores {os.cpu_count()}")
+        with redis.Redis.from_url(redis_url) as conn:
+            fsync = conn.config_get("appendfsync").get("appendfsync", "?")
+        console.print(f"redis {redis_url} (appendfsync {fsync})  postgres {database_url}  cores {os.cpu_count()}")
 
         if not args.skip_receivers:
             console.rule("receiver")
