@@ -29,7 +29,14 @@ from rich.table import Table
 
 from bench import drain
 from bench.loadgen import INSTALL_HINT, LoadResult, have_wrk, pinned, run_wrk, status_mib
-from ingest.embedded import EmbeddedPostgres, EmbeddedValkey, free_port, stop_process, wait_for_port
+from ingest.embedded import (
+    EmbeddedPostgres,
+    EmbeddedValkey,
+    child_pids,
+    free_port,
+    stop_process,
+    wait_for_port,
+)
 from workers.schema import apply_migrations
 
 console = Console(width=170)  # wide enough for the tables in a log file or CI output
@@ -81,16 +88,7 @@ def scenarios(quick: bool) -> list[tuple[str, int, bool]]:
 def pin_tree(pid: int, core: int) -> None:
     """Pin a server process, its threads and its children (PostgreSQL's background processes;
     later backends inherit it from the postmaster) to one core."""
-    pids = {pid}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                pids.add(int(entry.name))
-    for each in pids:
+    for each in [pid, *child_pids(pid)]:
         for task in Path(f"/proc/{each}/task").iterdir():
             with contextlib.suppress(OSError):
                 os.sched_setaffinity(int(task.name), {core})

@@ -15,21 +15,8 @@ import aiohttp
 import redis
 from rq import Queue
 
-from ingest.embedded import free_port, stop_process, wait_for_port
+from ingest.embedded import child_pids, free_port, stop_process, wait_for_port
 from tests.processes import ingest_env
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
-    return sorted(found)
 
 
 def listening_inodes(port: int) -> set[str]:
@@ -81,7 +68,7 @@ def test_n_processes_share_the_port_and_stop_together(redis_url: str, database_u
     port = free_port()
     proc = start(ingest_env(redis_url, database_url), port, 3)
     try:
-        kids = children(proc.pid)
+        kids = child_pids(proc.pid)
         assert len(kids) == 3
         listeners = listening_inodes(port)
         assert len(listeners) == 3
@@ -101,7 +88,7 @@ def test_one_receiver_dying_stops_the_rest(redis_url: str, database_url: str) ->
     port = free_port()
     proc = start(ingest_env(redis_url, database_url), port, 2)
     try:
-        first, second = children(proc.pid)
+        first, second = child_pids(proc.pid)
         os.kill(first, signal.SIGKILL)
         assert proc.wait(30) == 1  # the supervisor says something went wrong
         deadline = time.monotonic() + 10
