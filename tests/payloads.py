@@ -1,12 +1,15 @@
-"""Webhook calls built from the documented field lists (../shared/copernica.md, section 1)."""
+"""Many distinct webhook calls of every type, built from the documented field lists
+(../shared/copernica.md, section 1), for volume tests; tests/fixtures_copernica.py has the
+single cases with the columns each must give, and the form encoding both use."""
 
 from __future__ import annotations
 
 import random
 import string
-from urllib.parse import urlencode
 
 import orjson
+
+from tests.fixtures_copernica import encode_form
 
 BASE_TIME = 1795694401  # 2026-11-26 12:00:01 UTC
 
@@ -47,23 +50,11 @@ def webhook_fields(kind: str, n: int, rng: random.Random) -> dict[str, object]:
 WEBHOOK_TYPES = ("open", "click", "delivery", "failure", "bounce", "unsubscribe", "create", "update", "delete")
 
 
-def _php_form(fields: dict[str, object]) -> bytes:
-    pairs: list[tuple[str, str]] = []
-    for key, value in fields.items():
-        if isinstance(value, dict):
-            pairs += [(f"{key}[{k}]", str(v)) for k, v in value.items()]
-        elif isinstance(value, list):
-            pairs += [(f"{key}[]", str(v)) for v in value]
-        else:
-            pairs.append((key, str(value)))
-    return urlencode(pairs).encode()
-
-
 def encode(fields: dict[str, object], as_json: bool) -> tuple[bytes, str]:
     """(body, content type) of a call, form-urlencoded or JSON."""
     if as_json:
         return orjson.dumps(fields), "application/json"
-    return _php_form(fields), "application/x-www-form-urlencoded"
+    return encode_form(fields), "application/x-www-form-urlencoded"
 
 
 def calls(count: int, seed: int = 1) -> list[tuple[dict[str, object], bytes, str]]:
