@@ -155,3 +155,17 @@ def test_switch_interval_is_lowered_only_while_storing(db: psycopg.Connection) -
     with pytest.raises(RuntimeError):
         store.store_chunks(db, _then_fail([]))
     assert sys.getswitchinterval() == before
+
+
+def test_one_key_twice_in_a_chunk_is_one_row(db: psycopg.Connection) -> None:
+    """An event without a usable time: each delivery's occurred_at is its time of receipt, so
+    the unique constraint (event_key, occurred_at) alone would keep both copies."""
+    first = _event(1, occurred_at=WHEN, received_at=WHEN)
+    again = _event(1, occurred_at=WHEN + timedelta(seconds=3), received_at=WHEN + timedelta(seconds=3))
+    other = _event(2)
+    db.execute("TRUNCATE events")
+    result = store.store(db, [first, other, again])
+    assert result.stored == 2
+    rows = db.execute("SELECT event_key, occurred_at FROM events ORDER BY event_key").fetchall()
+    assert rows == [("key-1", WHEN), ("key-2", WHEN)]  # the first delivery's row
+    assert store.store(db, [again]).stored == 0  # and a later delivery finds it

@@ -44,7 +44,8 @@ _STAGE = "incoming_events_" + hashlib.sha256(_COLS.encode()).hexdigest()[:12]
 # contain. It does not when occurred_at is the time of receipt (no usable time: each delivery
 # has its own) or a timestamp with a fraction of a second; those rows also look their key up
 # in every partition. Limit: that lookup sees rows committed before the statement, so two
-# such copies in one batch, or stored by two workers at the same moment, are two rows.
+# such copies stored by two workers at the same moment are two rows (copies in one chunk are
+# one: `copy_data` keeps the first).
 _NEW_KEY = (
     "WHERE (s.occurred_at <> s.received_at AND s.occurred_at = date_trunc('second', s.occurred_at))"
     " OR NOT EXISTS (SELECT 1 FROM events e WHERE e.event_key = s.event_key)"
@@ -132,8 +133,19 @@ _format = {int: str, datetime: str, dict: _json, list: _array}.get  # the exact 
 
 
 def copy_data(events: Iterable[Event]) -> bytes:
-    """The COPY text of `events`, as `insert_events` sends it."""
-    return "".join([_copy_line(event) for event in events]).encode()
+    """The COPY text of `events`, as `insert_events` sends it: of several events with one key
+    (a call delivered twice into one batch) only the first. The unique constraint would drop the
+    others, except where their occurred_at differs: an event without a usable time has its time
+    of receipt, and `_NEW_KEY` looks such keys up in `events`, where a copy in the same chunk is
+    not yet."""
+    seen: set[str] = set()
+    lines = []
+    for event in events:
+        key = event.event_key
+        if key not in seen:
+            seen.add(key)
+            lines.append(_copy_line(event))
+    return "".join(lines).encode()
 
 
 def insert_events(conn: psycopg.Connection, events: Sequence[Event], data: bytes | None = None, *,
