@@ -113,7 +113,7 @@ class GroupCommitter:
         batch.items.append(item)
         self._pending += 1
         size = len(batch.items)
-        if size == 1 or size == self._overlap_min:  # what the flusher decides on changed
+        if size == 1 or size == self._overlap_min:  # only then can `_may_write` change its answer
             self._wakeup.set()
         try:
             await batch.done
