@@ -169,3 +169,12 @@ def test_one_key_twice_in_a_chunk_is_one_row(db: psycopg.Connection) -> None:
     rows = db.execute("SELECT event_key, occurred_at FROM events ORDER BY event_key").fetchall()
     assert rows == [("key-1", WHEN), ("key-2", WHEN)]  # the first delivery's row
     assert store.store(db, [again]).stored == 0  # and a later delivery finds it
+
+
+def test_payload_loses_only_real_nul_characters(db: psycopg.Connection) -> None:
+    """jsonb cannot hold NUL: the character goes, a text that merely reads `\\u0000` stays."""
+    payload = {"literal": "x\\u0000y", "nul": "p\x00q", "key\x00": ["\x00", "\\u0000", 1, None]}
+    row = _stored(db, [_event(1, payload=payload)])["key-1"]
+    assert row["payload"] == {"literal": "x\\u0000y", "nul": "pq", "key": ["", "\\u0000", 1, None]}
+    plain = {"literal": "x\\u0000y"}  # no NUL at all: stored as it is
+    assert _stored(db, [_event(2, payload=plain)])["key-2"]["payload"] == plain

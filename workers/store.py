@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from operator import attrgetter
+from typing import Any
 
 import orjson
 import psycopg
@@ -87,8 +88,23 @@ def _clean(value: object) -> object:
 
 
 def _json(value: dict) -> str:
-    """The payload as jsonb text; orjson escapes NUL as \\u0000, which jsonb refuses: dropped."""
-    return orjson.dumps(value).decode().replace("\\u0000", "")
+    """The payload as jsonb text. jsonb refuses NUL (which orjson writes as \\u0000): NULs are
+    dropped from the strings first, in the rare payload that has one. A text that only reads
+    like the escape (a backslash, then `u0000`) is written `\\\\u0000` and stays as it was."""
+    text = orjson.dumps(value).decode()
+    if "\\u0000" not in text:
+        return text
+    return orjson.dumps(_without_nul(value)).decode()
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {_without_nul(key): _without_nul(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(item) for item in value]
+    return value
 
 
 # COPY's text format, written here rather than by psycopg's row formatter: one str per event,
