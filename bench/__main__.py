@@ -94,6 +94,14 @@ def pin_tree(pid: int, core: int) -> None:
                 os.sched_setaffinity(int(task.name), {core})
 
 
+def start_pinned(stack: ExitStack, server: EmbeddedValkey | EmbeddedPostgres) -> str:
+    """Start an embedded server for the run, on the load core; return its URL."""
+    server.start()
+    stack.callback(server.stop)
+    pin_tree(server.process.pid, LOAD_CORE)
+    return server.url
+
+
 def run_receivers(redis_url: str, database_url: str, seconds: float, quick: bool) -> list[Row]:
     conn = redis.Redis.from_url(redis_url)
     rows: list[Row] = []
@@ -158,19 +166,11 @@ def main(argv: list[str] | None = None) -> int:
         database_url = os.environ.get("BENCH_DATABASE_URL")
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ingest-bench-")))
         if not redis_url:
-            valkey = EmbeddedValkey(tmp / "valkey")
-            valkey.start()
-            stack.callback(valkey.stop)
-            redis_url = valkey.url
-            pin_tree(valkey.process.pid, LOAD_CORE)
+            redis_url = start_pinned(stack, EmbeddedValkey(tmp / "valkey"))
             with redis.Redis.from_url(redis_url) as conn:
                 conn.config_set("appendfsync", args.fsync)
         if not database_url:
-            postgres = EmbeddedPostgres(tmp / "postgres")
-            postgres.start()
-            stack.callback(postgres.stop)
-            database_url = postgres.url
-            pin_tree(postgres.process.pid, LOAD_CORE)
+            database_url = start_pinned(stack, EmbeddedPostgres(tmp / "postgres"))
         apply_migrations(database_url)
         with redis.Redis.from_url(redis_url) as conn:
             fsync = conn.config_get("appendfsync").get("appendfsync", "?")

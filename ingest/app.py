@@ -58,9 +58,10 @@ def receiver(app: web.Application) -> Handler:
 
     Built once per app: what it needs is bound here, not looked up on every request, and its
     answers are counted by status here (a wrapper would cost every call another coroutine)."""
-    settings, committer, high_water = app[SETTINGS], app[COMMITTER], app[HIGH_WATER]
+    settings, committer, high_water, auth = app[SETTINGS], app[COMMITTER], app[HIGH_WATER], app[AUTH]
     answers = metrics.ANSWERS
     max_bytes = settings.max_body_bytes
+    too_large = f"body larger than {max_bytes} bytes"
 
     def answer(response: web.Response) -> web.Response:
         answers[response.status] += 1
@@ -70,7 +71,7 @@ def receiver(app: web.Application) -> Handler:
         try:
             declared = request.content_length
             if declared is not None and declared > max_bytes:
-                return answer(_json(413, f"body larger than {max_bytes} bytes"))
+                return answer(_json(413, too_large))
             content_type = request.headers.get("Content-Type", "")
             if not _accepted_type(content_type):
                 return answer(_json(415, "content type must be application/x-www-form-urlencoded or application/json"))
@@ -81,7 +82,7 @@ def receiver(app: web.Application) -> Handler:
                     async with asyncio.timeout(settings.body_timeout):
                         body = await request.read()
             except web.HTTPRequestEntityTooLarge:
-                return answer(_json(413, f"body larger than {max_bytes} bytes"))
+                return answer(_json(413, too_large))
             except TimeoutError:
                 return answer(_json(408, f"body not received within {settings.body_timeout:g} s"))
             except (web.RequestPayloadError, ConnectionError):  # broken chunking or Content-Encoding, a dropped sender
@@ -91,7 +92,7 @@ def receiver(app: web.Application) -> Handler:
             if high_water.over:
                 return answer(_unavailable(settings, "queue is above its high-water mark"))
             try:  # who may post (ingest.auth): before anything is queued; the kept target has no token
-                target = await request.app[AUTH].check(request, body)
+                target = await auth.check(request, body)
             except Refused as refused:
                 return answer(_json(refused.status, refused.reason, **refused.headers))
             # The kept headers, in one pass over the raw pairs (cheaper than eight look-ups).
@@ -118,12 +119,8 @@ def receiver(app: web.Application) -> Handler:
     return receive
 
 
-async def probe(request: web.Request) -> web.Response:
-    """GET and HEAD /copernica: senders check that the endpoint exists."""
-    return web.Response(body=_OK, content_type="application/json")
-
-
-async def healthz(request: web.Request) -> web.Response:
+async def ok(request: web.Request) -> web.Response:
+    """GET and HEAD /copernica (senders check that the endpoint exists) and /healthz (alive)."""
     return web.Response(body=_OK, content_type="application/json")
 
 
@@ -141,7 +138,8 @@ async def method_not_allowed(request: web.Request) -> web.Response:
     return _json(405, "method not allowed", Allow="GET, HEAD, POST")
 
 
-def create_app(settings: Settings, queue: BatchQueue | None = None) -> web.Application:
+def create_app(settings: Settings, queue: BatchQueue | None = None, auth: Authenticator | None = None
+               ) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     batch_queue = queue or BatchQueue(settings)
@@ -156,7 +154,7 @@ def create_app(settings: Settings, queue: BatchQueue | None = None) -> web.Appli
     committer = GroupCommitter(batch_queue.enqueue, max_batch=settings.max_batch, max_pending=settings.max_pending,
                                max_in_flight=settings.max_in_flight, observe=observe)
     app[COMMITTER] = committer
-    app[AUTH] = Authenticator(settings)
+    app[AUTH] = auth or Authenticator(settings)
 
     async def on_startup(app: web.Application) -> None:
         committer.start()
@@ -172,11 +170,11 @@ def create_app(settings: Settings, queue: BatchQueue | None = None) -> web.Appli
     app.on_cleanup.append(on_shutdown)
     receive = receiver(app)  # answers counted by status, this route only
     app.router.add_post("/copernica", receive)
-    app.router.add_get("/copernica", probe)  # aiohttp answers HEAD through the GET route
+    app.router.add_get("/copernica", ok)  # aiohttp answers HEAD through the GET route
     app.router.add_post("/copernica/{token}", receive)  # token in the path (ingest.auth)
-    app.router.add_get("/copernica/{token}", probe)
+    app.router.add_get("/copernica/{token}", ok)
     app.router.add_get("/openapi.json", openapi.handler(settings))
-    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/healthz", ok)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics.handler(
         batch_queue.connection, settings.queue, lambda: committer.pending,

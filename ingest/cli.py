@@ -26,6 +26,16 @@ def fail(message: str, code: int = EXIT_FAILURE) -> int:
     return code
 
 
+def one_target(command: str, args: object, metavar: str) -> int | None:
+    """`--id X` or `--all`, exactly one: the usage error to return, or None when it is fine."""
+    chosen = getattr(args, "id", None) is not None, bool(getattr(args, "all", False))
+    if chosen == (False, False):
+        return fail(f"{command}: give --id {metavar} or --all", EXIT_USAGE)
+    if chosen == (True, True):
+        return fail(f"{command}: give --id {metavar} or --all, not both", EXIT_USAGE)
+    return None
+
+
 class CommandError(Exception):
     """A command cannot do its work; the message is printed as one line."""
 

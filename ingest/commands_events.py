@@ -9,7 +9,7 @@ import argparse
 import logging
 from typing import Any
 
-from ingest.cli import EXIT_FAILURE, EXIT_USAGE, fail
+from ingest.cli import EXIT_FAILURE, EXIT_USAGE, fail, one_target
 from ingest.settings import Settings
 
 log = logging.getLogger("ingest.commands_events")
@@ -66,10 +66,8 @@ def cmd_rejected_list(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_rejected_replay(settings: Settings, args: argparse.Namespace) -> int:
-    if args.id is None and not args.all:
-        return fail("rejected replay: give --id N or --all", EXIT_USAGE)
-    if args.id is not None and args.all:
-        return fail("rejected replay: give --id N or --all, not both", EXIT_USAGE)
+    if (refused := one_target("rejected replay", args, "N")) is not None:
+        return refused
     from workers import store
     from workers.rejected import replay
 

@@ -14,7 +14,7 @@ import argparse
 import logging
 from typing import Any
 
-from ingest.cli import EXIT_FAILURE, EXIT_USAGE, fail
+from ingest.cli import EXIT_FAILURE, fail, one_target
 from ingest.settings import Settings
 
 log = logging.getLogger("ingest.commands_ops")
@@ -62,10 +62,8 @@ def requeue_failed(settings: Settings, job_id: str | None = None) -> int:
 
 
 def cmd_requeue_failed(settings: Settings, args: argparse.Namespace) -> int:
-    if args.id is None and not args.all:
-        return fail("requeue-failed: give --id ID or --all", EXIT_USAGE)
-    if args.id is not None and args.all:
-        return fail("requeue-failed: give --id ID or --all, not both", EXIT_USAGE)
+    if (refused := one_target("requeue-failed", args, "ID")) is not None:
+        return refused
     settings.require("redis_url")
     try:
         count = requeue_failed(settings, args.id)

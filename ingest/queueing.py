@@ -105,7 +105,6 @@ class JobTemplate:
             JOB_FUNCTION, args=([],), timeout=JOB_TIMEOUT, result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL,
             retry=retry, description="", job_id=self._SAMPLE_ID, pipeline=recorder,  # type: ignore[arg-type]
         )
-        self.queue_key = queue.key
         func_name, instance, _args, kwargs = queue.serializer.loads(job.data)
         self._call_shape = (func_name, instance, kwargs)
         self._dumps = queue.serializer.dumps
@@ -127,7 +126,6 @@ class JobTemplate:
         missing = set(self.VARYING) - found
         if missing:
             raise RuntimeError(f"RQ's enqueue no longer writes {sorted(missing)}: the template cannot be built")
-        self.commands = recorder.commands
         # Fixed pieces are encoded once; consecutive ones are joined into one bytes.
         head = b"*%d\r\n" % (3 + len(argv)) + _bulk(b"EVAL") + _bulk(REPLAY_SCRIPT) + _bulk(b"0")
         self._segments: list[bytes | str] = [head]

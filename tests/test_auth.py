@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ingest.app import AUTH, create_app
+from ingest.app import create_app
 from ingest.auth import REFUSALS, Authenticator, strip_token
 from ingest.settings import Settings, SettingsError
 from ingest.signatures import KeyCache, dns_txt
@@ -48,9 +48,7 @@ def make_client(settings: Settings, dns: DnsServer):
         values = {**settings.to_env(), "INGEST_AUTH": "signature,token", "INGEST_TOKENS": f"{TOKEN},{NEXT_TOKEN}",
                   "INGEST_DNS_SERVER": dns.address, **env}
         conf = Settings.from_env(values, dotenv=False)
-        app = create_app(conf)
-        if keys is not None:
-            app[AUTH] = Authenticator(conf, keys=keys)
+        app = create_app(conf, auth=Authenticator(conf, keys=keys) if keys is not None else None)
         server = TestServer(app)
         await server.start_server(access_log=None)  # as `ingest serve` runs it: no access log
         async with TestClient(server) as client:
