@@ -106,6 +106,17 @@ def account(value: Any) -> str | None:
     """X-Copernica-ID: `account-1234`, `account_1234`, `Account_1234` -> '1234'. Other prefixes
     (`environment-5`) keep their lower-cased prefix ('environment-5') so ids of different kinds
     never look alike."""
+    if type(value) is str:  # every call of an account carries the same header: read it once
+        return _account_text(value)
+    return _account(value)
+
+
+@lru_cache(maxsize=256)
+def _account_text(value: str) -> str | None:
+    return _account(value)
+
+
+def _account(value: Any) -> str | None:
     raw = text(value, 200)
     if raw is None:
         return None
@@ -154,6 +165,11 @@ def occurred_at(fields: dict[str, Any], tz: str) -> datetime | None:
     """`time` when it is unix seconds (webhooks; authoritative); else a `time` or `timestamp`
     text read in Copernica's zone (logfiles say `time`, webhooks `timestamp`)."""
     raw = fields.get("time")
+    if type(raw) is str and len(raw) <= 12 and raw.isdigit() and raw.isascii():  # a webhook's `time`
+        try:
+            return datetime.fromtimestamp(int(raw), UTC)
+        except (OverflowError, OSError, ValueError):
+            pass  # the general rules below say what it is
     numeric = isinstance(raw, str) and raw.strip().replace(".", "", 1).isdigit()
     if numeric or (isinstance(raw, int | float) and not isinstance(raw, bool)):
         found = unix_time(raw)

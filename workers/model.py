@@ -60,9 +60,11 @@ IP_TYPES: frozenset[str] = frozenset({"opened", "clicked"})
 NON_EVENT_LOGS: frozenset[str] = frozenset({"feedback-loop-errors"})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass costs ~3x to build, and workers build millions
 class Event:
-    """One row of `events`; field names are the table's columns (store.py relies on it)."""
+    """One row of `events`; field names are the table's columns (store.py relies on it), in the
+    table's order (`from_webhook` and `from_logfile` build it positionally). Treat it as
+    immutable: nothing changes an Event once built."""
 
     event_key: str
     event_type: str
@@ -169,36 +171,46 @@ def _first(fields: dict[str, Any], *names: str) -> Any:
     return None
 
 
-def _common(fields: dict[str, Any]) -> dict[str, Any]:
-    """The normalised columns both webhooks and logfile records fill from Copernica's names.
+# The names each column is read from: webhook names first, then logfile names (`email`,
+# `header`, `linkinfo`, `mailingid`, ...), then the 2017 feedback names (`rcptto`).
+_RECIPIENT = ("recipient", "email", "rcptto")
+_USER_AGENT = ("useragent", "user_agent", "header")
+_URL = ("original", "url")
+_LINK = ("linkinfo", "link", "linkid")
+_IDS = tuple((name, name + "id", name + "_id")
+             for name in ("mailing", "profile", "subprofile", "database", "collection", "template"))
+_STATUS = ("extended", "status")
+_NAMES = frozenset({*_RECIPIENT, *_USER_AGENT, *_URL, *_LINK, *(n for names in _IDS for n in names), *_STATUS,
+                    "ip", "tags", "code", "description"})
 
-    Webhook names first, then logfile names (`email`, `header`, `linkinfo`, `mailingid`, ...),
-    then the 2017 feedback names (`rcptto`). Values that do not fit a column (a non-numeric
-    id, an invalid address) leave it NULL; the payload keeps them as sent.
+
+def _common(fields: dict[str, Any]) -> tuple[Any, ...]:
+    """The normalised columns both webhooks and logfile records fill from Copernica's names, in
+    `Event`'s order: recipient, then ip to description.
+
+    Values that do not fit a column (a non-numeric id, an invalid address) leave it NULL; the
+    payload keeps them as sent. A column none of whose names the record holds is NULL without
+    a lookup (most records hold a dozen of the 35 names).
     """
-    # A single name needs no `_first`: every coercion below reads an empty value as None.
+    present = _NAMES.intersection(fields)
+    text = fv.text
     code_raw = fields.get("code")
     smtp_code = fv.smtp_code(code_raw)
-    smtp_status = fv.text(_first(fields, "extended", "status"))
+    smtp_status = text(_first(fields, *_STATUS))
     if smtp_status is None and smtp_code is None and fv.is_enhanced_status(code_raw):
-        smtp_status = fv.text(code_raw)
-    return {
-        "recipient": fv.text(_first(fields, "recipient", "email", "rcptto"), fv.INDEXED_TEXT_MAX),
-        "ip": fv.ip(fields.get("ip")),
-        "user_agent": fv.text(_first(fields, "useragent", "user_agent", "header")),
-        "url": fv.text(_first(fields, "original", "url")),
-        "link_id": fv.text(_first(fields, "linkinfo", "link", "linkid")),
-        "mailing_id": fv.bigint(_first(fields, "mailing", "mailingid", "mailing_id")),
-        "profile_id": fv.bigint(_first(fields, "profile", "profileid", "profile_id")),
-        "subprofile_id": fv.bigint(_first(fields, "subprofile", "subprofileid", "subprofile_id")),
-        "database_id": fv.bigint(_first(fields, "database", "databaseid", "database_id")),
-        "collection_id": fv.bigint(_first(fields, "collection", "collectionid", "collection_id")),
-        "template_id": fv.bigint(_first(fields, "template", "templateid", "template_id")),
-        "tags": fv.tags(fields.get("tags")),
-        "smtp_code": smtp_code,
-        "smtp_status": smtp_status,
-        "description": fv.text(fields.get("description")),
-    }
+        smtp_status = text(code_raw)
+    return (
+        text(_first(fields, *_RECIPIENT), fv.INDEXED_TEXT_MAX),
+        fv.ip(fields["ip"]) if "ip" in present else None,
+        text(_first(fields, *_USER_AGENT)) if not present.isdisjoint(_USER_AGENT) else None,
+        text(_first(fields, *_URL)) if not present.isdisjoint(_URL) else None,
+        text(_first(fields, *_LINK)) if not present.isdisjoint(_LINK) else None,
+        *[fv.bigint(_first(fields, *names)) if not present.isdisjoint(names) else None for names in _IDS],
+        fv.tags(fields["tags"]) if "tags" in present else None,
+        smtp_code,
+        smtp_status,
+        text(fields["description"]) if "description" in present else None,
+    )
 
 
 def _webhook_type(fields: dict[str, Any]) -> str:
@@ -237,16 +249,9 @@ def from_webhook(fields: dict[str, Any], envelope: Envelope, tz: str) -> Event:
     message_id = None if event_type in PROFILE_TYPES else fv.text(fields.get("id"), fv.INDEXED_TEXT_MAX)
     columns = _common(fields)
     return Event(
-        event_key=event_key(event_type, message_id, occurred, fields, ip=columns["ip"]),
-        event_type=event_type,
-        copernica_type=copernica_type,
-        occurred_at=occurred,
-        received_at=received,
-        source="webhook",
-        message_id=message_id,
-        payload=fields,
-        account=fv.account(_header(envelope.headers, "x-copernica-id")),
-        **columns,
+        event_key(event_type, message_id, occurred, fields, ip=columns[1]), event_type, copernica_type,
+        occurred, received, "webhook", message_id, columns[0], fields, *columns[1:],
+        fv.account(_header(envelope.headers, "x-copernica-id")),
     )
 
 
@@ -290,15 +295,9 @@ def from_logfile(fields: dict[str, Any], log_type: str, tz: str, received_at: da
     message_id = fv.text(fields.get("id"), fv.INDEXED_TEXT_MAX)
     columns = _common(fields)
     return Event(
-        event_key=event_key(event_type, message_id, occurred, fields, ip=columns["ip"]),
-        event_type=event_type,
-        copernica_type=prefix,
-        occurred_at=occurred,
-        received_at=received_at if received_at.tzinfo else received_at.replace(tzinfo=UTC),
-        source="logfile",
-        message_id=message_id,
-        payload=fields,
-        **columns,
+        event_key(event_type, message_id, occurred, fields, ip=columns[1]), event_type, prefix, occurred,
+        received_at if received_at.tzinfo else received_at.replace(tzinfo=UTC), "logfile", message_id,
+        columns[0], fields, *columns[1:],
     )
 
 

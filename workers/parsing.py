@@ -175,7 +175,7 @@ def _build_form(body: bytes, charset: str) -> dict[str, Any]:
 
 # A `%XX` escape as a `\xXX` one, so that one C call (`escape_decode`) decodes a whole body.
 # The escapes of `%`, `&` and `=` stay as they are until the body is split into pairs.
-_KEPT = (b"\\x25", b"\\x26", b"\\x3D", b"\\x3d")
+_HAS_KEPT = re.compile(rb"%(?:2[56]|3[Dd])")
 
 
 def _flat_utf8(body: bytes) -> dict[str, str] | None:
@@ -189,10 +189,11 @@ def _flat_utf8(body: bytes) -> dict[str, str] | None:
     kept = False
     if b"%" in body:
         escaped = body.replace(b"%", b"\\x")
-        for escape in _KEPT:
-            if escape in escaped:
-                escaped = escaped.replace(escape, b"%" + escape[2:])
-                kept = True
+        found = _HAS_KEPT.findall(body)
+        if found:
+            kept = True
+            for escape in set(found):
+                escaped = escaped.replace(b"\\x" + escape[1:], escape)
         try:
             body = escape_decode(escaped)[0]
         except ValueError:  # a `%` not followed by two hex digits: kept as text by the general path
