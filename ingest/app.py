@@ -3,6 +3,10 @@
 Where every status code is chosen. The handler never parses the event: it checks what its
 answer depends on (size, content type, non-empty), wraps the call in an envelope and awaits
 the group commit. 200 means the call is in Redis; 503 with Retry-After means it is not.
+
+It runs on aiohttp's low-level server (`web.Server`) with its own dispatch by path: a webhook
+is one POST to one path, and an `Application`'s router, match info and handler chain cost
+about 2.5 µs of every call (~7 % of a call's CPU, measured here with wrk against both).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -25,18 +30,14 @@ from workers.envelope import KEPT_HEADERS, wire
 log = logging.getLogger("ingest.app")
 
 ACCEPTED_TYPES = ("application/x-www-form-urlencoded", "application/json")
-
-SETTINGS = web.AppKey("settings", Settings)
-COMMITTER = web.AppKey("committer", GroupCommitter)
-QUEUE = web.AppKey("queue", BatchQueue)
-HIGH_WATER = web.AppKey("high_water", HighWater)
-AUTH = web.AppKey("auth", Authenticator)
+ENDPOINT = "/copernica"
+TOKEN_ROUTE = ENDPOINT + "/{token}"  # the token in the path (ingest.auth)
 
 _QUEUED = b'{"status":"queued"}'
 _KEPT = {name.encode(): name for name in KEPT_HEADERS}
 _OK = b'{"status":"ok"}'
 
-Handler = Callable[[web.Request], Awaitable[web.Response]]
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
 def _json(status: int, reason: str, **headers: str) -> web.Response:
@@ -53,134 +54,160 @@ def _accepted_type(content_type: str) -> bool:
     return media in ACCEPTED_TYPES or (media.startswith("application/") and media.endswith("+json"))
 
 
-def receiver(app: web.Application) -> Handler:
-    """POST /copernica: the hot path. Checks only what the answer depends on, then queues.
-
-    Built once per app: what it needs is bound here, not looked up on every request, and its
-    answers are counted by status here (a wrapper would cost every call another coroutine)."""
-    settings, committer, high_water, auth = app[SETTINGS], app[COMMITTER], app[HIGH_WATER], app[AUTH]
-    answers = metrics.ANSWERS
-    max_bytes = settings.max_body_bytes
-    too_large = f"body larger than {max_bytes} bytes"
-
-    def answer(response: web.Response) -> web.Response:
-        answers[response.status] += 1
-        return response
-
-    async def receive(request: web.Request) -> web.Response:
-        try:
-            declared = request.content_length
-            if declared is not None and declared > max_bytes:
-                return answer(_json(413, too_large))
-            content_type = request.headers.get("Content-Type", "")
-            if not _accepted_type(content_type):
-                return answer(_json(415, "content type must be application/x-www-form-urlencoded or application/json"))
-            try:
-                if request.content.is_eof():  # the whole body has arrived (most calls): no timer needed
-                    body = await request.read()
-                else:
-                    async with asyncio.timeout(settings.body_timeout):
-                        body = await request.read()
-            except web.HTTPRequestEntityTooLarge:
-                return answer(_json(413, too_large))
-            except TimeoutError:
-                return answer(_json(408, f"body not received within {settings.body_timeout:g} s"))
-            except (web.RequestPayloadError, ConnectionError):  # broken chunking or Content-Encoding, a dropped sender
-                return answer(_json(400, "body could not be read"))
-            if not body:
-                return answer(_json(400, "empty body"))
-            if high_water.over:
-                return answer(_unavailable(settings, "queue is above its high-water mark"))
-            try:  # who may post (ingest.auth): before anything is queued; the kept target has no token
-                target = await auth.check(request, body)
-            except Refused as refused:
-                return answer(_json(refused.status, refused.reason, **refused.headers))
-            # The kept headers, in one pass over the raw pairs (cheaper than eight look-ups).
-            headers = {}
-            for name, value in request.raw_headers:
-                key = name.lower()
-                if key in _KEPT:
-                    headers[_KEPT[key]] = value.decode("latin-1")
-            call = wire(body, content_type, time.time(), request.remote or "", request.method, target, headers)
-            try:
-                await committer.submit(call)
-            except Overloaded:
-                return answer(_unavailable(settings, "too many calls waiting for Redis"))
-            except WriteFailed:
-                return answer(_unavailable(settings, "could not write to Redis"))
-            except Closed:
-                return answer(_unavailable(settings, "receiver is shutting down"))
-            answers[200] += 1
-            return web.Response(body=_QUEUED, content_type="application/json")
-        except Exception:  # aiohttp answers it with a 500
-            answers[500] += 1
-            raise
-
-    return receive
+def route_of(raw_path: str) -> str | None:
+    """The route a request target belongs to: /copernica, /copernica/{token}, another fixed path,
+    or None. Matched on the raw path (the query left out), as the token is stripped from it."""
+    path = raw_path.partition("?")[0]
+    if path.startswith(ENDPOINT + "/"):
+        token = path[len(ENDPOINT) + 1:]
+        return TOKEN_ROUTE if token and "/" not in token else None
+    return path
 
 
-async def ok(request: web.Request) -> web.Response:
+async def ok(request: web.BaseRequest) -> web.Response:
     """GET and HEAD /copernica (senders check that the endpoint exists) and /healthz (alive)."""
     return web.Response(body=_OK, content_type="application/json")
 
 
-async def readyz(request: web.Request) -> web.Response:
-    if await request.app[QUEUE].ping():
-        return web.json_response({"status": "ready", "redis": "ok"})
-    return _unavailable(request.app[SETTINGS], "redis does not answer")
+class Receiver:
+    """The receiver's parts (queue writer, group committer, high-water watch, auth) and its
+    request handler. `start` and `close` bracket its life; `handle` serves every request."""
 
+    def __init__(self, settings: Settings, queue: BatchQueue | None = None, auth: Authenticator | None = None
+                 ) -> None:
+        self.settings = settings
+        self.queue = queue or BatchQueue(settings)
+        self.high_water = HighWater(self.queue.connection, self.queue.queue.key, settings.max_queue_depth)
+        self.committer = GroupCommitter(self.queue.enqueue, max_batch=settings.max_batch,
+                                        max_pending=settings.max_pending, max_in_flight=settings.max_in_flight,
+                                        observe=self._observe)
+        self.auth = auth or Authenticator(settings)
+        self._receive = self._receiver(path_token=False)
+        # Every route with its handler per method; HEAD is answered by GET's handler.
+        self.routes: dict[str, dict[str, Handler]] = {
+            ENDPOINT: {"POST": self._receive, "GET": ok},
+            TOKEN_ROUTE: {"POST": self._receiver(path_token=True), "GET": ok},
+            "/openapi.json": {"GET": openapi.handler(settings)},
+            "/healthz": {"GET": ok},
+            "/readyz": {"GET": self._readyz},
+            "/metrics": {"GET": metrics.handler(
+                self.queue.connection, settings.queue, lambda: self.committer.pending,
+                min(metrics.SCRAPE_REDIS_TIMEOUT, settings.redis_timeout))},
+        }
 
-async def not_found(request: web.Request) -> web.Response:
-    return _json(404, "not found")
-
-
-async def method_not_allowed(request: web.Request) -> web.Response:
-    return _json(405, "method not allowed", Allow="GET, HEAD, POST")
-
-
-def create_app(settings: Settings, queue: BatchQueue | None = None, auth: Authenticator | None = None
-               ) -> web.Application:
-    app = web.Application(client_max_size=settings.max_body_bytes)
-    app[SETTINGS] = settings
-    batch_queue = queue or BatchQueue(settings)
-    app[QUEUE] = batch_queue
-    high_water = HighWater(batch_queue.connection, batch_queue.queue.key, settings.max_queue_depth)
-    app[HIGH_WATER] = high_water
-
-    def observe(size: int, seconds: float, ok: bool) -> None:
+    def _observe(self, size: int, seconds: float, ok: bool) -> None:
         metrics.observe_batch(size, seconds, ok)
-        high_water.observe(size, ok)
+        self.high_water.observe(size, ok)
 
-    committer = GroupCommitter(batch_queue.enqueue, max_batch=settings.max_batch, max_pending=settings.max_pending,
-                               max_in_flight=settings.max_in_flight, observe=observe)
-    app[COMMITTER] = committer
-    app[AUTH] = auth or Authenticator(settings)
+    def start(self) -> None:
+        self.committer.start()
+        self.high_water.start()
 
-    async def on_startup(app: web.Application) -> None:
-        committer.start()
-        high_water.start()
+    async def close(self) -> None:
+        """Write and answer every batch already taken, then let go of Redis."""
+        await self.high_water.stop()
+        await self.committer.close()
+        await self.queue.close()
 
-    async def on_shutdown(app: web.Application) -> None:
-        # In-flight batches are written and answered before the process exits.
-        await high_water.stop()
-        await committer.close()
-        await batch_queue.close()
+    async def __aenter__(self) -> Receiver:
+        self.start()
+        return self
 
-    app.on_startup.append(on_startup)
-    app.on_cleanup.append(on_shutdown)
-    receive = receiver(app)  # answers counted by status, this route only
-    app.router.add_post("/copernica", receive)
-    app.router.add_get("/copernica", ok)  # aiohttp answers HEAD through the GET route
-    app.router.add_post("/copernica/{token}", receive)  # token in the path (ingest.auth)
-    app.router.add_get("/copernica/{token}", ok)
-    app.router.add_get("/openapi.json", openapi.handler(settings))
-    app.router.add_get("/healthz", ok)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics.handler(
-        batch_queue.connection, settings.queue, lambda: committer.pending,
-        min(metrics.SCRAPE_REDIS_TIMEOUT, settings.redis_timeout)))
-    # JSON refusals without a middleware (a middleware costs every request on the hot path).
-    app.router.add_route("*", "/copernica", method_not_allowed)
-    app.router.add_route("*", "/copernica/{token}", method_not_allowed)
-    app.router.add_route("*", "/{tail:.*}", not_found)
-    return app
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def server_options(self) -> dict[str, Any]:
+        """What `web.Server` needs besides the handler: requests that know the body size limit."""
+        limit = self.settings.max_body_bytes
+
+        def make_request(message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> web.BaseRequest:
+            return web.BaseRequest(message, payload, protocol, writer, task, protocol._loop,
+                                   client_max_size=limit)
+
+        return {"request_factory": make_request}
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Every request: the webhook POST first, then the other routes by path."""
+        raw_path = request.raw_path
+        if request.method == "POST" and (raw_path == ENDPOINT or raw_path.startswith(ENDPOINT + "?")):
+            return await self._receive(request)
+        route = route_of(raw_path)
+        methods = self.routes.get(route) if route is not None else None
+        if methods is None:
+            return _json(404, "not found")
+        handler = methods.get("GET" if request.method == "HEAD" else request.method)
+        if handler is None:
+            allowed = ", ".join(sorted({"GET", "HEAD", *methods}))
+            return _json(405, "method not allowed", Allow=allowed)
+        return await handler(request)
+
+    async def _readyz(self, request: web.BaseRequest) -> web.Response:
+        if await self.queue.ping():
+            return web.json_response({"status": "ready", "redis": "ok"})
+        return _unavailable(self.settings, "redis does not answer")
+
+    def _receiver(self, *, path_token: bool) -> Handler:
+        """POST /copernica: the hot path. Checks only what the answer depends on, then queues.
+
+        What it needs is bound here, not looked up on every request, and its answers are counted
+        by status here (a wrapper would cost every call another coroutine)."""
+        settings, committer, high_water, auth = self.settings, self.committer, self.high_water, self.auth
+        answers = metrics.ANSWERS
+        max_bytes = settings.max_body_bytes
+        too_large = f"body larger than {max_bytes} bytes"
+
+        def answer(response: web.Response) -> web.Response:
+            answers[response.status] += 1
+            return response
+
+        async def receive(request: web.BaseRequest) -> web.Response:
+            try:
+                declared = request.content_length
+                if declared is not None and declared > max_bytes:
+                    return answer(_json(413, too_large))
+                content_type = request.headers.get("Content-Type", "")
+                if not _accepted_type(content_type):
+                    return answer(_json(415, "content type must be application/x-www-form-urlencoded or "
+                                             "application/json"))
+                try:
+                    if request.content.is_eof():  # the whole body has arrived (most calls): no timer needed
+                        body = await request.read()
+                    else:
+                        async with asyncio.timeout(settings.body_timeout):
+                            body = await request.read()
+                except web.HTTPRequestEntityTooLarge:
+                    return answer(_json(413, too_large))
+                except TimeoutError:
+                    return answer(_json(408, f"body not received within {settings.body_timeout:g} s"))
+                except (web.RequestPayloadError, ConnectionError):  # broken chunking or encoding, a dropped sender
+                    return answer(_json(400, "body could not be read"))
+                if not body:
+                    return answer(_json(400, "empty body"))
+                if high_water.over:
+                    return answer(_unavailable(settings, "queue is above its high-water mark"))
+                try:  # who may post (ingest.auth): before anything is queued; the kept target has no token
+                    target = await auth.check(request, body, path_token=path_token)
+                except Refused as refused:
+                    return answer(_json(refused.status, refused.reason, **refused.headers))
+                # The kept headers, in one pass over the raw pairs (cheaper than eight look-ups).
+                headers = {}
+                for name, value in request.raw_headers:
+                    key = name.lower()
+                    if key in _KEPT:
+                        headers[_KEPT[key]] = value.decode("latin-1")
+                call = wire(body, content_type, time.time(), request.remote or "", request.method, target, headers)
+                try:
+                    await committer.submit(call)
+                except Overloaded:
+                    return answer(_unavailable(settings, "too many calls waiting for Redis"))
+                except WriteFailed:
+                    return answer(_unavailable(settings, "could not write to Redis"))
+                except Closed:
+                    return answer(_unavailable(settings, "receiver is shutting down"))
+                answers[200] += 1
+                return web.Response(body=_QUEUED, content_type="application/json")
+            except Exception:  # aiohttp answers it with a 500
+                answers[500] += 1
+                raise
+
+        return receive

@@ -102,9 +102,10 @@ class Authenticator:
         if self.verifier is not None and settings.public_hosts is None:
             log.warning("INGEST_PUBLIC_HOSTS is unset: the Host of signed calls is not checked")
 
-    async def check(self, request: web.Request, body: bytes) -> str:
-        """The request target to keep (token removed) if the call may post; else raise Refused."""
-        target, tokens = strip_token(request.raw_path, "token" in request.match_info)
+    async def check(self, request: web.BaseRequest, body: bytes, *, path_token: bool = False) -> str:
+        """The request target to keep (token removed) if the call may post; else raise Refused.
+        `path_token`: the target's last path segment is a token (`/copernica/<token>`)."""
+        target, tokens = strip_token(request.raw_path, path_token)
         if self._allowed is not None and not self._network_allowed(request):
             self._refuse(request, Refused(403, "network", "caller's address is not allowed"))
         if self.accept_all:
@@ -139,11 +140,11 @@ class Authenticator:
         wanted = [name for name, on in (("signature", self.verifier), ("token", self._token)) if on]
         return f"credentials required ({' or '.join(wanted)})"
 
-    def _network_allowed(self, request: web.Request) -> bool:
+    def _network_allowed(self, request: web.BaseRequest) -> bool:
         client = self.client_address(request)
         return client is not None and any(client in net for net in self._allowed or ())
 
-    def client_address(self, request: web.Request) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    def client_address(self, request: web.BaseRequest) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         """The caller: the peer, or behind trusted proxies the last X-Forwarded-For hop they did
         not add themselves (right to left, skipping trusted proxies)."""
         address = _address(request.remote or "")
@@ -159,16 +160,15 @@ class Authenticator:
                 break
         return address
 
-    def _refuse(self, request: web.Request, refused: Refused) -> None:
+    def _refuse(self, request: web.BaseRequest, refused: Refused) -> None:
         REFUSALS[refused.code] += 1
         now = time.monotonic()
         last, suppressed = self._last_logged.get(refused.code, (float("-inf"), 0))
         if now - last >= LOG_EVERY:
             more = f" ({suppressed} more since last logged)" if suppressed else ""
-            # The route is logged, not the target: its query or path may hold a token.
-            route = request.match_info.route.resource
-            log.warning("refused %s %s from %s: %d %s%s", request.method, route.canonical if route else "?",
-                        request.remote, refused.status, refused.reason, more)
+            # The target is not logged: its query or path may hold a token.
+            log.warning("refused %s from %s: %d %s%s", request.method, request.remote, refused.status,
+                        refused.reason, more)
             self._last_logged[refused.code] = (now, 0)
         else:
             self._last_logged[refused.code] = (last, suppressed + 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
@@ -10,24 +11,25 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 from aiohttp import web
 
-from ingest.app import create_app
+from ingest.app import Receiver
 from ingest.embedded import StopSignals
 from ingest.settings import Settings
 
 log = logging.getLogger("ingest.server")
 
+SHUTDOWN_SECONDS = 30  # how long requests in flight may take to finish after SIGTERM
 
-def _event_loop():
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        import asyncio
-
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
+        return asyncio.new_event_loop
+    return uvloop.new_event_loop
 
 
 def serve(settings: Settings, *, processes: int = 1, host: str | None = None, port: int | None = None,
@@ -38,18 +40,38 @@ def serve(settings: Settings, *, processes: int = 1, host: str | None = None, po
         raise ValueError("--processes must be at least 1")
     if processes > 1:
         return _supervise(processes, host, port)
-    log.info("receiver listening on http://%s:%d/copernica (queue %r)", host, port, settings.queue)
-    _tune_gc()
-    web.run_app(
-        create_app(settings), host=host, port=port, reuse_port=reuse_port or None,
-        loop=_event_loop(), access_log=None, print=None, backlog=4096, shutdown_timeout=30,
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(_serve(settings, host, port, reuse_port))
+    return 0
+
+
+async def _serve(settings: Settings, host: str, port: int, reuse_port: bool) -> None:
+    """Serve until SIGTERM or SIGINT; then stop taking connections, let the requests in flight
+    finish (up to SHUTDOWN_SECONDS), write what they queued, and return."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    receiver = Receiver(settings)
+    server = web.Server(
+        receiver.handle, **receiver.server_options(), access_log=None,
         # Hostile input (issue 6): an idle or never-finished request head is closed after
         # keepalive_timeout (longer than nginx's upstream keepalive, so nginx never reuses a closing
         # connection); a stalled body gets 408 after INGEST_BODY_TIMEOUT (app.py); oversized request
         # lines, headers or header counts get aiohttp's 400. No access log: targets may hold a token.
         keepalive_timeout=75, max_line_size=8190, max_field_size=8190, max_headers=128,
     )
-    return 0
+    runner = web.ServerRunner(server, shutdown_timeout=SHUTDOWN_SECONDS)
+    await runner.setup()
+    try:
+        receiver.start()
+        await web.TCPSite(runner, host, port, backlog=4096, reuse_port=reuse_port or None).start()
+        log.info("receiver listening on http://%s:%d/copernica (queue %r)", host, port, settings.queue)
+        _tune_gc()
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+        await receiver.close()
 
 
 def _tune_gc() -> None:

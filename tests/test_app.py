@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import pickle
-import zlib
 from collections.abc import AsyncIterator
 
 import pytest
 import redis
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from rq import Queue
 
-from ingest.app import create_app
 from ingest.settings import Settings
+from tests.clients import receiver_client
 from tests.payloads import calls
+from workers.envelope import unpack_calls
 
 OPEN = (b"id=b4icbaqjswyrb7tc&type=open&timestamp=2026-11-26+12%3A00%3A01&time=1795694401"
         b"&recipient=a%40example.com&ip=192.0.2.1&useragent=Mozilla%2F5.0&tags=news%3Bweekly")
@@ -25,16 +25,16 @@ def queued_calls(conn: redis.Redis, queue: str = "copernica") -> list[dict]:
     found = []
     for job_id in Queue(queue, connection=conn).get_job_ids():
         data = conn.hget(f"rq:job:{job_id}", "data")
-        func, _instance, args, _kwargs = pickle.loads(zlib.decompress(data))
+        func, _instance, args, _kwargs = pickle.loads(data)
         assert func == "workers.jobs.store_batch"
-        found.extend(args[0])
+        found.extend(unpack_calls(args[0]))
     return found
 
 
 @pytest.fixture
 async def client(settings: Settings) -> AsyncIterator[TestClient]:
     small = Settings.from_env({**settings.to_env(), "INGEST_MAX_BODY_BYTES": "1000"}, dotenv=False)
-    async with TestClient(TestServer(create_app(small))) as client:
+    async with receiver_client(small) as client:
         yield client
 
 

@@ -10,15 +10,15 @@ from urllib.parse import unquote_plus
 
 import pytest
 import redis
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ingest.app import create_app
 from ingest.auth import REFUSALS, Authenticator, strip_token
 from ingest.settings import Settings, SettingsError
 from ingest.signatures import KeyCache, dns_txt
+from tests.clients import receiver_client
 from tests.dns_server import DnsServer
 from tests.test_app import queued_calls
 from tests.test_signatures import BODY, KEY_ID, dkim_record, new_key, sign
@@ -48,10 +48,8 @@ def make_client(settings: Settings, dns: DnsServer):
         values = {**settings.to_env(), "INGEST_AUTH": "signature,token", "INGEST_TOKENS": f"{TOKEN},{NEXT_TOKEN}",
                   "INGEST_DNS_SERVER": dns.address, **env}
         conf = Settings.from_env(values, dotenv=False)
-        app = create_app(conf, auth=Authenticator(conf, keys=keys) if keys is not None else None)
-        server = TestServer(app)
-        await server.start_server(access_log=None)  # as `ingest serve` runs it: no access log
-        async with TestClient(server) as client:
+        auth = Authenticator(conf, keys=keys) if keys is not None else None
+        async with receiver_client(conf, auth=auth) as client:  # as `ingest serve` runs it: no access log
             yield client
 
     return make

@@ -15,7 +15,7 @@ from ingest.settings import Settings
 from tests.payloads import calls
 from tests.processes import ingest_env, run_ingest
 from workers import store
-from workers.envelope import Envelope
+from workers.envelope import Envelope, unpack_calls
 from workers.jobs import parse_calls
 
 
@@ -68,7 +68,7 @@ def test_failed_job_is_retried_with_backoff_then_kept(redis_url: str, redis_conn
     done = run_ingest(["worker", "--burst"], env, timeout=60)
     assert done.returncode == 0
     assert job_id in FailedJobRegistry(queue=queue).get_job_ids()
-    assert Job.fetch(job_id, connection=redis_conn).args[0][0]["body"] == calls(1)[0][1]
+    assert unpack_calls(Job.fetch(job_id, connection=redis_conn).args[0])[0]["body"] == calls(1)[0][1]
 
 
 async def _enqueue(settings: Settings, wires: list[dict]) -> str:

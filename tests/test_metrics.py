@@ -15,16 +15,16 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from rq import Queue
 
 from ingest import app as app_module
 from ingest import metrics as receiver_metrics
-from ingest.app import create_app
 from ingest.embedded import free_port, stop_process
 from ingest.settings import Settings
+from tests.clients import receiver_client
 from tests.conftest import ROOT
 from tests.payloads import calls
 from tests.processes import ingest_env, receiver
@@ -65,7 +65,7 @@ def receiver_numbers() -> dict[str, float]:
 
 @pytest.fixture
 async def client(settings: Settings) -> AsyncIterator[TestClient]:
-    async with TestClient(TestServer(create_app(settings))) as client:
+    async with receiver_client(settings) as client:
         yield client
 
 
@@ -117,7 +117,7 @@ async def test_queue_gauges_equal_the_rq_queue(client: TestClient, redis_conn: r
 
 async def test_metrics_answer_when_redis_is_down(redis_url: str) -> None:
     dead = Settings.from_env({"REDIS_URL": "redis://127.0.0.1:1/0", "INGEST_AUTH": "none"}, dotenv=False)
-    async with TestClient(TestServer(create_app(dead))) as client:
+    async with receiver_client(dead) as client:
         started = time.monotonic()
         resp = await client.get("/metrics")
         assert resp.status == 200
@@ -139,7 +139,7 @@ async def test_metrics_answer_when_redis_hangs() -> None:
     try:
         hung = Settings.from_env({"REDIS_URL": f"redis://127.0.0.1:{port}/0", "INGEST_AUTH": "none",
                                   "INGEST_REDIS_TIMEOUT": "5"}, dotenv=False)
-        async with TestClient(TestServer(create_app(hung))) as client:
+        async with receiver_client(hung) as client:
             started = time.monotonic()
             resp = await client.get("/metrics")
             elapsed = time.monotonic() - started
@@ -165,7 +165,7 @@ async def test_a_refused_call_is_counted_by_status_and_reason(settings: Settings
     guarded = Settings.from_env(
         {**settings.to_env(), "INGEST_AUTH": "token", "INGEST_TOKENS": "s3cret-token-0123456789"}, dotenv=False)
     before = dict(receiver_metrics.refusals())
-    async with TestClient(TestServer(create_app(guarded))) as client:
+    async with receiver_client(guarded) as client:
         resp = await client.post("/copernica?token=wrong", data=b"a=1", headers={"Content-Type": FORM})
         assert resp.status == 401
         served = scrape(await (await client.get("/metrics")).text())
@@ -182,7 +182,7 @@ async def test_an_unexpected_error_is_counted_as_500(settings: Settings, monkeyp
 
     monkeypatch.setattr(app_module, "wire", broken)
     before = dict(receiver_metrics.ANSWERS)
-    async with TestClient(TestServer(create_app(settings))) as client:
+    async with receiver_client(settings) as client:
         resp = await client.post("/copernica", data=b"a=1", headers={"Content-Type": FORM})
         assert resp.status == 500
         assert (await client.post("/copernica", data=b"", headers={"Content-Type": FORM})).status == 400

@@ -17,6 +17,7 @@ from rq import Queue
 
 from ingest.embedded import child_pids, free_port, stop_process, wait_for_port
 from tests.processes import ingest_env
+from workers.envelope import unpack_calls
 
 
 def listening_inodes(port: int) -> set[str]:
@@ -76,7 +77,7 @@ def test_n_processes_share_the_port_and_stop_together(redis_url: str, database_u
         statuses = asyncio.run(post_many(f"http://127.0.0.1:{port}/copernica", 60))
         assert statuses == [200] * 60
         queue = Queue("copernica", connection=redis_conn)
-        assert sum(len(queue.fetch_job(job_id).args[0]) for job_id in queue.get_job_ids()) == 60
+        assert sum(len(unpack_calls(queue.fetch_job(job_id).args[0])) for job_id in queue.get_job_ids()) == 60
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
         assert not any(Path(f"/proc/{kid}").exists() for kid in kids)  # stopped and reaped before it exited

@@ -29,6 +29,7 @@ import redis
 from rq.job import Job
 
 from ingest.queueing import JOB_FUNCTION
+from workers.envelope import unpack_calls
 
 log = logging.getLogger("workers.coalesce")
 
@@ -94,7 +95,7 @@ def borrow(conn: redis.Redis, queue: str, owner: str, want: int) -> Borrowed:
                 foreign.append(job_id)
                 continue
             held.job_ids.append(job_id)
-            held.calls.extend(job.args[0])
+            held.calls.extend(unpack_calls(job.args[0]))
         if foreign:  # not ours to run: back to the front of the queue, in order
             with conn.pipeline(transaction=True) as pipe:
                 for job_id in foreign:

@@ -3,13 +3,22 @@
 The receiver does not parse events: it wraps what Copernica sent, byte for byte, with the few
 facts only the receiver knows (when, from where, which request line), so that a worker can
 parse, verify and re-parse it later. This module is the wire format shared by both sides; it
-imports nothing but the standard library, so the edge stays light.
+imports nothing but the standard library and zstandard, so the edge stays light.
+
+A batch of calls travels as the single argument of its RQ job: one zstd frame holding the
+pickled list of wire dicts (`pack_calls`). RQ would otherwise zlib-compress the job's data:
+zstd at level -1 takes a fifth of zlib's CPU at level 1 and makes a smaller job, and the
+receiver compresses on the event loop that answers the calls.
 """
 
 from __future__ import annotations
 
+import pickle
+import threading
 from dataclasses import dataclass, field
 from typing import Any
+
+import zstandard
 
 # The request headers kept with every call (lower-case names). Signature verification needs
 # all of them; anything else Copernica sends carries no event data.
@@ -71,3 +80,37 @@ def wire(body: bytes, content_type: str, received_at: float, remote: str, method
         "target": target,
         "headers": headers,
     }
+
+
+BATCH_LEVEL = -1  # zstd's first fast level: ~0.2 µs per call, ~10 % smaller than zlib at level 1
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"  # how every zstd frame begins: a job's argument in this format
+_codecs = threading.local()  # zstd contexts are reused (cheaper) but not shared between threads
+
+
+def pack_calls(calls: list[dict[str, Any]]) -> bytes:
+    """A batch of wire dicts as one job argument."""
+    try:
+        compress = _codecs.compress
+    except AttributeError:
+        compress = _codecs.compress = zstandard.ZstdCompressor(level=BATCH_LEVEL).compress
+    return compress(pickle.dumps(calls, protocol=5))
+
+
+def unpack_calls(argument: bytes | list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The calls a store job carries: a packed batch, or a plain list (jobs queued by earlier
+    versions, and by `rejected replay`). Raises ValueError for anything else."""
+    if isinstance(argument, list):
+        return argument
+    if not isinstance(argument, bytes) or not argument.startswith(_ZSTD_MAGIC):
+        raise ValueError(f"not a batch of calls: {type(argument).__name__}")
+    try:
+        decompress = _codecs.decompress
+    except AttributeError:
+        decompress = _codecs.decompress = zstandard.ZstdDecompressor().decompress
+    try:
+        calls = pickle.loads(decompress(argument))
+    except Exception as exc:  # a damaged frame, or bytes that are not a pickle (it raises many kinds)
+        raise ValueError(f"not a batch of calls: {exc}") from exc
+    if not isinstance(calls, list):
+        raise ValueError(f"not a batch of calls: {type(calls).__name__}")
+    return calls

@@ -17,7 +17,7 @@ from rq import get_current_job
 
 from ingest.settings import Settings
 from workers import coalesce, metrics, store
-from workers.envelope import Envelope
+from workers.envelope import Envelope, unpack_calls
 from workers.model import Event, from_webhook
 from workers.parsing import Unparseable, parse_body
 
@@ -82,9 +82,11 @@ def parse_chunks(calls: list[dict[str, Any]], tz: str) -> Iterator[store.Chunk]:
         yield events, origins, rejects
 
 
-def store_batch(calls: list[dict[str, Any]]) -> dict[str, int]:
-    """RQ job: parse and store one batch of raw webhook calls, with the batches queued behind
-    it (see workers.coalesce) up to INGEST_WORKER_BATCH calls, in one transaction."""
+def store_batch(batch: bytes | list[dict[str, Any]]) -> dict[str, int]:
+    """RQ job: parse and store one batch of raw webhook calls (packed by workers.envelope), with
+    the batches queued behind it (see workers.coalesce) up to INGEST_WORKER_BATCH calls, in one
+    transaction."""
+    calls = unpack_calls(batch)
     conf = settings()
     job = get_current_job()
     want = conf.worker_batch - len(calls) if job is not None and job.origin else 0

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 import redis
-from aiohttp.test_utils import TestClient, TestServer
 from rq import Queue
 
-from ingest.app import create_app
 from ingest.embedded import EmbeddedValkey
 from ingest.settings import Settings
+from tests.clients import receiver_client
 from tests.test_app import FORM, OPEN, queued_calls
 
 pytestmark = pytest.mark.faults
@@ -25,7 +24,7 @@ async def test_redis_stopped_then_back(tmp_path: Path) -> None:
     settings = Settings.from_env({"REDIS_URL": valkey.url, "INGEST_AUTH": "none"}, dotenv=False)
     conn = redis.Redis.from_url(valkey.url)
     try:
-        async with TestClient(TestServer(create_app(settings))) as client:
+        async with receiver_client(settings) as client:
             assert (await client.post("/copernica", data=OPEN, headers={"Content-Type": FORM})).status == 200
             valkey.stop()
 

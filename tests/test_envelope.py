@@ -1,0 +1,44 @@
+"""The wire format: a call's envelope, and a batch of calls as one job argument."""
+
+from __future__ import annotations
+
+import pickle
+import zlib
+
+import pytest
+import zstandard
+from hypothesis import given
+from hypothesis import strategies as st
+
+from workers.envelope import Envelope, pack_calls, unpack_calls, wire
+
+headers = st.dictionaries(st.sampled_from(["host", "date", "signature"]), st.text(max_size=20), max_size=3)
+calls = st.lists(st.builds(wire, st.binary(max_size=300), st.text(max_size=40), st.floats(0, 2e9),
+                           st.text(max_size=20), st.just("POST"), st.text(max_size=40), headers), max_size=30)
+
+
+@given(calls)
+def test_a_packed_batch_unpacks_to_the_same_calls(batch: list[dict]) -> None:
+    packed = pack_calls(batch)
+    assert isinstance(packed, bytes)
+    assert unpack_calls(packed) == batch
+
+
+def test_a_packed_batch_is_smaller_than_rqs_zlib() -> None:
+    batch = [wire(f"type=open&id=m{n}&time=2026-11-27+10:{n % 60:02d}:00&ip=192.0.2.{n % 250}".encode(),
+                  "application/x-www-form-urlencoded", 1.8e9 + n, "192.0.2.7", "POST", "/copernica", {})
+             for n in range(40)]
+    assert len(pack_calls(batch)) < len(zlib.compress(pickle.dumps(batch, protocol=5), 1))
+
+
+def test_a_plain_list_is_taken_as_it_is() -> None:
+    """Jobs queued by an earlier version (or by `rejected replay`) carry the list itself."""
+    batch = [Envelope(b"id=1", "application/x-www-form-urlencoded", 1.0).to_wire()]
+    assert unpack_calls(batch) is batch
+
+
+@pytest.mark.parametrize("argument", [b"", b"id=1&type=open", zstandard.compress(b"not a pickle"),
+                                      zstandard.compress(pickle.dumps({"a": 1})), b"\x28\xb5\x2f\xfd\x00", 7])
+def test_anything_else_is_refused(argument: object) -> None:
+    with pytest.raises(ValueError, match="not a batch of calls"):
+        unpack_calls(argument)  # type: ignore[arg-type]
