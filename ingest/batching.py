@@ -2,7 +2,8 @@
 
 A request adds its call to the open batch and awaits that batch's write. A flusher hands
 batches to writers; while a batch is being written the next one fills, so batches grow with
-load and a lone request is written at once. A second write (up to `max_in_flight`) goes out
+load and a lone request is written after one loop iteration. Before a batch goes, the calls
+still arriving join it (`_gather`), up to `overlap_min` calls or `gather_seconds`. A second write (up to `max_in_flight`) goes out
 beside the first only for a batch of at least `overlap_min` calls: writing every small batch
 at once costs the receiver more CPU per call (measured here: 10-35 % more, most with short-lived
 connections), while waiting with a big batch for the fsync of the one before leaves the CPU idle.
@@ -25,8 +26,11 @@ from typing import Any
 log = logging.getLogger("ingest.batching")
 
 
-# Calls a batch needs before it is written beside one already in flight (see the docstring).
+# Calls a batch needs before it is written beside one already in flight (see the docstring);
+# also the size at which a batch stops waiting for more calls to join it.
 OVERLAP_MIN = 16
+# The longest a batch waits for more calls while they keep arriving (see `_gather`).
+GATHER_SECONDS = 0.002
 
 
 class Overloaded(Exception):
@@ -74,6 +78,7 @@ class GroupCommitter:
         max_pending: int,
         max_in_flight: int = 2,
         overlap_min: int = OVERLAP_MIN,
+        gather_seconds: float = GATHER_SECONDS,
         observe: Observer | None = None,
     ) -> None:
         self._write = write
@@ -81,6 +86,7 @@ class GroupCommitter:
         self._max_pending = max(max_pending, max_batch)
         self._max_in_flight = max(1, max_in_flight)
         self._overlap_min = max(1, overlap_min)
+        self._gather_seconds = gather_seconds
         self._observe = observe
         self._waiting: deque[_Batch] = deque()
         self._pending = 0
@@ -127,6 +133,7 @@ class GroupCommitter:
         try:
             while True:
                 if self._waiting and self._may_write():
+                    await self._gather(self._waiting[0])
                     self._in_flight += 1
                     task = loop.create_task(self._write_batch(self._waiting.popleft()))
                     writes.add(task)
@@ -141,6 +148,25 @@ class GroupCommitter:
         except asyncio.CancelledError:
             self._fail_waiting(WriteFailed("shutting down"))
             raise
+
+    async def _gather(self, batch: _Batch) -> None:
+        """Let the calls already on their way join `batch` before it is written.
+
+        Each loop iteration reads what the sockets hold; when the last one added calls to the
+        batch, the next one likely adds more: under load (many short-lived connections above
+        all) this makes fewer, bigger writes, and each write costs the receiver ~0.1 ms of CPU
+        and Redis one fsync. A lone call adds no more than one loop iteration. The batch goes
+        once an iteration adds nothing, once it holds `overlap_min` calls or another batch
+        waits behind it, or after `gather_seconds`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._gather_seconds
+        seen = len(batch.items)
+        while seen < self._overlap_min and len(self._waiting) == 1 and not self._closing:
+            await asyncio.sleep(0)
+            size = len(batch.items)
+            if size == seen or loop.time() >= deadline:
+                return
+            seen = size
 
     def _may_write(self) -> bool:
         """The first write goes at once; another, up to `max_in_flight`, only for a batch that

@@ -192,3 +192,58 @@ async def test_close_writes_a_small_batch_without_waiting_for_it_to_grow() -> No
     for gate in writer.gates:
         gate.set()
     await asyncio.gather(*tasks, closing)
+
+
+async def trickle(committer: GroupCommitter, count: int) -> list[asyncio.Future]:
+    """One call per loop iteration, as calls arrive from a busy socket set."""
+    tasks = []
+    for i in range(count):
+        tasks.append(asyncio.ensure_future(committer.submit(i)))
+        await asyncio.sleep(0)
+    return tasks
+
+
+async def test_a_lone_call_does_not_wait_to_be_joined() -> None:
+    writer = Writer()
+    committer = GroupCommitter(writer, max_batch=100, max_pending=1000, gather_seconds=30)
+    await asyncio.wait_for(committer.submit(1), timeout=1)  # one quiet loop iteration, not 30 s
+    assert writer.batches == [[1]]
+    await committer.close()
+
+
+async def test_calls_still_arriving_join_the_batch_before_it_is_written() -> None:
+    writer = HeldWriter()
+    committer = GroupCommitter(writer, max_batch=100, max_pending=1000, overlap_min=16, gather_seconds=30)
+    tasks = await trickle(committer, 10)
+    await settle()
+    assert writer.started == [list(range(10))]  # without gathering: [0] went alone, the rest behind it
+    writer.gates[0].set()
+    await asyncio.gather(*tasks)
+    await committer.close()
+
+
+async def release_all(writer: HeldWriter, tasks: list[asyncio.Future]) -> None:
+    while not all(task.done() for task in tasks):
+        for gate in writer.gates:
+            gate.set()
+        await asyncio.sleep(0)
+
+
+async def test_gathering_stops_at_overlap_min() -> None:
+    writer = HeldWriter()
+    committer = GroupCommitter(writer, max_batch=100, max_pending=1000, max_in_flight=1, overlap_min=16,
+                               gather_seconds=30)
+    tasks = await trickle(committer, 40)
+    assert writer.started[0] == list(range(16))
+    await release_all(writer, tasks)
+    await committer.close()
+
+
+async def test_gathering_stops_after_gather_seconds() -> None:
+    writer = HeldWriter()
+    committer = GroupCommitter(writer, max_batch=10_000, max_pending=10_000, overlap_min=10_000,
+                               gather_seconds=0.001)
+    tasks = await trickle(committer, 3000)  # thousands of loop iterations take longer than 1 ms
+    assert 0 < len(writer.started[0]) < 3000
+    await release_all(writer, tasks)
+    await committer.close()
