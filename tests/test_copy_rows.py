@@ -108,21 +108,24 @@ def test_a_row_is_escaped_only_when_it_needs_it() -> None:
 
 
 def test_chunks_of_one_transaction_share_one_stage(db: psycopg.Connection) -> None:
-    """Only the first chunk with events makes the staging table; later ones find it (and empty)."""
+    """Only the first chunk with staged rows makes the staging table; later ones find it (and empty)."""
     db.execute("TRUNCATE events")
-    statements: list[str] = []
-    real = store.insert_events
+    made: list[bool] = []
+    real = store._insert_staged
 
-    def spy(conn: psycopg.Connection, events: Any, data: bytes | None = None, *, staged: bool = False) -> int:
-        statements.append("staged" if staged else "create")
-        return real(conn, events, data, staged=staged)
+    def spy(cur: psycopg.Cursor, data: bytes, *, staged: bool) -> int:
+        made.append(staged)
+        return real(cur, data, staged=staged)
 
-    chunks = [([], None, []), ([_event(1)], None, []), ([_event(2), _event(3)], None, []), ([_event(1)], None, [])]
+    def untimed(n: int) -> Event:  # no usable time: occurred_at is the time of receipt, staged
+        return _event(n, occurred_at=WHEN, received_at=WHEN)
+
+    chunks = [([], None, []), ([untimed(1)], None, []), ([untimed(2), untimed(3)], None, []), ([untimed(1)], None, [])]
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(store, "insert_events", spy)
+        patch.setattr(store, "_insert_staged", spy)
         result = store.store_chunks(db, chunks)
     assert (result.stored, result.duplicates) == (3, 1)
-    assert statements == ["create", "create", "staged", "staged"]  # the empty chunk stages nothing
+    assert made == [False, True]  # the empty chunk and the repeat stage nothing
     assert db.execute("SELECT count(*) FROM events").fetchone()[0] == 3
 
 

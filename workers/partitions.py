@@ -164,10 +164,26 @@ _known: weakref.WeakKeyDictionary[psycopg.Connection, _Known] = weakref.WeakKeyD
 def ensure_for_events(conn: psycopg.Connection, events: Sequence[Event]) -> None:
     """Make sure the partitions of the months of `events` exist before they are inserted
     (inside the caller's transaction). Costs a set of months when they are all known."""
+    ensure_months(conn, months_of(events))
+
+
+def months_of(events: Iterable[Event]) -> set[date]:
+    """The partition months of `events` (what `ensure_months` takes)."""
+    return {month_of(moment) for moment in {event.occurred_at for event in events}}
+
+
+def known(conn: psycopg.Connection, months: set[date]) -> bool:
+    """Whether `ensure_months(conn, months)` would send nothing to the server (so a caller with
+    a COPY in progress on `conn` need not end it first)."""
+    state = _known.get(conn)
+    return state is not None and state.partitioned and state.pending is None and months <= state.months
+
+
+def ensure_months(conn: psycopg.Connection, months: set[date]) -> None:
+    """`ensure_for_events` for months already gathered (by `months_of`, on another thread)."""
     state = _known.get(conn)
     if state is None:
         state = _known[conn] = _Known()
-    months = {month_of(event.occurred_at) for event in events}
     if state.partitioned and state.pending is None and months <= state.months:
         return
     _ensure(conn, state, months)

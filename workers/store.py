@@ -9,11 +9,13 @@ Rejected calls are keyed by `call_key` the same way, so a retried job never doub
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import queue
 import sys
 import threading
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
@@ -166,24 +168,28 @@ def copy_data(events: Iterable[Event]) -> bytes:
 
 def insert_events(conn: psycopg.Connection, events: Sequence[Event], data: bytes | None = None, *,
                   staged: bool = False) -> int:
-    """Insert within the caller's transaction; return how many rows were new. `data`: the
-    events' `copy_data` when the caller made it already (on another thread); `staged`: this
-    transaction made the staging table already (an earlier chunk)."""
+    """Insert within the caller's transaction through the stage; return how many rows were new.
+    `data`: the events' `copy_data` when the caller made it already (on another thread);
+    `staged`: this transaction made the staging table already (an earlier chunk)."""
     if not events:
         return 0
     partitions.ensure_for_events(conn, events)  # a set of months when they are known: no query
     with conn.cursor() as cur:
-        if not staged:  # once per transaction: cheap, and right after a rollback dropped the stage
-            cur.execute(
-                f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} ON COMMIT DELETE ROWS AS "
-                f"SELECT {_COLS} FROM events WITH NO DATA"
-            )
-        with cur.copy(f"COPY {_STAGE} ({_COLS}) FROM STDIN") as copy:
-            copy.write(copy_data(events) if data is None else data)
-        cur.execute(f"INSERT INTO events ({_COLS}) SELECT {_COLS} FROM {_STAGE} s {_NEW_KEY} ON CONFLICT DO NOTHING")
-        stored = cur.rowcount
-        cur.execute(f"DELETE FROM {_STAGE}")  # the next chunk of this transaction starts empty
-        return stored
+        return _insert_staged(cur, copy_data(events) if data is None else data, staged=staged)
+
+
+def _insert_staged(cur: psycopg.Cursor, data: bytes, *, staged: bool) -> int:
+    if not staged:  # once per transaction: cheap, and right after a rollback dropped the stage
+        cur.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} ON COMMIT DELETE ROWS AS "
+            f"SELECT {_COLS} FROM events WITH NO DATA"
+        )
+    with cur.copy(f"COPY {_STAGE} ({_COLS}) FROM STDIN") as copy:
+        copy.write(data)
+    cur.execute(f"INSERT INTO events ({_COLS}) SELECT {_COLS} FROM {_STAGE} s {_NEW_KEY} ON CONFLICT DO NOTHING")
+    stored = cur.rowcount
+    cur.execute(f"DELETE FROM {_STAGE}")  # the next chunk of this transaction starts empty
+    return stored
 
 
 def call_key(envelope: Envelope) -> str:
@@ -231,52 +237,83 @@ def store(
     return store_chunks(conn, [(events, origins, rejects)])
 
 
+@dataclass(slots=True)
+class _Lines:
+    """A chunk as the writer thread takes it, made on the caller's thread."""
+
+    direct: bytes  # COPY text of the events whose occurred_at follows from their key
+    direct_rows: int
+    staged: bytes  # the others (time of receipt, a fraction of a second): they need `_NEW_KEY`
+    months: set  # partition months of the chunk's events
+    rejects: Sequence[Rejected]
+
+
+def _lines(events: Sequence[Event], rejects: Sequence[Rejected], seen: set[str]) -> _Lines:
+    """Of several events with one key in a transaction only the first (see `copy_data`)."""
+    direct: list[str] = []
+    staged: list[str] = []
+    for event in events:
+        key = event.event_key
+        if key in seen:
+            continue
+        seen.add(key)
+        occurred = event.occurred_at
+        if occurred.microsecond == 0 and occurred != event.received_at:
+            direct.append(_copy_line(event))
+        else:
+            staged.append(_copy_line(event))
+    return _Lines("".join(direct).encode(), len(direct), "".join(staged).encode(),
+                  partitions.months_of(events) if events else set(), rejects)
+
+
 def store_chunks(conn: psycopg.Connection, chunks: Iterable[Chunk]) -> StoreResult:
     """Store chunks as they come, in one transaction, on a thread of their own: PostgreSQL
     stores chunk k while the caller's iterator produces (parses) chunk k+1. The caller's thread
-    also writes each chunk's COPY text, so the writer holds the GIL as little as it can."""
-    feed: queue.Queue[tuple[Chunk, bytes] | None] = queue.Queue(maxsize=2)
+    also writes each chunk's COPY text, so the writer holds the GIL as little as it can (see
+    `_Writer` for how the rows reach `events`)."""
+    feed: queue.Queue[_Lines | None] = queue.Queue(maxsize=2)
     outcome: dict[str, object] = {}
 
     def write() -> None:
-        stored = 0
         ended = False  # the producer's end (None) was taken: nothing more will come
         try:
             with conn.transaction():
-                staged = False
-                while (item := feed.get()) is not None:
-                    chunk, data = item
-                    stored += insert_events(conn, chunk[0], data, staged=staged)
-                    staged = staged or bool(chunk[0])
-                    if chunk[2]:
-                        insert_rejects(conn, chunk[2])
-                ended = True
-                if "abort" in outcome:
-                    raise _Aborted()
-            outcome["stored"] = stored
+                writer = _Writer(conn)
+                try:
+                    while (lines := feed.get()) is not None:
+                        writer.add(lines)
+                    ended = True
+                    if "abort" in outcome:
+                        raise _Aborted()
+                    outcome["stored"] = writer.finish()
+                except BaseException as exc:
+                    writer.abandon(exc)  # an open COPY holds the connection's lock
+                    raise
         except BaseException as exc:  # handed to the caller's thread
+            outcome.pop("stored", None)
             outcome["error"] = exc
             while not ended and feed.get() is not None:  # let the producer finish
                 pass
 
-    writer = threading.Thread(target=write, name="store-writer", daemon=True)
-    writer.start()
+    thread = threading.Thread(target=write, name="store-writer", daemon=True)
+    thread.start()
     kept: list[Chunk] = []
-    # The writer waits on PostgreSQL several times a chunk and each time needs the GIL back
-    # from the parsing thread: by default it waits up to 5 ms for it (the switch interval).
+    seen: set[str] = set()
+    # The writer waits on PostgreSQL several times a transaction and each time needs the GIL
+    # back from the parsing thread: by default it waits up to 5 ms for it (the switch interval).
     switch = sys.getswitchinterval()
     sys.setswitchinterval(min(switch, WRITER_SWITCH_INTERVAL))
     try:
         for chunk in chunks:
             kept.append(chunk)
             if "error" not in outcome:
-                feed.put((chunk, copy_data(chunk[0])))
+                feed.put(_lines(chunk[0], chunk[2], seen))
     except BaseException:
         outcome["abort"] = True
         raise
     finally:
         feed.put(None)
-        writer.join()
+        thread.join()
         sys.setswitchinterval(switch)
     error = outcome.get("error")
     events = [event for chunk in kept for event in chunk[0]]
@@ -291,6 +328,128 @@ def store_chunks(conn: psycopg.Connection, chunks: Iterable[Chunk]) -> StoreResu
     for chunk in kept:
         origins.extend(chunk[1] if chunk[1] is not None else [None] * len(chunk[0]))
     return _store_one_by_one(conn, events, origins, rejects)
+
+
+# After a direct COPY met a row already stored, the next transactions of that connection go
+# through the stage (a backfill of stored events would otherwise pay for every row twice);
+# the pause doubles with each further collision, up to this many transactions.
+MAX_DIRECT_PAUSE = 64
+_pause: weakref.WeakKeyDictionary[psycopg.Connection, list[int]] = weakref.WeakKeyDictionary()
+_SAVEPOINT = "direct_copy"
+
+
+class _Writer:
+    """One transaction's rows, on the writer thread.
+
+    Rows whose occurred_at follows from their key (nearly all) are COPYed straight into
+    `events`, in one COPY that stays open from chunk to chunk (PostgreSQL stores each chunk as
+    it arrives; no round trip per chunk), inside a savepoint. The unique constraint then
+    refuses a second copy of an event: on that (or any error of the COPY) the savepoint is
+    rolled back and the same rows go through the stage and `INSERT … ON CONFLICT DO NOTHING`
+    (`insert_events`), as do the other rows (`_NEW_KEY`) and every row while the connection's
+    direct COPY is paused (`MAX_DIRECT_PAUSE`). Rejects are written last."""
+
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self.conn = conn
+        self.cur = conn.cursor()
+        pause = _pause.setdefault(conn, [0, 0])  # [transactions still to skip, length of the last pause]
+        self.direct = pause[0] == 0
+        if not self.direct:
+            pause[0] -= 1
+        self.copy: Any = None  # the open COPY's context manager
+        self.copy_in: Any = None  # and its psycopg.Copy
+        self.savepoint = False
+        self.since: list[bytes] = []  # rows sent since the savepoint (redone staged on failure)
+        self.since_stored = 0  # rows of `since` known to be stored
+        self.copying = 0  # rows sent into the open COPY
+        self.stored = 0
+        self.staged = False  # the stage was made in this transaction
+        self.rejects: list[Rejected] = []
+
+    def add(self, lines: _Lines) -> None:
+        if lines.months and not partitions.known(self.conn, lines.months):
+            self._end_copy()  # making a partition is a statement of its own
+            partitions.ensure_months(self.conn, lines.months)
+        staged = lines.staged
+        if lines.direct_rows:
+            if self.direct:
+                self._copy(lines.direct, lines.direct_rows)
+            else:
+                staged = lines.direct + staged
+        if staged:
+            self._stage(staged)
+        self.rejects.extend(lines.rejects)
+
+    def finish(self) -> int:
+        """End the COPY, write the rejects; return how many rows were new."""
+        self._end_copy()
+        if self.direct and self.savepoint:
+            _pause[self.conn] = [0, 0]
+        if self.rejects:
+            insert_rejects(self.conn, self.rejects)
+        return self.stored
+
+    def _stage(self, data: bytes) -> None:
+        self._end_copy()
+        if self.savepoint and self.direct:
+            self.since.append(data)
+        new = _insert_staged(self.cur, data, staged=self.staged)
+        self.staged = True
+        self.stored += new
+        if self.savepoint and self.direct:
+            self.since_stored += new
+
+    def _copy(self, data: bytes, rows: int) -> None:
+        try:
+            if self.copy is None:
+                if not self.savepoint:
+                    self.cur.execute(f"SAVEPOINT {_SAVEPOINT}")
+                    self.savepoint = True
+                self.copy = self.cur.copy(f"COPY events ({_COLS}) FROM STDIN")
+                self.copy_in = self.copy.__enter__()
+            self.since.append(data)
+            self.copying += rows
+            self.copy_in.write(data)
+        except psycopg.Error as exc:
+            self._fall_back(exc)
+
+    def _end_copy(self) -> None:
+        if self.copy is None:
+            return
+        copy, self.copy = self.copy, None
+        try:
+            copy.__exit__(None, None, None)
+        except psycopg.Error as exc:
+            self._fall_back(exc)
+            return
+        self.stored += self.copying
+        self.since_stored += self.copying
+        self.copying = 0
+
+    def abandon(self, exc: BaseException) -> None:
+        """End an open COPY with `exc` (the server drops its rows)."""
+        if self.copy is not None:
+            copy, self.copy = self.copy, None
+            with contextlib.suppress(psycopg.Error):
+                copy.__exit__(type(exc), exc, exc.__traceback__)
+
+    def _fall_back(self, exc: psycopg.Error) -> None:
+        """The direct COPY failed: undo the savepoint, and store what it held through the stage."""
+        self.abandon(exc)
+        if self.conn.closed or self.conn.broken:
+            raise exc
+        self.cur.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")  # raises when the server is gone
+        self.direct = False
+        self.staged = False  # a stage made inside the savepoint went with it
+        self.stored -= self.since_stored
+        if isinstance(exc, psycopg.errors.UniqueViolation):
+            pause = _pause.setdefault(self.conn, [0, 0])
+            pause[1] = min(MAX_DIRECT_PAUSE, pause[1] * 2 or 1)
+            pause[0] = pause[1]
+        log.debug("direct COPY failed (%s); its rows go through the stage", str(exc).splitlines()[0])
+        redo, self.since, self.since_stored, self.copying = b"".join(self.since), [], 0, 0
+        if redo:
+            self._stage(redo)
 
 
 class _Aborted(Exception):
