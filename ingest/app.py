@@ -54,6 +54,18 @@ def _accepted_type(content_type: str) -> bool:
     return media in ACCEPTED_TYPES or (media.startswith("application/") and media.endswith("+json"))
 
 
+_SEEN_TYPES: dict[str, bool] = {}  # a sender sends the same Content-Type every time
+
+
+def _accepted(content_type: str) -> bool:
+    known = _SEEN_TYPES.get(content_type)
+    if known is None:
+        known = _accepted_type(content_type)
+        if len(_SEEN_TYPES) < 64:  # bounded: hostile senders cannot grow it
+            _SEEN_TYPES[content_type] = known
+    return known
+
+
 def route_of(raw_path: str) -> str | None:
     """The route a request target belongs to: /copernica, /copernica/{token}, another fixed path,
     or None. Matched on the raw path (the query left out), as the token is stripped from it."""
@@ -166,7 +178,7 @@ class Receiver:
                 if declared is not None and declared > max_bytes:
                     return answer(_json(413, too_large))
                 content_type = request.headers.get("Content-Type", "")
-                if not _accepted_type(content_type):
+                if not _accepted(content_type):
                     return answer(_json(415, "content type must be application/x-www-form-urlencoded or "
                                              "application/json"))
                 try:

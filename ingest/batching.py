@@ -97,19 +97,22 @@ class GroupCommitter:
 
     @property
     def pending(self) -> int:
-        """Calls accepted into a batch and not yet answered."""
+        """Calls accepted into a batch whose write has not ended."""
         return self._pending
 
     def start(self) -> None:
         if self._flusher is None:
             self._flusher = asyncio.get_running_loop().create_task(self._run(), name="group-commit")
 
-    async def submit(self, item: Any) -> None:
-        """Return once `item` is durably written; raise `Overloaded`, `WriteFailed` or `Closed`."""
+    def submit(self, item: Any) -> asyncio.Future[None]:
+        """Add `item` to the open batch. The future returned is done once the batch is durably
+        written, or fails with `WriteFailed`; `Overloaded` and `Closed` come as a failed future.
+        A plain method returning the batch's own future: a coroutine would cost every call one
+        more frame, and every call of a batch shares the one future anyway."""
         if self._closing:
-            raise Closed()
+            return self._refused(Closed())
         if self._pending >= self._max_pending:
-            raise Overloaded()
+            return self._refused(Overloaded())
         if self._flusher is None:
             self.start()
         batch = self._waiting[-1] if self._waiting else None
@@ -121,10 +124,13 @@ class GroupCommitter:
         size = len(batch.items)
         if size == 1 or size == self._overlap_min:  # only then can `_may_write` change its answer
             self._wakeup.set()
-        try:
-            await batch.done
-        finally:
-            self._pending -= 1
+        return batch.done
+
+    @staticmethod
+    def _refused(exc: Exception) -> asyncio.Future[None]:
+        refused = asyncio.get_running_loop().create_future()
+        refused.set_exception(exc)
+        return refused
 
     async def _run(self) -> None:
         """Hand each waiting batch to a writer, as `_may_write` allows."""
@@ -191,6 +197,7 @@ class GroupCommitter:
             ok = True
         finally:
             self._in_flight -= 1
+            self._pending -= len(batch.items)
             self._wakeup.set()  # a write slot is free
         if self._observe is not None:
             self._observe(len(batch.items), time.perf_counter() - started, ok)
@@ -198,6 +205,7 @@ class GroupCommitter:
     def _fail_waiting(self, exc: Exception) -> None:
         while self._waiting:
             batch = self._waiting.popleft()
+            self._pending -= len(batch.items)
             batch.done.set_exception(exc)
             batch.done.exception()
 

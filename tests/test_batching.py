@@ -98,15 +98,20 @@ async def test_close_writes_accepted_batches_then_refuses() -> None:
         await committer.submit(99)
 
 
+async def request(committer: GroupCommitter, item: int) -> None:
+    """What a request's task does: submit, then await the outcome."""
+    await committer.submit(item)
+
+
 async def test_a_cancelled_request_leaves_its_batch_alone() -> None:
     writer = Writer()
     writer.release.clear()  # the first write waits: the next requests share one batch
     committer = GroupCommitter(writer, max_batch=100, max_pending=1000)
     first = asyncio.ensure_future(committer.submit(0))
     await asyncio.sleep(0.01)
-    waiting = [asyncio.ensure_future(committer.submit(i)) for i in (1, 2, 3)]
+    waiting = [asyncio.ensure_future(request(committer, i)) for i in (1, 2, 3)]
     await asyncio.sleep(0.01)
-    waiting[0].cancel()  # its caller went away
+    waiting[0].cancel()  # its caller (a request's task) went away
     await asyncio.sleep(0.01)
     assert not waiting[0].done()  # cancelled only once the batch's outcome is known
     writer.release.set()
