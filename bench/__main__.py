@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,6 +103,20 @@ def start_pinned(stack: ExitStack, server: EmbeddedValkey | EmbeddedPostgres) ->
     return server.url
 
 
+def empty(conn: redis.Redis) -> None:
+    """Every measurement starts from the same Redis: empty, with its append-only file compacted
+    (else a rewrite of what the runs before wrote may land in the middle of this one)."""
+    conn.flushdb()
+    with contextlib.suppress(redis.ResponseError):  # one already running: wait for it below
+        conn.bgrewriteaof()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        info = conn.info("persistence")
+        if not info.get("aof_rewrite_in_progress") and not info.get("aof_rewrite_scheduled"):
+            return
+        time.sleep(0.05)
+
+
 def run_receivers(redis_url: str, database_url: str, seconds: float, quick: bool) -> list[Row]:
     conn = redis.Redis.from_url(redis_url)
     rows: list[Row] = []
@@ -111,7 +126,7 @@ def run_receivers(redis_url: str, database_url: str, seconds: float, quick: bool
             queue = "bench-project"
             with receiver(kind, redis_url, database_url, queue) as (url, pid):
                 run_wrk(url, connections=connections, seconds=1, keepalive=keepalive, core=LOAD_CORE)  # warm-up
-                conn.flushdb()
+                empty(conn)
                 result = run_wrk(url, connections=connections, seconds=seconds, keepalive=keepalive, core=LOAD_CORE)
                 rss = status_mib(pid, "VmHWM") or float("nan")
             queued = drain.queued_calls(conn, queue) if kind == "project" else None
