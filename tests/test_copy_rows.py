@@ -160,6 +160,24 @@ def test_switch_interval_is_lowered_only_while_storing(db: psycopg.Connection) -
     assert sys.getswitchinterval() == before
 
 
+def test_the_cyclic_gc_is_off_only_while_storing(db: psycopg.Connection) -> None:
+    import gc
+
+    seen: list[bool] = []
+
+    def chunks() -> Any:
+        seen.append(gc.isenabled())
+        yield [_event(1)], None, []
+
+    assert gc.isenabled()
+    db.execute("TRUNCATE events")
+    store.store_chunks(db, chunks())
+    assert seen == [False] and gc.isenabled()
+    with pytest.raises(RuntimeError):
+        store.store_chunks(db, _then_fail([]))
+    assert gc.isenabled()
+
+
 def test_one_key_twice_in_a_chunk_is_one_row(db: psycopg.Connection) -> None:
     """An event without a usable time: each delivery's occurred_at is its time of receipt, so
     the unique constraint (event_key, occurred_at) alone would keep both copies."""

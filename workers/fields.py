@@ -44,6 +44,8 @@ def text(value: Any, limit: int | None = None) -> str | None:
 
 def bigint(value: Any) -> int | None:
     """An id as sent (int or digit string, e.g. "1234") as a bigint; None for anything else."""
+    if type(value) is str and len(value) <= 18 and value.isdigit() and value.isascii():  # the common id
+        return int(value)  # 18 digits are always within a bigint
     if isinstance(value, bool):
         return None
     if isinstance(value, int):

@@ -189,27 +189,42 @@ def _common(fields: dict[str, Any]) -> tuple[Any, ...]:
     `Event`'s order: recipient, then ip to description.
 
     Values that do not fit a column (a non-numeric id, an invalid address) leave it NULL; the
-    payload keeps them as sent. A column none of whose names the record holds is NULL without
-    a lookup (most records hold a dozen of the 35 names).
+    payload keeps them as sent. The first name is read at once; the others only when the
+    record holds one of them (most records hold a dozen of the 35 names).
     """
     present = _NAMES.intersection(fields)
-    text = fv.text
-    code_raw = fields.get("code")
-    smtp_code = fv.smtp_code(code_raw)
-    smtp_status = text(_first(fields, *_STATUS))
+    get, text, bigint = fields.get, fv.text, fv.bigint
+    code_raw = get("code")
+    smtp_code = fv.smtp_code(code_raw) if code_raw is not None else None
+    smtp_status = text(_first(fields, *_STATUS)) if not present.isdisjoint(_STATUS) else None
     if smtp_status is None and smtp_code is None and fv.is_enhanced_status(code_raw):
         smtp_status = text(code_raw)
+    ids = []
+    for names in _IDS:
+        value = get(names[0])
+        if not value:
+            value = _first(fields, *names) if not present.isdisjoint(names) else None
+        ids.append(bigint(value) if value is not None else None)
+    recipient = get("recipient")
+    if not recipient:
+        recipient = _first(fields, *_RECIPIENT) if not present.isdisjoint(_RECIPIENT) else None
+    user_agent = get("useragent")
+    if not user_agent:
+        user_agent = _first(fields, *_USER_AGENT) if not present.isdisjoint(_USER_AGENT) else None
+    ip = get("ip")
+    tags = get("tags")
+    description = get("description")
     return (
-        text(_first(fields, *_RECIPIENT), fv.INDEXED_TEXT_MAX),
-        fv.ip(fields["ip"]) if "ip" in present else None,
-        text(_first(fields, *_USER_AGENT)) if not present.isdisjoint(_USER_AGENT) else None,
+        text(recipient, fv.INDEXED_TEXT_MAX),
+        fv.ip(ip) if ip is not None else None,
+        text(user_agent),
         text(_first(fields, *_URL)) if not present.isdisjoint(_URL) else None,
         text(_first(fields, *_LINK)) if not present.isdisjoint(_LINK) else None,
-        *[fv.bigint(_first(fields, *names)) if not present.isdisjoint(names) else None for names in _IDS],
-        fv.tags(fields["tags"]) if "tags" in present else None,
+        *ids,
+        fv.tags(tags) if tags is not None else None,
         smtp_code,
         smtp_status,
-        text(fields["description"]) if "description" in present else None,
+        text(description) if description is not None else None,
     )
 
 
