@@ -68,3 +68,18 @@ def test_bigint_text_reads_like_the_digit_rule(value: str) -> None:
 def test_first_skips_only_absent_and_empty_values(fields: dict[str, Any], expected: Any) -> None:
     found = _first(fields, "a", "b", "c", "d")
     assert found == expected and type(found) is type(expected)
+
+
+def test_recurring_tags_are_a_new_list_each_time() -> None:
+    first = fv.tags("news;weekly")
+    assert first == ["news", "weekly"]
+    first.append("changed")
+    assert fv.tags("news;weekly") == ["news", "weekly"]
+    assert fv.tags(" ; ") is None and fv.tags(" ; ") is None
+
+
+def test_recent_values_are_bounded() -> None:
+    recent = fv._Recent(str.upper, size=3)
+    assert [recent[v] for v in ("a", "b", "c", "a", "d")] == ["A", "B", "C", "A", "D"]
+    assert len(recent) <= 3
+    assert fv.ip("192.0.2.1") == fv.ip("192.0.2.1") == "192.0.2.1" and fv.ip("nope") is None

@@ -63,8 +63,29 @@ def bigint(value: Any) -> int | None:
     return number if 0 <= number <= BIGINT_MAX else None
 
 
+class _Recent(dict):
+    """What a coercion made of the texts seen lately (addresses of mail proxies, a mailing's
+    tags and the like recur call after call); emptied when it holds `size` of them."""
+
+    def __init__(self, make: Any, size: int = 4096) -> None:
+        super().__init__()
+        self.make, self.size = make, size
+
+    def __missing__(self, key: str) -> Any:
+        if len(self) >= self.size:
+            self.clear()
+        value = self[key] = self.make(key)
+        return value
+
+
 def ip(value: Any) -> str | None:
     """A valid IPv4/IPv6 address in canonical form (fits `inet`); None otherwise."""
+    if type(value) is str:
+        return _ips[value]
+    return _ip(value)
+
+
+def _ip(value: Any) -> str | None:
     raw = text(value, 100)
     if raw is None:
         return None
@@ -81,6 +102,13 @@ def ip(value: Any) -> str | None:
 
 def tags(value: Any) -> list[str] | None:
     """`a;b` (logfiles, most webhooks) or an array (`tags[]=a&tags[]=b`, JSON) as a list of text."""
+    if type(value) is str:  # a new list each time: the caller's to keep
+        found = _tag_lists[value]
+        return list(found) if found is not None else None
+    return _tags(value)
+
+
+def _tags(value: Any) -> list[str] | None:
     if isinstance(value, str):
         items: list[Any] = value.split(";")
     elif isinstance(value, list):
@@ -91,6 +119,10 @@ def tags(value: Any) -> list[str] | None:
         return None
     result = [t for t in (text(item) for item in items) if t is not None]
     return result or None
+
+
+_ips = _Recent(_ip)
+_tag_lists = _Recent(lambda value: tuple(_tags(value) or ()) or None)
 
 
 def smtp_code(value: Any) -> int | None:

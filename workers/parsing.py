@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import re
 from codecs import escape_decode
+from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -32,6 +33,7 @@ class Unparseable(ValueError):
     """The body cannot be read as a Copernica event; the message is the reason kept with it."""
 
 
+@lru_cache(maxsize=64)  # a sender uses one or two content types
 def media_type(content_type: str) -> str:
     return content_type.split(";", 1)[0].strip().lower()
 
@@ -39,7 +41,7 @@ def media_type(content_type: str) -> str:
 def parse_body(content_type: str, body: bytes) -> dict[str, Any]:
     """Return the fields of one webhook call (nested dicts/lists for nested values)."""
     kind = media_type(content_type)
-    if not body.strip():
+    if not body or body.isspace():
         raise Unparseable("empty body")
     if kind == "application/json" or kind.endswith("+json"):
         return _parse_json(body)
@@ -50,6 +52,7 @@ def parse_body(content_type: str, body: bytes) -> dict[str, Any]:
     raise Unparseable(f"unsupported content type {kind!r}")
 
 
+@lru_cache(maxsize=64)
 def _charset(content_type: str) -> str:
     """The `charset` parameter when it names a codec Python knows; UTF-8 otherwise."""
     for param in content_type.split(";")[1:]:
