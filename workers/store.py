@@ -1,9 +1,11 @@
 """PostgreSQL: how rows reach the tables. The only module that writes event SQL.
 
-Events go in by COPY into a session-temporary table, then one
-`INSERT … SELECT … ON CONFLICT DO NOTHING`: the unique constraint on (event_key, occurred_at)
-is what makes a second delivery of the same event a no-op, whichever path brings it (see
-_NEW_KEY for why that is one row per event, and the partitions it needs, `workers.partitions`).
+A worker's rows go by COPY straight into `events` inside a savepoint (`_Writer`); the unique
+constraint on (event_key, occurred_at) refuses a second delivery of an event, and then (or
+for rows whose time is not part of their key) they go by COPY into a session-temporary table
+and one `INSERT … SELECT … ON CONFLICT DO NOTHING` (`insert_events`): either way a second
+delivery of the same event is a no-op (see _NEW_KEY for why that is one row per event, and
+the partitions it needs, `workers.partitions`). The COPY text is made by `workers.copy_text`.
 Rejected calls are keyed by `call_key` the same way, so a retried job never doubles them.
 """
 
@@ -18,9 +20,7 @@ import sys
 import threading
 import weakref
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, fields
-from datetime import datetime
-from operator import attrgetter
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -28,13 +28,13 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from workers import partitions
+from workers.copy_text import EVENT_COLUMNS, _copy_line, copy_data  # noqa: F401 (_copy_line: tests)
 from workers.envelope import Envelope
 from workers.model import Event
 
 log = logging.getLogger("workers.store")
 
 STATEMENT_TIMEOUT_MS = 120_000
-EVENT_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Event))
 _COLS = ", ".join(EVENT_COLUMNS)
 # The staging table is per session and shaped like `events` when first made: its name carries
 # the column list, so a long-lived connection never COPYs into a stage of an older schema.
@@ -88,113 +88,6 @@ def _clean(value: object) -> object:
     if isinstance(value, str) and "\x00" in value:
         return value.replace("\x00", "")
     return value
-
-
-def _json(value: dict) -> str:
-    """The payload as jsonb text. jsonb refuses NUL (which orjson writes as \\u0000): NULs are
-    dropped from the strings first, in the rare payload that has one. A text that only reads
-    like the escape (a backslash, then `u0000`) is written `\\\\u0000` and stays as it was."""
-    text = orjson.dumps(value).decode()
-    if "\\u0000" not in text:
-        return text
-    return orjson.dumps(_without_nul(value)).decode()
-
-
-def _without_nul(value: Any) -> Any:
-    if isinstance(value, str):
-        return value.replace("\x00", "")
-    if isinstance(value, dict):
-        return {_without_nul(key): _without_nul(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_without_nul(item) for item in value]
-    return value
-
-
-# COPY's text format, written here rather than by psycopg's row formatter: one str per event,
-# escaped only in the rare row that holds a backslash, tab, newline, carriage return or NUL.
-_VALUES = attrgetter(*EVENT_COLUMNS)
-_NULL = "\\N"
-_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\x00": None})
-_LAST_TAB = len(EVENT_COLUMNS) - 1
-
-
-def _copy_line(event: Event) -> str:
-    """One event as a line of COPY text (NULs dropped: PostgreSQL text cannot hold them)."""
-    values = _VALUES(event)
-    (key, event_type, copernica_type, occurred, received, source, message_id, recipient, payload, ip, user_agent,
-     url, link_id, mailing, profile, subprofile, database, collection, template, tags, code, status, description,
-     account) = values
-    try:  # each column as the model makes it; anything else goes the general way below
-        line = "\t".join((
-            key, event_type, copernica_type, _stamp(occurred), str(received), source,
-            _NULL if message_id is None else message_id, _NULL if recipient is None else recipient,
-            _json(payload) if type(payload) is dict else _cell(payload), _NULL if ip is None else ip,
-            _NULL if user_agent is None else user_agent, _NULL if url is None else url,
-            _NULL if link_id is None else link_id, _NULL if mailing is None else str(mailing),
-            _NULL if profile is None else str(profile), _NULL if subprofile is None else str(subprofile),
-            _NULL if database is None else str(database), _NULL if collection is None else str(collection),
-            _NULL if template is None else str(template),
-            _NULL if tags is None else _array(tags) if type(tags) is list else _cell(tags),
-            _NULL if code is None else str(code), _NULL if status is None else status,
-            _NULL if description is None else description, _NULL if account is None else account,
-        ))
-    except TypeError:
-        line = "\t".join([_NULL if v is None else v if type(v) is str else (_format(type(v)) or _cell)(v)
-                          for v in values])
-    if (line.count("\\") != values.count(None) or line.count("\t") != _LAST_TAB
-            or "\n" in line or "\r" in line or "\x00" in line):
-        line = "\t".join([_NULL if v is None else _cell(v).translate(_ESCAPES) for v in values])
-    return line + "\n"
-
-
-_stamps: dict[datetime, str] = {}  # occurred_at repeats (events of one second): its text is made once
-
-
-def _stamp(moment: datetime) -> str:
-    text = _stamps.get(moment)
-    if text is None:
-        if len(_stamps) >= 10_000:
-            _stamps.clear()
-        text = _stamps[moment] = str(moment)
-    return text
-
-
-def _cell(value: object) -> str:
-    """A non-NULL value as PostgreSQL reads it, before COPY's escaping."""
-    if isinstance(value, dict):
-        return _json(value)
-    if isinstance(value, list):
-        return _array(value)
-    return str(value)  # str, int, datetime ('2026-11-26 12:00:01+00:00')
-
-
-def _array(items: list) -> str:
-    """A text[] literal with every element quoted (so NULL, commas, braces are plain text)."""
-    quoted = [
-        "NULL" if item is None
-        else '"' + str(item).replace("\x00", "").replace("\\", "\\\\").replace('"', '\\"') + '"'
-        for item in items
-    ]
-    return "{" + ",".join(quoted) + "}"
-
-
-_format = {int: str, datetime: str, dict: _json, list: _array}.get  # the exact types `_cell` meets most
-
-
-def copy_data(events: Iterable[Event]) -> bytes:
-    """The COPY text of `events`, as `insert_events` sends it: of several events with one key
-    (a call delivered twice into one batch) only the first. The unique constraint would drop the
-    others, except where their occurred_at differs: an event without a usable time has its time
-    of receipt, and `_NEW_KEY` looks such keys up in `events`, where a copy in the same chunk is
-    not yet."""
-    seen: set[str] = set()
-    lines = []
-    for event in events:
-        key = event.event_key
-        if key not in seen:
-            seen.add(key)
-            lines.append(_copy_line(event))
-    return "".join(lines).encode()
 
 
 def insert_events(conn: psycopg.Connection, events: Sequence[Event], data: bytes | None = None, *,
