@@ -182,8 +182,11 @@ class Receiver:
                     return answer(_json(415, "content type must be application/x-www-form-urlencoded or "
                                              "application/json"))
                 try:
-                    if request.content.is_eof():  # the whole body has arrived (most calls): no timer needed
-                        body = await request.read()
+                    content = request.content
+                    if content.is_eof():  # the whole body has arrived (most calls): taken as it is
+                        body = content.read_nowait()
+                        if len(body) > max_bytes:  # chunked, or more than Content-Length said
+                            return answer(_json(413, too_large))
                     else:
                         async with asyncio.timeout(settings.body_timeout):
                             body = await request.read()

@@ -3,10 +3,11 @@
 A request adds its call to the open batch and awaits that batch's write. A flusher hands
 batches to writers; while a batch is being written the next one fills, so batches grow with
 load and a lone request is written after one loop iteration. Before a batch goes, the calls
-still arriving join it (`_gather`), up to `overlap_min` calls or `gather_seconds`. A second write (up to `max_in_flight`) goes out
-beside the first only for a batch of at least `overlap_min` calls: writing every small batch
-at once costs the receiver more CPU per call (measured here: 10-35 % more, most with short-lived
-connections), while waiting with a big batch for the fsync of the one before leaves the CPU idle.
+still arriving join it (`_gather`), up to `overlap_min` calls or `gather_seconds`. A second
+write (up to `max_in_flight`) goes out beside the first only for a batch of at least
+`overlap_min` calls: writing every small batch at once costs the receiver more CPU per call
+(measured here: 10-35 % more, most with short-lived connections), while waiting with a big
+batch for the fsync of the one before leaves the CPU idle.
 Every request of a batch gets the batch's outcome: all are in Redis, or all are told they
 are not.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import pickle
 from collections.abc import AsyncIterator
 
@@ -86,6 +87,22 @@ async def test_too_large_chunked_is_413(client: TestClient, redis_conn: redis.Re
 
     resp = await client.post("/copernica", data=chunks(), headers={"Content-Type": FORM})
     assert resp.status == 413
+    assert queued_calls(redis_conn) == []
+
+
+async def test_too_large_chunked_body_arriving_whole_is_413(client: TestClient, redis_conn: redis.Redis) -> None:
+    """A chunked body already complete when the handler runs is taken from the buffer: its size
+    is checked there, not by aiohttp's read."""
+    body = b"a=" + b"x" * 1500
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(b"POST /copernica HTTP/1.1\r\nHost: t\r\nContent-Type: " + FORM.encode()
+                 + b"\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + chunked)  # one write
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    assert b"larger than 1000" in answer
     assert queued_calls(redis_conn) == []
 
 
