@@ -201,7 +201,9 @@ class Receiver:
                 if high_water.over:
                     return answer(_unavailable(settings, "queue is above its high-water mark"))
                 try:  # who may post (ingest.auth): before anything is queued; the kept target has no token
-                    target = await auth.check(request, body, path_token=path_token)
+                    target = auth.check(request, body, path_token=path_token)
+                    if type(target) is not str:  # only a signature check can decide
+                        target = await target
                 except Refused as refused:
                     return answer(_json(refused.status, refused.reason, **refused.headers))
                 # The kept headers, in one pass over the raw pairs (cheaper than eight look-ups).

@@ -21,6 +21,8 @@ import ipaddress
 import logging
 import time
 from collections import Counter
+from collections.abc import Coroutine
+from typing import Any
 from urllib.parse import unquote_plus
 
 from aiohttp import web
@@ -102,9 +104,13 @@ class Authenticator:
         if self.verifier is not None and settings.public_hosts is None:
             log.warning("INGEST_PUBLIC_HOSTS is unset: the Host of signed calls is not checked")
 
-    async def check(self, request: web.BaseRequest, body: bytes, *, path_token: bool = False) -> str:
+    def check(self, request: web.BaseRequest, body: bytes, *, path_token: bool = False
+              ) -> str | Coroutine[Any, Any, str]:
         """The request target to keep (token removed) if the call may post; else raise Refused.
-        `path_token`: the target's last path segment is a token (`/copernica/<token>`)."""
+        `path_token`: the target's last path segment is a token (`/copernica/<token>`).
+
+        When only the call's signature can decide, a coroutine that checks it (it returns the
+        target or raises Refused): a call that needs no signature check costs no coroutine."""
         target, tokens = strip_token(request.raw_path, path_token)
         if self._allowed is not None and not self._network_allowed(request):
             self._refuse(request, Refused(403, "network", "caller's address is not allowed"))
@@ -116,15 +122,21 @@ class Authenticator:
                 return target
             failure = Refused(401, "bad_token", "invalid token")
         if self.verifier is not None and "Signature" in request.headers:
-            try:
-                await self.verifier.verify(request.method, request.raw_path, request.headers, body)
-                return target
-            except SignatureError as exc:
-                failure = failure or Refused(exc.status, exc.code, exc.reason)
-            except KeyUnavailable:
-                failure = failure or Refused(503, "key_unavailable", "signing key cannot be fetched now",
-                                             {"Retry-After": self._retry_after})
+            return self._signed(self.verifier, request, body, target, failure)
         self._refuse(request, failure or Refused(401, "no_credentials", self._wanted()))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _signed(self, verifier: Verifier, request: web.BaseRequest, body: bytes, target: str,
+                      failure: Refused | None) -> str:
+        try:
+            await verifier.verify(request.method, request.raw_path, request.headers, body)
+            return target
+        except SignatureError as exc:
+            failure = failure or Refused(exc.status, exc.code, exc.reason)
+        except KeyUnavailable:
+            failure = failure or Refused(503, "key_unavailable", "signing key cannot be fetched now",
+                                         {"Retry-After": self._retry_after})
+        self._refuse(request, failure)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _token_valid(self, presented: list[str]) -> bool:
