@@ -2,8 +2,8 @@
 
 - project:   `ingest worker --burst` on jobs of 50 calls (what the receiver queues under a burst),
              coalescing them into transactions of INGEST_WORKER_BATCH calls.
-- raw COPY:  the same rows, already parsed, through COPY + INSERT … ON CONFLICT alone: the
-             database's share of the work, the ceiling for any worker.
+- raw COPY:  the same rows, already parsed, through the textbook COPY into a temporary table +
+             INSERT … ON CONFLICT, on one connection (written here, not the project's store).
 - per-event: one RQ job per event, stored job by job: the shape a naive receiver produces.
 """
 
