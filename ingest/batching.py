@@ -29,7 +29,7 @@ log = logging.getLogger("ingest.batching")
 
 # Calls a batch needs before it is written beside one already in flight (see the docstring);
 # also the size at which a batch stops waiting for more calls to join it.
-OVERLAP_MIN = 16
+OVERLAP_MIN = 10  # with 3 writes in flight: 64 keep-alive connections were answered ~5 % faster than 16 and 2
 # The longest a batch waits for more calls while they keep arriving (see `_gather`).
 GATHER_SECONDS = 0.002
 
@@ -77,7 +77,7 @@ class GroupCommitter:
         *,
         max_batch: int,
         max_pending: int,
-        max_in_flight: int = 2,
+        max_in_flight: int = 3,
         overlap_min: int = OVERLAP_MIN,
         gather_seconds: float = GATHER_SECONDS,
         observe: Observer | None = None,

@@ -165,9 +165,9 @@ SPEC: tuple[tuple[str, str, Callable[[str], Any], Any, str], ...] = (
      "Largest webhook body accepted (bounces carry whole MIME messages); larger gets 413."),
     ("max_batch", "INGEST_MAX_BATCH", _positive_int, 500,
      "Most webhook calls written to Redis as one RQ job (group commit)."),
-    ("max_in_flight", "INGEST_MAX_IN_FLIGHT", _positive_int, 2,
-     "Batches being written to Redis at once by one receiver process (one, and another only once the "
-     "next holds 16 calls)."),
+    ("max_in_flight", "INGEST_MAX_IN_FLIGHT", _positive_int, 3,
+     "Batches being written to Redis at once by one receiver process (one, and more only once the "
+     "next holds 10 calls)."),
     ("max_pending", "INGEST_MAX_PENDING", _positive_int, 20000,
      "Most calls waiting for Redis at once; past it a call gets 503 at once (bounded memory)."),
     ("max_queue_depth", "INGEST_MAX_QUEUE_DEPTH", _non_negative_int, 1_000_000,
@@ -230,7 +230,7 @@ class Settings:
     port: int = 8080
     max_body_bytes: int = 10 * 1024 * 1024
     max_batch: int = 500
-    max_in_flight: int = 2
+    max_in_flight: int = 3
     max_pending: int = 20000
     max_queue_depth: int = 1_000_000
     redis_timeout: float = 1.0
