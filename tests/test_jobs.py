@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import psycopg
+import pytest
 import redis
 from rq import Queue
 from rq.job import Job
@@ -14,7 +16,7 @@ from ingest.queueing import BatchQueue, retry_intervals
 from ingest.settings import Settings
 from tests.payloads import calls
 from tests.processes import ingest_env, run_ingest
-from workers import store
+from workers import jobs, store
 from workers.envelope import Envelope, unpack_calls
 from workers.jobs import parse_calls
 
@@ -81,3 +83,14 @@ async def _enqueue(settings: Settings, wires: list[dict]) -> str:
 
 def test_retry_intervals_grow_and_are_capped() -> None:
     assert retry_intervals(9) == [5, 10, 30, 60, 120, 300, 600, 900, 900]
+
+
+def test_the_cyclic_gc_is_off_during_a_job_and_back_after(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[bool] = []
+    monkeypatch.setattr(jobs, "_store_batch", lambda calls: seen.append(gc.isenabled()) or {})
+    assert gc.isenabled()
+    jobs.store_batch([])
+    assert seen == [False] and gc.isenabled()
+    with pytest.raises(ValueError, match="not a batch of calls"):
+        jobs.store_batch(b"garbage")  # refused while unpacking: the GC is back on all the same
+    assert gc.isenabled()

@@ -8,6 +8,7 @@ raises, so RQ retries the job with back-off and, at the end, keeps it in its fai
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -86,7 +87,18 @@ def store_batch(batch: bytes | list[dict[str, Any]]) -> dict[str, int]:
     """RQ job: parse and store one batch of raw webhook calls (packed by workers.envelope), with
     the batches queued behind it (see workers.coalesce) up to INGEST_WORKER_BATCH calls, in one
     transaction."""
-    calls = unpack_calls(batch)
+    # Unpacking and borrowing make thousands of objects that form no cycles: the cyclic GC would
+    # only walk them again and again (store.store_chunks keeps it off while storing, likewise).
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _store_batch(unpack_calls(batch))
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _store_batch(calls: list[dict[str, Any]]) -> dict[str, int]:
     conf = settings()
     job = get_current_job()
     want = conf.worker_batch - len(calls) if job is not None and job.origin else 0
