@@ -83,3 +83,11 @@ def test_recent_values_are_bounded() -> None:
     assert [recent[v] for v in ("a", "b", "c", "a", "d")] == ["A", "B", "C", "A", "D"]
     assert len(recent) <= 3
     assert fv.ip("192.0.2.1") == fv.ip("192.0.2.1") == "192.0.2.1" and fv.ip("nope") is None
+
+
+def test_long_texts_are_not_kept_by_the_caches() -> None:
+    """A hostile payload's huge field values are coerced, not cached (the caches stay small)."""
+    huge = "2001:db8::1" + " " * 100_000  # surrounding blanks are dropped
+    assert fv.ip(huge) == "2001:db8::1" and huge not in fv._ips
+    many = ";".join(["tag"] * 50_000)
+    assert fv.tags(many) == ["tag"] * 50_000 and many not in fv._tag_lists

@@ -80,7 +80,7 @@ class _Recent(dict):
 
 def ip(value: Any) -> str | None:
     """A valid IPv4/IPv6 address in canonical form (fits `inet`); None otherwise."""
-    if type(value) is str:
+    if type(value) is str and len(value) <= _CACHED_LENGTH:
         return _ips[value]
     return _ip(value)
 
@@ -102,7 +102,7 @@ def _ip(value: Any) -> str | None:
 
 def tags(value: Any) -> list[str] | None:
     """`a;b` (logfiles, most webhooks) or an array (`tags[]=a&tags[]=b`, JSON) as a list of text."""
-    if type(value) is str:  # a new list each time: the caller's to keep
+    if type(value) is str and len(value) <= _CACHED_LENGTH:  # a new list each time: the caller's to keep
         found = _tag_lists[value]
         return list(found) if found is not None else None
     return _tags(value)
@@ -121,6 +121,7 @@ def _tags(value: Any) -> list[str] | None:
     return result or None
 
 
+_CACHED_LENGTH = 256  # longer texts are coerced each time: a hostile payload cannot fill the caches
 _ips = _Recent(_ip)
 _tag_lists = _Recent(lambda value: tuple(_tags(value) or ()) or None)
 
