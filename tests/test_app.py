@@ -27,7 +27,7 @@ def queued_calls(conn: redis.Redis, queue: str = "copernica") -> list[dict]:
     for job_id in Queue(queue, connection=conn).get_job_ids():
         data = conn.hget(f"rq:job:{job_id}", "data")
         func, _instance, args, _kwargs = pickle.loads(data)
-        assert func == "workers.jobs.store_batch"
+        assert func == "workers.jobs.store_packed"
         found.extend(unpack_calls(args[0]))
     return found
 

@@ -71,6 +71,16 @@ def test_abandoned_batches_return_when_the_lease_ends(redis_url: str, redis_conn
     assert coalesce.return_abandoned(redis_conn) == 0
 
 
+def test_jobs_of_the_earlier_format_are_borrowed_too(redis_url: str, redis_conn: redis.Redis) -> None:
+    """A job queued before the packed format (`store_batch` with a plain list) is stored alike."""
+    ids = enqueue_batches(redis_url, [1])
+    earlier = Queue("copernica", connection=redis_conn).enqueue("workers.jobs.store_batch", [call(99)])
+    held = coalesce.borrow(redis_conn, "copernica", "owner4", want=10)
+    assert held.job_ids == [ids[0], earlier.id]
+    assert held.calls == [call(0), call(99)]
+    coalesce.settle(redis_conn, held)
+
+
 def test_foreign_jobs_stay_queued(redis_url: str, redis_conn: redis.Redis) -> None:
     ids = enqueue_batches(redis_url, [1])
     other = Queue("copernica", connection=redis_conn).enqueue("builtins.print", "hello")

@@ -28,7 +28,7 @@ from typing import Any
 import redis
 from rq.job import Job
 
-from ingest.queueing import JOB_FUNCTION
+from ingest.queueing import STORE_FUNCTIONS
 from workers.envelope import unpack_calls
 
 log = logging.getLogger("workers.coalesce")
@@ -91,7 +91,7 @@ def borrow(conn: redis.Redis, queue: str, owner: str, want: int) -> Borrowed:
             if job is None:  # deleted meanwhile (e.g. by an operator): nothing to store
                 held.job_ids.append(job_id)
                 continue
-            if job.func_name != JOB_FUNCTION:
+            if job.func_name not in STORE_FUNCTIONS:
                 foreign.append(job_id)
                 continue
             held.job_ids.append(job_id)

@@ -1,4 +1,4 @@
-"""RQ entry points. The receiver enqueues `workers.jobs.store_batch` by name.
+"""RQ entry points. The receiver enqueues `workers.jobs.store_packed` by name.
 
 A job carries a batch of raw calls (envelopes). Each call is parsed into events or kept as
 rejected with the reason; the whole batch is stored in one transaction on a connection that
@@ -96,6 +96,12 @@ def store_batch(batch: bytes | list[dict[str, Any]]) -> dict[str, int]:
     finally:
         if collecting:
             gc.enable()
+
+
+def store_packed(batch: bytes) -> dict[str, int]:
+    """RQ job of a batch packed as one zstd frame (ingest.queueing.JOB_FUNCTION): `store_batch`
+    under a name of its own, which workers from before the format do not have."""
+    return store_batch(batch)
 
 
 def _store_batch(calls: list[dict[str, Any]]) -> dict[str, int]:
