@@ -133,7 +133,7 @@ class Receiver:
         limit = self.settings.max_body_bytes
 
         def make_request(message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> web.BaseRequest:
-            return web.BaseRequest(message, payload, protocol, writer, task, protocol._loop,
+            return web.BaseRequest(message, payload, protocol, writer, task, task.get_loop(),
                                    client_max_size=limit)
 
         return {"request_factory": make_request}
