@@ -121,7 +121,7 @@ def refusals() -> dict[str, int]:
 REGISTRY.register(_Answers())
 REGISTRY.register(_Refusals())
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
 def observe_batch(size: int, seconds: float, ok: bool) -> None:
@@ -177,7 +177,7 @@ def handler(connection: aredis.Redis, queue: str, pending: Callable[[], int],
     """GET /metrics for one receiver app: its pending calls and the queue gauges are read at
     scrape time (`connection` is the app's asyncio Redis client)."""
 
-    async def metrics(request: web.Request) -> web.Response:
+    async def metrics(request: web.BaseRequest) -> web.Response:
         PENDING.set(pending())
         await refresh_queue_gauges(connection, queue, timeout)
         body, content_type = exposition(request.headers.get("Accept"))

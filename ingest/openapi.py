@@ -6,6 +6,7 @@ of the contract a caller sees). tests/test_openapi.py runs schemathesis against 
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -122,11 +123,11 @@ def _object(**properties: dict[str, Any]) -> dict[str, Any]:
     return {"type": "object", "required": list(properties), "properties": properties}
 
 
-def handler(settings: Settings) -> web.Handler:
+def handler(settings: Settings) -> Callable[[web.BaseRequest], Awaitable[web.Response]]:
     """GET /openapi.json: the document, serialised once."""
     body = orjson.dumps(build(settings))
 
-    async def openapi_json(request: web.Request) -> web.Response:
+    async def openapi_json(request: web.BaseRequest) -> web.Response:
         return web.Response(body=body, content_type=_JSON)
 
     return openapi_json
