@@ -23,7 +23,7 @@ from rich.table import Table
 from bench.loadgen import pinned, run_wrk, status_mib
 from ingest.queueing import BatchQueue
 from ingest.settings import Settings
-from workers import store
+from workers.copy_text import EVENT_COLUMNS, copy_data
 from workers.envelope import wire
 from workers.jobs import parse_calls
 
@@ -127,9 +127,9 @@ def raw_copy(database_url: str, calls: list[dict], batch: int, core: int | None)
     """The textbook bulk upsert of the already-parsed rows, batch by batch, on one connection:
     COPY into a temporary table, then INSERT … SELECT … ON CONFLICT DO NOTHING (written here,
     not through the project's store, so the ratio stays honest however the project inserts).
-    Only the COPY text comes from the project (`store.copy_data`, made inside the timing)."""
+    Only the COPY text comes from the project (`copy_text.copy_data`, made inside the timing)."""
     events, _origins, _rejects = parse_calls(calls, "Europe/Amsterdam")
-    columns = ", ".join(store.EVENT_COLUMNS)
+    columns = ", ".join(EVENT_COLUMNS)
     old = os.sched_getaffinity(0)
     if core is not None:
         os.sched_setaffinity(0, {core})
@@ -141,7 +141,7 @@ def raw_copy(database_url: str, calls: list[dict], batch: int, core: int | None)
             started = time.perf_counter()
             for start in range(0, len(events), batch):
                 with cur.copy(f"COPY raw_stage ({columns}) FROM STDIN") as copy:
-                    copy.write(store.copy_data(events[start:start + batch]))
+                    copy.write(copy_data(events[start:start + batch]))
                 cur.execute(f"INSERT INTO events ({columns}) SELECT {columns} FROM raw_stage ON CONFLICT DO NOTHING")
                 conn.commit()
             seconds = time.perf_counter() - started

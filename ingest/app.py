@@ -15,6 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from functools import lru_cache
 from typing import Any
 
 from aiohttp import web
@@ -26,6 +27,7 @@ from ingest.highwater import HighWater
 from ingest.queueing import BatchQueue
 from ingest.settings import Settings
 from workers.envelope import KEPT_HEADERS, wire
+from workers.parsing import media_type
 
 log = logging.getLogger("ingest.app")
 
@@ -49,21 +51,10 @@ def _unavailable(settings: Settings, reason: str) -> web.Response:
     return _json(503, reason, **{"Retry-After": str(settings.retry_after)})
 
 
+@lru_cache(maxsize=64)  # a sender sends the same Content-Type every time
 def _accepted_type(content_type: str) -> bool:
-    media = content_type.split(";", 1)[0].strip().lower()
+    media = media_type(content_type)
     return media in ACCEPTED_TYPES or (media.startswith("application/") and media.endswith("+json"))
-
-
-_SEEN_TYPES: dict[str, bool] = {}  # a sender sends the same Content-Type every time
-
-
-def _accepted(content_type: str) -> bool:
-    known = _SEEN_TYPES.get(content_type)
-    if known is None:
-        known = _accepted_type(content_type)
-        if len(_SEEN_TYPES) < 64:  # bounded: hostile senders cannot grow it
-            _SEEN_TYPES[content_type] = known
-    return known
 
 
 def route_of(raw_path: str) -> str | None:
@@ -138,11 +129,15 @@ class Receiver:
 
         return {"request_factory": make_request}
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        """Every request: the webhook POST first, then the other routes by path."""
+    def handle(self, request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
+        """Every request: the webhook POST first, then the other routes by path. A plain method
+        returning the handler's coroutine: one coroutine per call, not two."""
         raw_path = request.raw_path
         if request.method == "POST" and (raw_path == ENDPOINT or raw_path.startswith(ENDPOINT + "?")):
-            return await self._receive(request)
+            return self._receive(request)
+        return self._dispatch(request, raw_path)
+
+    async def _dispatch(self, request: web.BaseRequest, raw_path: str) -> web.StreamResponse:
         route = route_of(raw_path)
         methods = self.routes.get(route) if route is not None else None
         if methods is None:
@@ -178,7 +173,7 @@ class Receiver:
                 if declared is not None and declared > max_bytes:
                     return answer(_json(413, too_large))
                 content_type = request.headers.get("Content-Type", "")
-                if not _accepted(content_type):
+                if not _accepted_type(content_type):
                     return answer(_json(415, "content type must be application/x-www-form-urlencoded or "
                                              "application/json"))
                 try:

@@ -65,6 +65,11 @@ class _Batch:
         self.items: list[Any] = []
         self.done: asyncio.Future[None] = _Outcome(loop=loop)
 
+    def fail(self, exc: Exception) -> None:
+        """Every request of the batch learns it failed."""
+        self.done.set_exception(exc)
+        self.done.exception()  # retrieved: no "exception never retrieved" warning
+
 
 Writer = Callable[[list[Any]], Awaitable[Any]]
 Observer = Callable[[int, float, bool], None]  # batch size, seconds, succeeded
@@ -188,10 +193,9 @@ class GroupCommitter:
         started = time.perf_counter()
         try:
             await self._write(batch.items)
-        except Exception as exc:  # every request of the batch learns it failed
+        except Exception as exc:
             log.warning("batch of %d calls not written: %s", len(batch.items), exc)
-            batch.done.set_exception(WriteFailed(str(exc)))
-            batch.done.exception()  # retrieved: no "exception never retrieved" warning
+            batch.fail(WriteFailed(str(exc)))
             ok = False
         else:
             batch.done.set_result(None)
@@ -207,8 +211,7 @@ class GroupCommitter:
         while self._waiting:
             batch = self._waiting.popleft()
             self._pending -= len(batch.items)
-            batch.done.set_exception(exc)
-            batch.done.exception()
+            batch.fail(exc)
 
     async def close(self) -> None:
         """Take no new calls; write every batch already accepted, then stop."""

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from psycopg.rows import dict_row
 
 from workers import store
+from workers.copy_text import copy_line
 from workers.model import Event
 
 WHEN = datetime(2026, 11, 26, 12, 0, 1, tzinfo=UTC)
@@ -100,10 +101,10 @@ def test_any_text_comes_back(db: psycopg.Connection, tags: list[str], text: str)
 
 
 def test_a_row_is_escaped_only_when_it_needs_it() -> None:
-    plain = store._copy_line(_event(1, tags=["a b"]))
+    plain = copy_line(_event(1, tags=["a b"]))
     assert plain.count("\t") == len(store.EVENT_COLUMNS) - 1 and plain.endswith("\n")
     assert '\t{"a b"}\t' in plain and "\\\\" not in plain
-    odd = store._copy_line(_event(1, description="x\ty\\N"))
+    odd = copy_line(_event(1, description="x\ty\\N"))
     assert "\tx\\ty\\\\N\t" in odd and odd.count("\t") == len(store.EVENT_COLUMNS) - 1
 
 

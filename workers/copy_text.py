@@ -45,7 +45,7 @@ _ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t", "
 _LAST_TAB = len(EVENT_COLUMNS) - 1
 
 
-def _copy_line(event: Event) -> str:
+def copy_line(event: Event) -> str:
     """One event as a line of COPY text (NULs dropped: PostgreSQL text cannot hold them)."""
     values = _VALUES(event)
     (key, event_type, copernica_type, occurred, received, source, message_id, recipient, payload, ip, user_agent,
@@ -114,11 +114,16 @@ def copy_data(events: Iterable[Event]) -> bytes:
     others, except where their occurred_at differs: an event without a usable time has its time
     of receipt, and `_NEW_KEY` looks such keys up in `events`, where a copy in the same chunk is
     not yet."""
-    seen: set[str] = set()
-    lines = []
+    return "".join(map(copy_line, first_per_key(events, set()))).encode()
+
+
+def first_per_key(events: Iterable[Event], seen: set[str]) -> list[Event]:
+    """Of several events with one key only the first; `seen` holds the keys met before (an
+    earlier chunk of the transaction) and gains these."""
+    first = []
     for event in events:
         key = event.event_key
         if key not in seen:
             seen.add(key)
-            lines.append(_copy_line(event))
-    return "".join(lines).encode()
+            first.append(event)
+    return first

@@ -44,16 +44,14 @@ def text(value: Any, limit: int | None = None) -> str | None:
 
 def bigint(value: Any) -> int | None:
     """An id as sent (int or digit string, e.g. "1234") as a bigint; None for anything else."""
-    if type(value) is str and len(value) <= 18 and value.isdigit() and value.isascii():  # the common id
-        return int(value)  # 18 digits are always within a bigint
+    if type(value) is str and len(value) <= 19 and value.isdigit() and value.isascii():  # the common id
+        number = int(value)  # without the regex
+        return number if number <= BIGINT_MAX else None
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
         number = value
     elif isinstance(value, str):
-        if value.isascii() and value.isdigit() and len(value) <= 19:  # the common id, without the regex
-            number = int(value)
-            return number if number <= BIGINT_MAX else None
         match = _DIGITS.fullmatch(value)
         if match is None:
             return None
@@ -141,13 +139,8 @@ def account(value: Any) -> str | None:
     """X-Copernica-ID: `account-1234`, `account_1234`, `Account_1234` -> '1234'. Other prefixes
     (`environment-5`) keep their lower-cased prefix ('environment-5') so ids of different kinds
     never look alike."""
-    if type(value) is str:  # every call of an account carries the same header: read it once
-        return _account_text(value)
-    return _account(value)
-
-
-@lru_cache(maxsize=256)
-def _account_text(value: str) -> str | None:
+    if type(value) is str and len(value) <= _CACHED_LENGTH:  # every call of an account: the same header
+        return _accounts[value]
     return _account(value)
 
 
@@ -160,6 +153,9 @@ def _account(value: Any) -> str | None:
         return raw
     prefix = match[1].lower()
     return match[2] if prefix == "account" else f"{prefix}-{match[2]}"
+
+
+_accounts = _Recent(_account, size=256)
 
 
 @lru_cache(maxsize=16)

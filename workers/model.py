@@ -180,6 +180,7 @@ _LINK = ("linkinfo", "link", "linkid")
 _IDS = tuple((name, name + "id", name + "_id")
              for name in ("mailing", "profile", "subprofile", "database", "collection", "template"))
 _STATUS = ("extended", "status")
+_PICKED = (_RECIPIENT, _USER_AGENT, *_IDS)
 _NAMES = frozenset({*_RECIPIENT, *_USER_AGENT, *_URL, *_LINK, *(n for names in _IDS for n in names), *_STATUS,
                     "ip", "tags", "code", "description"})
 
@@ -199,18 +200,13 @@ def _common(fields: dict[str, Any]) -> tuple[Any, ...]:
     smtp_status = text(_first(fields, *_STATUS)) if not present.isdisjoint(_STATUS) else None
     if smtp_status is None and smtp_code is None and fv.is_enhanced_status(code_raw):
         smtp_status = text(code_raw)
-    ids = []
-    for names in _IDS:
+    picked = []  # recipient, user agent, then the ids: the first name at once, the others if present
+    for names in _PICKED:
         value = get(names[0])
         if not value:
             value = _first(fields, *names) if not present.isdisjoint(names) else None
-        ids.append(bigint(value) if value is not None else None)
-    recipient = get("recipient")
-    if not recipient:
-        recipient = _first(fields, *_RECIPIENT) if not present.isdisjoint(_RECIPIENT) else None
-    user_agent = get("useragent")
-    if not user_agent:
-        user_agent = _first(fields, *_USER_AGENT) if not present.isdisjoint(_USER_AGENT) else None
+        picked.append(value)
+    recipient, user_agent, *ids = picked
     ip = get("ip")
     tags = get("tags")
     description = get("description")
@@ -220,7 +216,7 @@ def _common(fields: dict[str, Any]) -> tuple[Any, ...]:
         text(user_agent),
         text(_first(fields, *_URL)) if not present.isdisjoint(_URL) else None,
         text(_first(fields, *_LINK)) if not present.isdisjoint(_LINK) else None,
-        *ids,
+        *(bigint(value) if value is not None else None for value in ids),
         fv.tags(tags) if tags is not None else None,
         smtp_code,
         smtp_status,

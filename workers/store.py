@@ -28,7 +28,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from workers import partitions
-from workers.copy_text import EVENT_COLUMNS, _copy_line, copy_data  # noqa: F401 (_copy_line: tests)
+from workers.copy_text import EVENT_COLUMNS, copy_data, copy_line, first_per_key
 from workers.envelope import Envelope
 from workers.model import Event
 
@@ -176,18 +176,14 @@ def _lines(events: Sequence[Event], rejects: Sequence[Rejected], seen: set[str])
     """Of several events with one key in a transaction only the first (see `copy_data`)."""
     direct: list[str] = []
     staged: list[str] = []
-    for event in events:
-        key = event.event_key
-        if key in seen:
-            continue
-        seen.add(key)
+    for event in first_per_key(events, seen):
         occurred = event.occurred_at
         if occurred.microsecond == 0 and occurred != event.received_at:
-            direct.append(_copy_line(event))
+            direct.append(copy_line(event))
         else:
-            staged.append(_copy_line(event))
-    return _Lines("".join(direct).encode(), len(direct), "".join(staged).encode(),
-                  partitions.months_of(events) if events else set(), rejects)
+            staged.append(copy_line(event))
+    return _Lines("".join(direct).encode(), len(direct), "".join(staged).encode(), partitions.months_of(events),
+                  rejects)
 
 
 def store_chunks(conn: psycopg.Connection, chunks: Iterable[Chunk]) -> StoreResult:
