@@ -89,3 +89,13 @@ def test_foreign_jobs_stay_queued(redis_url: str, redis_conn: redis.Redis) -> No
     assert held.job_ids == [ids[0], ids[1]]
     assert queued(redis_conn) == [other.id]
     coalesce.settle(redis_conn, held)
+
+
+def test_a_job_deleted_while_queued_is_settled_with_nothing_to_store(redis_url: str, redis_conn: redis.Redis) -> None:
+    ids = enqueue_batches(redis_url, [2, 2, 2])
+    redis_conn.delete(f"rq:job:{ids[1]}")  # an operator removed it; its id is still queued
+    held = coalesce.borrow(redis_conn, "copernica", "owner5", want=10)
+    assert held.job_ids == ids
+    assert held.calls == [call(0), call(1), call(4), call(5)]
+    coalesce.settle(redis_conn, held)
+    assert queued(redis_conn) == [] and not redis_conn.exists(held.list_key)

@@ -94,3 +94,16 @@ def test_the_cyclic_gc_is_off_during_a_job_and_back_after(monkeypatch: pytest.Mo
     with pytest.raises(ValueError, match="not a batch of calls"):
         jobs.store_batch(b"garbage")  # refused while unpacking: the GC is back on all the same
     assert gc.isenabled()
+
+
+@pytest.mark.parametrize("total", [0, 1, 99, 100, 1000, 4999, 5000, 12_345])
+def test_chunks_hold_every_call_once_and_shrink_at_the_end(total: int) -> None:
+    sizes = list(jobs.chunk_sizes(total))
+    assert sum(sizes) == total and all(size > 0 for size in sizes)
+    assert all(size <= jobs.CHUNK for size in sizes)
+    if total:
+        assert sizes[-1] <= jobs.LAST_CHUNK  # PostgreSQL's wait before the commit is a small chunk
+        assert sizes == sorted(sizes, reverse=True)
+    batch = [envelope(body, ct, i) for i, (_f, body, ct) in enumerate(calls(min(total, 1000)))]
+    parsed = [origin.body for _events, origins, _ in jobs.parse_chunks(batch, "Europe/Amsterdam") for origin in origins]
+    assert parsed == [Envelope.from_wire(call).body for call in batch]

@@ -195,7 +195,7 @@ def _outcome(parse, body: bytes) -> object:
 _FORM_BYTES = st.lists(st.sampled_from([
     b"a", b"b", b"0", b"2", b"5", b"6", b"D", b"d", b"f", b"x", b"%", b"%25", b"%26", b"%3D", b"%3d", b"%2B",
     b"%41", b"%4", b"%zz", b"%%", b"&", b"=", b"+", b"[", b"]", b"%5B", b"\\", b"\\x41", b"\xc3\xa9", b"\xc3",
-    b"%C3%A9", b"%C3", b"%00", b"\x00",
+    b"%C3%A9", b"%C3", b"%00", b"\x00", b"%1e", b"%1F", b"\x1e", b"\x1f",
 ]), max_size=60).map(b"".join)
 
 
@@ -214,7 +214,8 @@ def test_one_pass_form_decoding_examples(body: bytes) -> None:
     assert fields is not None and fields == _build_form(body, "utf-8")
 
 
-@pytest.mark.parametrize("body", [b"a=1&a=2", b"a[b]=1", b"a=%4", b"a=\\x41", b"a=\xc3", b"=x&", b"a=%C3"])
+@pytest.mark.parametrize("body", [b"a=1&a=2", b"a[b]=1", b"a=%4", b"a=\\x41", b"a=\xc3", b"=x&", b"a=%C3",
+                                  b"a=%1f&b=2", b"a=\x1e"])
 def test_one_pass_form_decoding_leaves_odd_bodies_to_the_pairwise_path(body: bytes) -> None:
     assert _flat_utf8(body) is None
     assert _outcome(parse_form, body) == _outcome(lambda b: _build_form(b, "utf-8"), body)

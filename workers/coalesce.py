@@ -20,6 +20,7 @@ into a borrowed list and sets a lease on it):
 from __future__ import annotations
 
 import logging
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -87,7 +88,7 @@ def borrow(conn: redis.Redis, queue: str, owner: str, want: int) -> Borrowed:
         if not ids:
             break
         foreign: list[str] = []
-        for job_id, job in zip(ids, Job.fetch_many(ids, connection=conn), strict=True):
+        for job_id, job in zip(ids, _jobs(conn, ids), strict=True):
             if job is None:  # deleted meanwhile (e.g. by an operator): nothing to store
                 held.job_ids.append(job_id)
                 continue
@@ -108,6 +109,27 @@ def borrow(conn: redis.Redis, queue: str, owner: str, want: int) -> Borrowed:
         average = max(1, len(held.calls) // max(1, len(held.job_ids)))
         count = min(MAX_ROUND, max(1, -(-(want - len(held.calls)) // average)))
     return held
+
+
+def _jobs(conn: redis.Redis, ids: list[str]) -> list[Job | None]:
+    """The jobs' function and arguments, from their `data` field alone: `Job.fetch_many` would
+    also read every date, the status and the meta of each (a third of borrowing's time)."""
+    with conn.pipeline(transaction=False) as pipe:
+        for job_id in ids:
+            pipe.hget(Job.key_for(job_id), "data")
+        found = pipe.execute()
+    jobs: list[Job | None] = []
+    for job_id, data in zip(ids, found, strict=True):
+        if data is None:
+            jobs.append(None)
+            continue
+        job = Job(job_id, connection=conn)
+        try:  # as RQ reads it: compressed by RQ's own enqueue, plain from the receiver's template
+            job.data = zlib.decompress(data)
+        except zlib.error:
+            job.data = data
+        jobs.append(job)
+    return jobs
 
 
 def settle(conn: redis.Redis, held: Borrowed) -> None:

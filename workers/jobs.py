@@ -75,11 +75,25 @@ def parse_calls(
 
 
 CHUNK = 1000  # calls parsed while PostgreSQL stores the previous chunk
+LAST_CHUNK = 100  # the chunks shrink towards this at the end of a batch
+
+
+def chunk_sizes(total: int) -> Iterator[int]:
+    """CHUNK calls at a time, then halving. PostgreSQL stores a chunk while the next one is
+    parsed, so when parsing ends, what it has still to store before the commit is the last
+    chunk: with a whole CHUNK that wait was a tenth of the drain."""
+    left = total
+    while left > 0:
+        size = min(CHUNK, max(LAST_CHUNK, (left + 1) // 2), left)
+        yield size
+        left -= size
 
 
 def parse_chunks(calls: list[dict[str, Any]], tz: str) -> Iterator[store.Chunk]:
-    for start in range(0, len(calls), CHUNK):
-        events, origins, rejects = parse_calls(calls[start:start + CHUNK], tz)
+    start = 0
+    for size in chunk_sizes(len(calls)):
+        events, origins, rejects = parse_calls(calls[start:start + size], tz)
+        start += size
         yield events, origins, rejects
 
 

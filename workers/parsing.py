@@ -176,9 +176,12 @@ def _build_form(body: bytes, charset: str) -> dict[str, Any]:
     return builder.result
 
 
-# A `%XX` escape as a `\xXX` one, so that one C call (`escape_decode`) decodes a whole body.
-# The escapes of `%`, `&` and `=` stay as they are until the body is split into pairs.
-_HAS_KEPT = re.compile(rb"%(?:2[56]|3[Dd])")
+# The one-pass decoder turns the body's separators into control characters, `+` into a space,
+# and every `%XX` into `\xXX`, so that one C call (`escape_decode`) decodes the whole body and
+# an escaped `&` or `=` is plain text in what it yields. A body in which those control
+# characters also come from elsewhere (sent raw, or as `%1E`/`%1F`) takes the general path.
+_PAIR, _NAME = "\x1e", "\x1f"
+_SEPARATE = bytes.maketrans(b"&=+", (_PAIR + _NAME + " ").encode())
 
 
 def _flat_utf8(body: bytes) -> dict[str, str] | None:
@@ -187,42 +190,38 @@ def _flat_utf8(body: bytes) -> dict[str, str] | None:
     backslash, an invalid escape, invalid UTF-8 (the general path words the error), no fields)."""
     if b"\\" in body:
         return None
-    if b"+" in body:
-        body = body.replace(b"+", b" ")
-    kept = False
+    ands, equals = body.count(b"&"), body.count(b"=")
+    body = body.translate(_SEPARATE)
     if b"%" in body:
-        escaped = body.replace(b"%", b"\\x")
-        found = _HAS_KEPT.findall(body)
-        if found:
-            kept = True
-            for escape in set(found):
-                escaped = escaped.replace(b"\\x" + escape[1:], escape)
         try:
-            body = escape_decode(escaped)[0]
+            body = escape_decode(body.replace(b"%", b"\\x"))[0]
         except ValueError:  # a `%` not followed by two hex digits: kept as text by the general path
             return None
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         return None
+    pairs = text.split(_PAIR)
+    if len(pairs) != ands + 1 or text.count(_NAME) != equals:  # a separator that is none
+        return None
     result: dict[str, str] = {}
-    for pair in text.split("&"):
-        key, _, value = pair.partition("=")
-        if kept and "%" in pair:
-            key, value = _unkeep(key), _unkeep(value)
-        if not key:
-            continue
-        if "[" in key or key in result:
-            return None
-        result[key] = value
+    if equals == len(pairs):  # most likely one `=` in each pair
+        try:
+            result = dict([pair.split(_NAME, 1) for pair in pairs])
+        except ValueError:  # no: a pair without `=`
+            result = {}
+    if len(result) != len(pairs) or "" in result:  # or a repeated key, an empty pair or name
+        result = {}
+        for pair in pairs:
+            key, _, value = pair.partition(_NAME)
+            if not key:
+                continue
+            if key in result:
+                return None
+            result[key] = value.replace(_NAME, "=")  # `a=b=c`: the value is `b=c`
+    if "[" in "".join(result):  # a nested key
+        return None
     return result or None
-
-
-def _unkeep(text: str) -> str:
-    """Decode the escapes `_flat_utf8` kept; `%25` last, so no `%` it yields is read again."""
-    if "%" not in text:
-        return text
-    return text.replace("%26", "&").replace("%3D", "=").replace("%3d", "=").replace("%25", "%")
 
 
 class _FormBuilder:
