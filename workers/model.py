@@ -171,18 +171,18 @@ def _first(fields: dict[str, Any], *names: str) -> Any:
     return None
 
 
-# The names each column is read from: webhook names first, then logfile names (`email`,
-# `header`, `linkinfo`, `mailingid`, ...), then the 2017 feedback names (`rcptto`).
-_RECIPIENT = ("recipient", "email", "rcptto")
-_USER_AGENT = ("useragent", "user_agent", "header")
-_URL = ("original", "url")
-_LINK = ("linkinfo", "link", "linkid")
-_IDS = tuple((name, name + "id", name + "_id")
-             for name in ("mailing", "profile", "subprofile", "database", "collection", "template"))
-_STATUS = ("extended", "status")
-_PICKED = (_RECIPIENT, _USER_AGENT, *_IDS)
-_NAMES = frozenset({*_RECIPIENT, *_USER_AGENT, *_URL, *_LINK, *(n for names in _IDS for n in names), *_STATUS,
-                    "ip", "tags", "code", "description"})
+# The names each column is read from, in `Event`'s order from recipient to description: webhook
+# names first, then logfile names (`email`, `header`, `linkinfo`, `mailingid`, ...), then the
+# 2017 feedback names (`rcptto`).
+_COLUMNS: tuple[tuple[str, ...], ...] = (
+    ("recipient", "email", "rcptto"), ("ip",), ("useragent", "user_agent", "header"), ("original", "url"),
+    ("linkinfo", "link", "linkid"),
+    *((name, name + "id", name + "_id") for name in ("mailing", "profile", "subprofile", "database", "collection",
+                                                     "template")),
+    ("tags",), ("code",), ("extended", "status"), ("description",),
+)
+_FIRST_NAMES = tuple(names[0] for names in _COLUMNS)
+_LATER_NAMES = frozenset(name for names in _COLUMNS for name in names[1:])
 
 
 def _common(fields: dict[str, Any]) -> tuple[Any, ...]:
@@ -190,33 +190,32 @@ def _common(fields: dict[str, Any]) -> tuple[Any, ...]:
     `Event`'s order: recipient, then ip to description.
 
     Values that do not fit a column (a non-numeric id, an invalid address) leave it NULL; the
-    payload keeps them as sent. The first name is read at once; the others only when the
-    record holds one of them (most records hold a dozen of the 35 names).
+    payload keeps them as sent. A record that holds none of the later names (every webhook)
+    is read by the first names at once: an empty value there is NULL either way.
     """
-    present = _NAMES.intersection(fields)
-    get, text, bigint = fields.get, fv.text, fv.bigint
-    code_raw = get("code")
+    if _LATER_NAMES.isdisjoint(fields):
+        values = list(map(fields.get, _FIRST_NAMES))
+    else:
+        values = [_first(fields, *names) for names in _COLUMNS]
+    recipient, ip, user_agent, url, link, mailing, profile, subprofile, database, collection, template, tags, \
+        code_raw, status, description = values
+    text, bigint = fv.text, fv.bigint
     smtp_code = fv.smtp_code(code_raw) if code_raw is not None else None
-    smtp_status = text(_first(fields, *_STATUS)) if not present.isdisjoint(_STATUS) else None
+    smtp_status = text(status) if status is not None else None
     if smtp_status is None and smtp_code is None and fv.is_enhanced_status(code_raw):
         smtp_status = text(code_raw)
-    picked = []  # recipient, user agent, then the ids: the first name at once, the others if present
-    for names in _PICKED:
-        value = get(names[0])
-        if not value:
-            value = _first(fields, *names) if not present.isdisjoint(names) else None
-        picked.append(value)
-    recipient, user_agent, *ids = picked
-    ip = get("ip")
-    tags = get("tags")
-    description = get("description")
     return (
         text(recipient, fv.INDEXED_TEXT_MAX),
         fv.ip(ip) if ip is not None else None,
-        text(user_agent),
-        text(_first(fields, *_URL)) if not present.isdisjoint(_URL) else None,
-        text(_first(fields, *_LINK)) if not present.isdisjoint(_LINK) else None,
-        *(bigint(value) if value is not None else None for value in ids),
+        text(user_agent) if user_agent is not None else None,
+        text(url) if url is not None else None,
+        text(link) if link is not None else None,
+        bigint(mailing) if mailing is not None else None,
+        bigint(profile) if profile is not None else None,
+        bigint(subprofile) if subprofile is not None else None,
+        bigint(database) if database is not None else None,
+        bigint(collection) if collection is not None else None,
+        bigint(template) if template is not None else None,
         fv.tags(tags) if tags is not None else None,
         smtp_code,
         smtp_status,
