@@ -107,3 +107,83 @@ def test_chunks_hold_every_call_once_and_shrink_at_the_end(total: int) -> None:
     batch = [envelope(body, ct, i) for i, (_f, body, ct) in enumerate(calls(min(total, 1000)))]
     parsed = [origin.body for _events, origins, _ in jobs.parse_chunks(batch, "Europe/Amsterdam") for origin in origins]
     assert parsed == [Envelope.from_wire(call).body for call in batch]
+
+
+def _queue_batches(settings: Settings, batches: int, size: int) -> list[str]:
+    """`batches` queued jobs of `size` distinct calls each, as the receiver queues them."""
+    bodies = calls(batches * size)
+
+    async def go() -> list[str]:
+        queue = BatchQueue(settings)
+        try:
+            return [await queue.enqueue([envelope(body, ct, n) for n, (_f, body, ct) in
+                                         enumerate(bodies[start:start + size], start)])
+                    for start in range(0, batches * size, size)]
+        finally:
+            await queue.close()
+
+    return asyncio.run(go())
+
+
+@pytest.fixture
+def worker_settings(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """What `jobs` reads, with transactions of 90 calls (with queued jobs of 10 calls: the job's
+    own and the 8 borrowed by the first round trip); the worker's connection made afresh."""
+    conf = Settings.from_env({"REDIS_URL": settings.redis_url, "DATABASE_URL": settings.database_url,
+                              "INGEST_WORKER_BATCH": "90"}, dotenv=False)
+    monkeypatch.setattr(jobs, "_settings", conf)
+    monkeypatch.setattr(jobs, "_conn", None)
+    return conf
+
+
+def _perform_first(redis_conn: redis.Redis, ids: list[str]) -> Job:
+    """Take the first queued job and run it as the worker does (it is RQ's current job)."""
+    assert redis_conn.lpop("rq:queue:copernica") == ids[0].encode()
+    return Job.fetch(ids[0], connection=redis_conn)
+
+
+def _left_over(redis_conn: redis.Redis) -> tuple[list[str], list[bytes]]:
+    return Queue("copernica", connection=redis_conn).get_job_ids(), redis_conn.keys("ingest:borrowed*")
+
+
+def test_a_job_goes_on_while_the_queue_holds_more(worker_settings: Settings, redis_conn: redis.Redis,
+                                                  db: psycopg.Connection) -> None:
+    ids = _queue_batches(worker_settings, batches=30, size=10)  # 300 calls, transactions of 90
+    job = _perform_first(redis_conn, ids)
+    result = job.perform()
+    assert result == {"calls": 300, "batches": 30, "stored": 300, "duplicates": 0, "rejected": 0}
+    assert db.execute("SELECT count(*) FROM events").fetchone()[0] == 300
+    assert _left_over(redis_conn) == ([], [])  # every borrowed batch settled, no lease left
+    assert not any(redis_conn.exists(f"rq:job:{job_id}") for job_id in ids[1:])
+
+
+def test_a_job_stops_going_on_after_job_seconds(worker_settings: Settings, redis_conn: redis.Redis,
+                                                db: psycopg.Connection, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(jobs, "JOB_SECONDS", 0.0)
+    ids = _queue_batches(worker_settings, batches=12, size=10)
+    result = _perform_first(redis_conn, ids).perform()
+    assert result["calls"] == 90 and result["batches"] == 9  # one transaction, then RQ's next job
+    assert _left_over(redis_conn) == (ids[9:], [])
+
+
+def test_a_failed_later_transaction_gives_back_its_batches_and_those_borrowed_ahead(
+        worker_settings: Settings, redis_conn: redis.Redis, db: psycopg.Connection,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    ids = _queue_batches(worker_settings, batches=20, size=10)
+    real = store.store_chunks
+    transactions: list[int] = []
+
+    def second_fails(conn, chunks, meanwhile=None):
+        transactions.append(1)
+        if len(transactions) == 2:
+            chunks = list(chunks)
+            meanwhile()  # the third transaction's batches are borrowed, then PostgreSQL fails
+            raise psycopg.OperationalError("the server went away")
+        return real(conn, chunks, meanwhile)
+
+    monkeypatch.setattr(store, "store_chunks", second_fails)
+    job = _perform_first(redis_conn, ids)
+    with pytest.raises(psycopg.OperationalError):
+        job.perform()
+    assert db.execute("SELECT count(*) FROM events").fetchone()[0] == 90  # the first transaction stays
+    assert _left_over(redis_conn) == (ids[9:], [])  # the 2nd and 3rd transactions' batches, in order

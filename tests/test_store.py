@@ -170,3 +170,28 @@ def test_a_failing_producer_rolls_the_direct_copy_back(db: psycopg.Connection, c
         store.store_chunks(conn, chunks())
     assert _keys(db) == []
     assert store.store(conn, [_event("b")]).stored == 1  # the connection is usable
+
+
+def test_meanwhile_runs_once_every_chunk_is_handed_over(db: psycopg.Connection, conn: psycopg.Connection) -> None:
+    handed: list[str] = []
+    seen: list[list[str]] = []
+
+    def chunks() -> Iterator[store.Chunk]:
+        for key in ("a", "b"):
+            handed.append(key)
+            yield [_event(key)], None, []
+
+    result = store.store_chunks(conn, chunks(), lambda: seen.append(list(handed)))
+    assert seen == [["a", "b"]]
+    assert result.stored == 2 and _keys(db) == ["a", "b"]
+
+
+def test_meanwhile_is_skipped_when_the_producer_fails(db: psycopg.Connection, conn: psycopg.Connection) -> None:
+    def chunks() -> Iterator[store.Chunk]:
+        yield [_event("a")], None, []
+        raise RuntimeError("parser broke")
+
+    called: list[int] = []
+    with pytest.raises(RuntimeError):
+        store.store_chunks(conn, chunks(), lambda: called.append(1))
+    assert called == [] and _keys(db) == []

@@ -148,9 +148,12 @@ def give_back(conn: redis.Redis, queue_key: str, list_key: str) -> int:
 
 
 @contextmanager
-def borrowing(conn: redis.Redis, queue: str, owner: str, want: int) -> Iterator[Borrowed]:
-    """Borrow for the duration of a store: settled on success, given back on any failure."""
-    held = borrow(conn, queue, owner, want) if want > 0 else Borrowed(_queue_key(queue), "")
+def borrowing(conn: redis.Redis, queue: str, owner: str, want: int,
+              held: Borrowed | None = None) -> Iterator[Borrowed]:
+    """Borrow for the duration of a store (or take over `held`, borrowed ahead): settled on
+    success, given back on any failure."""
+    if held is None:
+        held = borrow(conn, queue, owner, want) if want > 0 else Borrowed(_queue_key(queue), "")
     try:
         yield held
     except BaseException:

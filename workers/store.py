@@ -19,7 +19,7 @@ import queue
 import sys
 import threading
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -186,11 +186,14 @@ def _lines(events: Sequence[Event], rejects: Sequence[Rejected], seen: set[str])
                   rejects)
 
 
-def store_chunks(conn: psycopg.Connection, chunks: Iterable[Chunk]) -> StoreResult:
+def store_chunks(conn: psycopg.Connection, chunks: Iterable[Chunk],
+                 meanwhile: Callable[[], object] | None = None) -> StoreResult:
     """Store chunks as they come, in one transaction, on a thread of their own: PostgreSQL
     stores chunk k while the caller's iterator produces (parses) chunk k+1. The caller's thread
     also writes each chunk's COPY text, so the writer holds the GIL as little as it can (see
-    `_Writer` for how the rows reach `events`)."""
+    `_Writer` for how the rows reach `events`). `meanwhile` is called once every chunk is
+    handed over, while PostgreSQL stores the last ones and commits (what it raises is raised
+    once the transaction has ended, committed or not)."""
     feed: queue.Queue[_Lines | None] = queue.Queue(maxsize=2)
     outcome: dict[str, object] = {}
 
@@ -238,7 +241,11 @@ def store_chunks(conn: psycopg.Connection, chunks: Iterable[Chunk]) -> StoreResu
         raise
     finally:
         feed.put(None)
-        thread.join()
+        try:
+            if meanwhile is not None and "abort" not in outcome:
+                meanwhile()
+        finally:
+            thread.join()
         sys.setswitchinterval(switch)
         if collecting:
             gc.enable()
