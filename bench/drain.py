@@ -23,7 +23,7 @@ from rich.table import Table
 from bench.loadgen import pinned, run_wrk, status_mib
 from ingest.queueing import BatchQueue
 from ingest.settings import Settings
-from workers.copy_text import EVENT_COLUMNS, copy_data
+from workers.copy_text import COPY_COLUMNS, copy_data
 from workers.envelope import wire
 from workers.jobs import parse_calls
 
@@ -129,7 +129,7 @@ def raw_copy(database_url: str, calls: list[dict], batch: int, core: int | None)
     not through the project's store, so the ratio stays honest however the project inserts).
     Only the COPY text comes from the project (`copy_text.copy_data`, made inside the timing)."""
     events, _origins, _rejects = parse_calls(calls, "Europe/Amsterdam")
-    columns = ", ".join(EVENT_COLUMNS)
+    columns = ", ".join(COPY_COLUMNS)
     old = os.sched_getaffinity(0)
     if core is not None:
         os.sched_setaffinity(0, {core})

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from psycopg.rows import dict_row
 
 from workers import store
-from workers.copy_text import copy_line
+from workers.copy_text import EVENT_COLUMNS, copy_line
 from workers.model import Event
 
 WHEN = datetime(2026, 11, 26, 12, 0, 1, tzinfo=UTC)
@@ -38,7 +38,7 @@ def _stored(db: psycopg.Connection, events: list[Event]) -> dict[str, dict[str, 
 
 def _expected(event: Event) -> dict[str, Any]:
     row = {}
-    for name in store.EVENT_COLUMNS:
+    for name in EVENT_COLUMNS:
         value = getattr(event, name)
         if isinstance(value, str):
             value = value.replace("\x00", "")
@@ -49,7 +49,7 @@ def _expected(event: Event) -> dict[str, Any]:
 
 
 def _as_read(row: dict[str, Any]) -> dict[str, Any]:
-    got = {name: row[name] for name in store.EVENT_COLUMNS}
+    got = {name: row[name] for name in EVENT_COLUMNS}
     got["ip"] = str(row["ip"]) if row["ip"] is not None else None
     return got
 
@@ -102,10 +102,10 @@ def test_any_text_comes_back(db: psycopg.Connection, tags: list[str], text: str)
 
 def test_a_row_is_escaped_only_when_it_needs_it() -> None:
     plain = copy_line(_event(1, tags=["a b"]))
-    assert plain.count("\t") == len(store.EVENT_COLUMNS) - 1 and plain.endswith("\n")
+    assert plain.count("\t") == len(EVENT_COLUMNS) - 1 and plain.endswith("\n")
     assert '\t{"a b"}\t' in plain and "\\\\" not in plain
     odd = copy_line(_event(1, description="x\ty\\N"))
-    assert "\tx\\ty\\\\N\t" in odd and odd.count("\t") == len(store.EVENT_COLUMNS) - 1
+    assert "\tx\\ty\\\\N\t" in odd and odd.count("\t") == len(EVENT_COLUMNS) - 1
 
 
 def test_chunks_of_one_transaction_share_one_stage(db: psycopg.Connection) -> None:

@@ -17,6 +17,9 @@ import orjson
 from workers.model import Event
 
 EVENT_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Event))
+# The order of a COPY line's columns: the payload last, so that only the other columns need
+# looking at for characters COPY must escape (orjson escapes them all in the payload).
+COPY_COLUMNS: tuple[str, ...] = tuple(name for name in EVENT_COLUMNS if name != "payload") + ("payload",)
 
 
 def _json(value: dict) -> str:
@@ -39,24 +42,24 @@ def _without_nul(value: Any) -> Any:
     return value
 
 
-_VALUES = attrgetter(*EVENT_COLUMNS)
+_VALUES = attrgetter(*COPY_COLUMNS)
 _NULL = "\\N"
 _ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\x00": None})
-_LAST_TAB = len(EVENT_COLUMNS) - 1
+_TABS = len(COPY_COLUMNS) - 2  # between the columns before the payload
 
 
 def copy_line(event: Event) -> str:
-    """One event as a line of COPY text (NULs dropped: PostgreSQL text cannot hold them)."""
+    """One event as a line of COPY text, in COPY_COLUMNS' order (NULs dropped: PostgreSQL text
+    cannot hold them)."""
     values = _VALUES(event)
-    (key, event_type, copernica_type, occurred, received, source, message_id, recipient, payload, ip, user_agent,
-     url, link_id, mailing, profile, subprofile, database, collection, template, tags, code, status, description,
-     account) = values
+    (key, event_type, copernica_type, occurred, received, source, message_id, recipient, ip, user_agent, url,
+     link_id, mailing, profile, subprofile, database, collection, template, tags, code, status, description,
+     account, payload) = values
     try:  # each column as the model makes it; anything else goes the general way below
-        line = "\t".join((
+        head = "\t".join((
             key, event_type, copernica_type, _stamp(occurred), str(received), source,
             _NULL if message_id is None else message_id, _NULL if recipient is None else recipient,
-            _json(payload) if type(payload) is dict else _cell(payload), _NULL if ip is None else ip,
-            _NULL if user_agent is None else user_agent, _NULL if url is None else url,
+            _NULL if ip is None else ip, _NULL if user_agent is None else user_agent, _NULL if url is None else url,
             _NULL if link_id is None else link_id, _NULL if mailing is None else str(mailing),
             _NULL if profile is None else str(profile), _NULL if subprofile is None else str(subprofile),
             _NULL if database is None else str(database), _NULL if collection is None else str(collection),
@@ -66,12 +69,12 @@ def copy_line(event: Event) -> str:
             _NULL if description is None else description, _NULL if account is None else account,
         ))
     except TypeError:
-        line = "\t".join([_NULL if v is None else v if type(v) is str else (_format(type(v)) or _cell)(v)
-                          for v in values])
-    if (line.count("\\") != values.count(None) or line.count("\t") != _LAST_TAB
-            or "\n" in line or "\r" in line or "\x00" in line):
-        line = "\t".join([_NULL if v is None else _cell(v).translate(_ESCAPES) for v in values])
-    return line + "\n"
+        head = ""  # not as the model makes it: the general way
+    if (type(payload) is dict and head and head.count("\\") == values.count(None) and head.count("\t") == _TABS
+            and "\n" not in head and "\r" not in head and "\x00" not in head
+            and "\\" not in (document := _json(payload))):
+        return f"{head}\t{document}\n"
+    return "\t".join([_NULL if v is None else _cell(v).translate(_ESCAPES) for v in values]) + "\n"
 
 
 _stamps: dict[datetime, str] = {}  # occurred_at repeats (events of one second): its text is made once
@@ -97,15 +100,18 @@ def _cell(value: object) -> str:
 
 def _array(items: list) -> str:
     """A text[] literal with every element quoted (so NULL, commas, braces are plain text)."""
+    try:  # texts without a quote, a backslash or a NUL (tags as the model makes them): at once
+        joined = '","'.join(items)
+    except TypeError:
+        joined = '"'
+    if joined.count('"') == 2 * len(items) - 2 and "\\" not in joined and "\x00" not in joined:
+        return '{"' + joined + '"}'
     quoted = [
         "NULL" if item is None
         else '"' + str(item).replace("\x00", "").replace("\\", "\\\\").replace('"', '\\"') + '"'
         for item in items
     ]
     return "{" + ",".join(quoted) + "}"
-
-
-_format = {int: str, datetime: str, dict: _json, list: _array}.get  # the exact types `_cell` meets most
 
 
 def copy_data(events: Iterable[Event]) -> bytes:

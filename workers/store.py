@@ -28,14 +28,14 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from workers import partitions
-from workers.copy_text import EVENT_COLUMNS, copy_data, copy_line, first_per_key
+from workers.copy_text import COPY_COLUMNS, copy_data, copy_line, first_per_key
 from workers.envelope import Envelope
 from workers.model import Event
 
 log = logging.getLogger("workers.store")
 
 STATEMENT_TIMEOUT_MS = 120_000
-_COLS = ", ".join(EVENT_COLUMNS)
+_COLS = ", ".join(COPY_COLUMNS)  # the order of copy_line's columns
 # The staging table is per session and shaped like `events` when first made: its name carries
 # the column list, so a long-lived connection never COPYs into a stage of an older schema.
 _STAGE = "incoming_events_" + hashlib.sha256(_COLS.encode()).hexdigest()[:12]
