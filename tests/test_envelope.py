@@ -42,3 +42,21 @@ def test_a_plain_list_is_taken_as_it_is() -> None:
 def test_anything_else_is_refused(argument: object) -> None:
     with pytest.raises(ValueError, match="not a batch of calls"):
         unpack_calls(argument)  # type: ignore[arg-type]
+
+
+def test_a_wire_dict_reads_back_as_its_envelope() -> None:
+    envelope = Envelope(b"id=1&type=open", "application/x-www-form-urlencoded", 1795694401.25, "192.0.2.1",
+                        "POST", "/copernica?token=x", {"x-copernica-id": "account-1"})
+    assert Envelope.from_wire(envelope.to_wire()) == envelope
+    assert Envelope.from_wire({**envelope.to_wire(), "method": ""}).method == "POST"
+
+
+@pytest.mark.parametrize("odd, expected", [
+    ({"body": "id=1", "received_at": 5}, Envelope(b"id=1", "", 5.0, target="")),  # an early form: str body, int time
+    ({"body": bytearray(b"x"), "content_type": None, "received_at": "7.5", "headers": [("a", "b")]},
+     Envelope(b"x", "", 7.5, target="", headers={"a": "b"})),
+    ({"v": 1, "body": b"y", "content_type": "text/plain", "received_at": 1.0, "remote": "", "method": None,
+      "target": "/copernica", "headers": {}}, Envelope(b"y", "text/plain", 1.0)),
+])
+def test_wire_dicts_of_other_shapes_are_read_the_general_way(odd: dict, expected: Envelope) -> None:
+    assert Envelope.from_wire(odd) == expected

@@ -13,6 +13,7 @@ receiver compresses on the event loop that answers the calls.
 
 from __future__ import annotations
 
+import operator
 import pickle
 import threading
 from dataclasses import dataclass, field
@@ -50,6 +51,14 @@ class Envelope:
 
     @classmethod
     def from_wire(cls, wire: dict[str, Any]) -> Envelope:
+        try:  # as `wire` makes it: taken as it is
+            body, content_type, received_at, remote, method, target, headers = _WIRE_FIELDS(wire)
+            if (type(body) is bytes and type(content_type) is str and type(received_at) is float
+                    and type(remote) is str and type(method) is str and type(target) is str
+                    and type(headers) is dict):
+                return cls(body, content_type, received_at, remote, method or "POST", target, headers)
+        except KeyError:
+            pass
         body = wire.get("body", b"")
         headers = wire.get("headers") or {}
         if type(headers) is not dict:
@@ -65,6 +74,9 @@ class Envelope:
             target=str(wire.get("target") or ""),
             headers=headers,
         )
+
+
+_WIRE_FIELDS = operator.itemgetter("body", "content_type", "received_at", "remote", "method", "target", "headers")
 
 
 def wire(body: bytes, content_type: str, received_at: float, remote: str, method: str, target: str,
