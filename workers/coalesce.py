@@ -5,7 +5,8 @@ Why: the receiver keeps its latency low by writing small batches (tens of calls)
 and every RQ job costs the worker some twenty Redis writes of bookkeeping, each fsynced with
 `appendfsync always`. Storing job by job would spend most of the drain on that bookkeeping.
 So a job that starts takes the next queued jobs of its queue too (up to
-`INGEST_WORKER_BATCH` calls in all) and stores their calls with its own.
+`INGEST_WORKER_BATCH` calls in all) and stores their calls with its own; while the queue
+holds more, it goes on with further transactions, each borrowing its own (`workers.jobs`).
 
 Nothing is lost on the way. Borrowing is atomic (a Lua script moves the job ids from the queue
 into a borrowed list and sets a lease on it):
@@ -136,7 +137,7 @@ def settle(conn: redis.Redis, held: Borrowed) -> None:
     """The calls are stored: the borrowed jobs are done and leave Redis."""
     with conn.pipeline(transaction=True) as pipe:
         for job_id in held.job_ids:
-            pipe.delete(f"rq:job:{job_id}")
+            pipe.delete(Job.key_for(job_id))
         pipe.delete(held.list_key, held.lease_key)
         pipe.srem(REGISTRY, held.list_key)
         pipe.execute()
