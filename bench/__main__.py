@@ -18,7 +18,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,14 +106,7 @@ def empty(conn: redis.Redis) -> None:
     """Every measurement starts from the same Redis: empty, with its append-only file compacted
     (else a rewrite of what the runs before wrote may land in the middle of this one)."""
     conn.flushdb()
-    with contextlib.suppress(redis.ResponseError):  # one already running: wait for it below
-        conn.bgrewriteaof()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        info = conn.info("persistence")
-        if not info.get("aof_rewrite_in_progress") and not info.get("aof_rewrite_scheduled"):
-            return
-        time.sleep(0.05)
+    drain.compact(conn)
 
 
 def run_receivers(redis_url: str, database_url: str, seconds: float, quick: bool) -> list[Row]:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -107,8 +108,24 @@ def count_events(database_url: str) -> int:
 
 
 def truncate(database_url: str) -> None:
+    """Empty tables, checkpointed: a checkpoint of the rows of the run before does not land in
+    the middle of the next one."""
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("TRUNCATE events, rejected_events")
+        conn.execute("CHECKPOINT")
+
+
+def compact(conn: redis.Redis) -> None:
+    """Redis's append-only file compacted, so that a rewrite of what was written before (the
+    runs before, filling the queue) does not land in the middle of the measurement."""
+    with contextlib.suppress(redis.ResponseError):  # one already running: wait for it below
+        conn.bgrewriteaof()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        info = conn.info("persistence")
+        if not info.get("aof_rewrite_in_progress") and not info.get("aof_rewrite_scheduled"):
+            return
+        time.sleep(0.05)
 
 
 @dataclass
@@ -160,6 +177,7 @@ def measure_drain(redis_url: str, database_url: str, count: int, *, core: int | 
     truncate(database_url)
     conn.flushdb()
     fill_queue(redis_url, "bench-drain", calls, batch)
+    compact(conn)
     run = run_worker(redis_url, database_url, "bench-drain", core)
     stored = count_events(database_url)
     results.append(DrainResult(f"project worker (queued jobs of {batch} calls)", stored, run.seconds,
@@ -171,6 +189,7 @@ def measure_drain(redis_url: str, database_url: str, count: int, *, core: int | 
     truncate(database_url)
     conn.flushdb()
     fill_queue(redis_url, "bench-drain", calls[:per_event], 1)
+    compact(conn)
     run = run_worker(redis_url, database_url, "bench-drain", core, INGEST_WORKER_BATCH="0")
     results.append(DrainResult("one RQ job per event", count_events(database_url), run.seconds,
                                max(run.rss_mib or [0])))
