@@ -2,8 +2,9 @@
 
 A job carries a batch of raw calls (envelopes). Each call is parsed into events or kept as
 rejected with the reason; the batch is stored in one transaction, with the batches queued
-behind it (`_store_batch`), on a connection that lives as long as the worker process. A failure that is not the data's fault (PostgreSQL down)
-raises, so RQ retries the job with back-off and, at the end, keeps it in its failed registry.
+behind it (`_store_batch`), on a connection that lives as long as the worker process. A
+failure that is not the data's fault (PostgreSQL down) raises, so RQ retries the job with
+back-off and, at the end, keeps it in its failed registry.
 """
 
 from __future__ import annotations

@@ -176,21 +176,27 @@ def _build_form(body: bytes, charset: str) -> dict[str, Any]:
     return builder.result
 
 
-# The one-pass decoder turns the body's separators into control characters, `+` into a space,
-# and every `%XX` into `\xXX`, so that one C call (`escape_decode`) decodes the whole body and
-# an escaped `&` or `=` is plain text in what it yields. A body in which those control
-# characters also come from elsewhere (sent raw, or as `%1E`/`%1F`) takes the general path.
-_PAIR, _NAME = "\x1e", "\x1f"
-_SEPARATE = bytes.maketrans(b"&=+", (_PAIR + _NAME + " ").encode())
+# The one-pass decoder reads bodies whose every pair is `name=value`: it turns both separators
+# into one control character, `+` into a space and every `%XX` into `\xXX`, so that one C call
+# (`escape_decode`) decodes the whole body, and an escaped `&` or `=` is plain text in what it
+# yields. A body in which that control character also comes from elsewhere (sent raw, or as
+# `%1F`) takes the general path.
+_SEPARATOR = "\x1f"
+_SEPARATE = bytes.maketrans(b"&=+", b"\x1f\x1f ")
+_NOT_SEPARATORS = bytes(byte for byte in range(256) if byte not in b"&=")
 
 
 def _flat_utf8(body: bytes) -> dict[str, str] | None:
-    """The common body (UTF-8, plain keys each sent once) decoded in one pass: the same fields
-    as the general path, or None when the body needs that path (a nested or repeated key, a
-    backslash, an invalid escape, invalid UTF-8 (the general path words the error), no fields)."""
+    """The common body (UTF-8, `name=value` pairs, plain names each sent once) decoded in one
+    pass: the same fields as the general path, or None when the body needs that path (a nested
+    or repeated name, a pair without `=` or with two, a backslash, an invalid escape, invalid
+    UTF-8 (the general path words the error))."""
     if b"\\" in body:
         return None
-    ands, equals = body.count(b"&"), body.count(b"=")
+    separators = body.translate(None, _NOT_SEPARATORS)
+    pairs = len(separators) // 2 + 1
+    if separators != b"=&" * (pairs - 1) + b"=":
+        return None
     body = body.translate(_SEPARATE)
     if b"%" in body:
         try:
@@ -198,30 +204,16 @@ def _flat_utf8(body: bytes) -> dict[str, str] | None:
         except ValueError:  # a `%` not followed by two hex digits: kept as text by the general path
             return None
     try:
-        text = body.decode("utf-8")
+        parts = body.decode("utf-8").split(_SEPARATOR)
     except UnicodeDecodeError:
         return None
-    pairs = text.split(_PAIR)
-    if len(pairs) != ands + 1 or text.count(_NAME) != equals:  # a separator that is none
+    if len(parts) != 2 * pairs:  # a separator that is none
         return None
-    result: dict[str, str] = {}
-    if equals == len(pairs):  # most likely one `=` in each pair
-        try:
-            result = dict([pair.split(_NAME, 1) for pair in pairs])
-        except ValueError:  # no: a pair without `=`
-            result = {}
-    if len(result) != len(pairs) or "" in result:  # or a repeated key, an empty pair or name
-        result = {}
-        for pair in pairs:
-            key, _, value = pair.partition(_NAME)
-            if not key:
-                continue
-            if key in result:
-                return None
-            result[key] = value.replace(_NAME, "=")  # `a=b=c`: the value is `b=c`
-    if "[" in "".join(result):  # a nested key
+    names_and_values = iter(parts)
+    result = dict(zip(names_and_values, names_and_values, strict=False))  # (an even count)
+    if len(result) != pairs or "" in result or "[" in "".join(result):  # a repeated, empty or nested name
         return None
-    return result or None
+    return result
 
 
 class _FormBuilder:
