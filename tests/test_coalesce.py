@@ -99,3 +99,20 @@ def test_a_job_deleted_while_queued_is_settled_with_nothing_to_store(redis_url: 
     assert held.calls == [call(0), call(1), call(4), call(5)]
     coalesce.settle(redis_conn, held)
     assert queued(redis_conn) == [] and not redis_conn.exists(held.list_key)
+
+
+def _script_calls(conn: redis.Redis) -> int:
+    stats = conn.info("commandstats")
+    return sum(stats.get(name, {}).get("calls", 0) for name in ("cmdstat_evalsha", "cmdstat_eval"))
+
+
+def test_a_known_job_size_aims_the_first_round_trip(redis_url: str, redis_conn: redis.Redis) -> None:
+    ids = enqueue_batches(redis_url, [3] * 60)
+    redis_conn.config_resetstat()
+    held = coalesce.borrow(redis_conn, "copernica", "owner6", want=60)  # 8 jobs, then the 12 still wanted
+    assert held.job_ids == ids[:20] and _script_calls(redis_conn) == 2
+    redis_conn.config_resetstat()
+    aimed = coalesce.borrow(redis_conn, "copernica", "owner7", want=60, per_job=3)
+    assert aimed.job_ids == ids[20:40] and _script_calls(redis_conn) == 1
+    coalesce.settle(redis_conn, held)
+    coalesce.settle(redis_conn, aimed)

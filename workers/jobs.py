@@ -179,7 +179,8 @@ def _borrow_ahead(conn: redis.Redis, queue: str, owner: str, filled: coalesce.Bo
     if want <= 0 or len(filled.calls) < want or time.monotonic() >= deadline:
         return
     try:
-        ahead.append(coalesce.borrow(conn, queue, owner, settings().worker_batch))
+        per_job = len(filled.calls) // max(1, len(filled.job_ids))
+        ahead.append(coalesce.borrow(conn, queue, owner, settings().worker_batch, per_job))
     except redis.RedisError as exc:  # what it took returns to the queue when its lease ends
         log.warning("could not borrow the next batches: %s", exc)
 
