@@ -58,7 +58,7 @@ def fill_queue(redis_url: str, queue: str, calls: list[dict], batch: int) -> Non
     conn.close()
 
 
-_DESCRIPTION = re.compile(rb"store_batch\((\d+) calls\)")
+_DESCRIPTION = re.compile(rb"store_(?:packed|batch)\((\d+) calls\)")
 
 
 def queued_calls(conn: redis.Redis, queue: str) -> int:

@@ -150,7 +150,7 @@ class JobTemplate:
         stamp = utcformat(now()).encode()
         id_bytes = job_id.encode()
         values = {"id": id_bytes, "key": b"rq:job:" + id_bytes, "data": data, "created_at": stamp,
-                  "enqueued_at": stamp, "description": b"store_batch(%d calls)" % len(calls)}
+                  "enqueued_at": stamp, "description": b"store_packed(%d calls)" % len(calls)}
         return job_id, b"".join(seg if type(seg) is bytes else _bulk(values[seg]) for seg in self._segments)
 
 

@@ -41,7 +41,7 @@ def test_the_job_is_the_one_rq_writes(settings: Settings, redis_conn: redis.Redi
     queue = BatchQueue(settings)
     theirs = queue.queue.enqueue_call(JOB_FUNCTION, args=(pack_calls(batch),), timeout=JOB_TIMEOUT,
                                       result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL, retry=queue.retry,
-                                      description="store_batch(3 calls)").id
+                                      description="store_packed(3 calls)").id
     mine, rqs = redis_conn.hgetall(f"rq:job:{ours}"), redis_conn.hgetall(f"rq:job:{theirs}")
     assert mine.keys() == rqs.keys()
     varying = {b"created_at", b"enqueued_at", b"data"}
@@ -58,7 +58,7 @@ def test_rq_reads_the_job_back(settings: Settings, redis_conn: redis.Redis) -> N
     job = Job.fetch(first, connection=redis_conn)
     assert job.func_name == JOB_FUNCTION and unpack_calls(job.args[0]) == batch and job.kwargs == {}
     assert job.get_status() == JobStatus.QUEUED and job.origin == "copernica"
-    assert job.description == "store_batch(5 calls)" and job.timeout == JOB_TIMEOUT
+    assert job.description == "store_packed(5 calls)" and job.timeout == JOB_TIMEOUT
     assert job.retries_left == settings.job_retries
     assert first != second and unpack_calls(Job.fetch(second, connection=redis_conn).args[0]) == calls(1, 5)
 
