@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import aiohttp
 import psycopg
 
 from ingest.embedded import EmbeddedPostgres, EmbeddedValkey, free_port, wait_for_port
+from tests.processes import ingest_env
 from workers.schema import apply_migrations
 
 FORM = "application/x-www-form-urlencoded"
@@ -42,9 +42,7 @@ class Servers:
 
     @property
     def env(self) -> dict[str, str]:
-        base = {k: v for k, v in os.environ.items() if not k.startswith(("INGEST_", "REDIS_URL", "DATABASE_URL"))}
-        return {**base, "REDIS_URL": self.valkey.url, "DATABASE_URL": self.postgres.url, "INGEST_AUTH": "none",
-                "INGEST_LOG_LEVEL": "WARNING", "INGEST_WORKER_METRICS_PORT": "0"}
+        return ingest_env(self.valkey.url, self.postgres.url)
 
 
 @contextlib.contextmanager
