@@ -1,11 +1,12 @@
 """`make bench`: the receiver and the drain, measured beside their baselines in the same run.
 
 The machine is shared and noisy, so what counts is the ratio to a baseline measured minutes
-apart under the same load generator; the absolute figures are printed beside it. wrk runs on
+apart under the same load generator; the absolute figures are printed beside it. The bare
+handler and the project are run `--reps` times per scenario, interleaved. wrk runs on
 core 0, the measured process on core 1. The embedded Redis and PostgreSQL are pinned to core 0
 too, as if on other machines: the measured process has its core to itself.
 
-    python -m bench [--quick] [--seconds S] [--burst N] [--drain N]
+    python -m bench [--quick] [--seconds S] [--reps N] [--burst N] [--drain N] [--skip-receivers]
 
 Uses BENCH_REDIS_URL / BENCH_DATABASE_URL when set, else starts the embedded servers.
 """
