@@ -79,7 +79,7 @@ def test_recurring_tags_are_a_new_list_each_time() -> None:
 
 
 def test_recent_values_are_bounded() -> None:
-    recent = fv._Recent(str.upper, size=3)
+    recent = fv.Recent(str.upper, size=3)
     assert [recent[v] for v in ("a", "b", "c", "a", "d")] == ["A", "B", "C", "A", "D"]
     assert len(recent) <= 3
     assert fv.ip("192.0.2.1") == fv.ip("192.0.2.1") == "192.0.2.1" and fv.ip("nope") is None

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import fields
-from datetime import datetime
 from operator import attrgetter
 from typing import Any
 
 import orjson
 
+from workers.fields import Recent
 from workers.model import Event
 
 EVENT_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Event))
@@ -57,7 +57,7 @@ def copy_line(event: Event) -> str:
      account, payload) = values
     try:  # each column as the model makes it; anything else goes the general way below
         head = "\t".join((
-            key, event_type, copernica_type, _stamp(occurred), str(received), source,
+            key, event_type, copernica_type, _stamps[occurred], str(received), source,
             _NULL if message_id is None else message_id, _NULL if recipient is None else recipient,
             _NULL if ip is None else ip, _NULL if user_agent is None else user_agent, _NULL if url is None else url,
             _NULL if link_id is None else link_id, _NULL if mailing is None else str(mailing),
@@ -77,16 +77,8 @@ def copy_line(event: Event) -> str:
     return "\t".join([_NULL if v is None else _cell(v).translate(_ESCAPES) for v in values]) + "\n"
 
 
-_stamps: dict[datetime, str] = {}  # occurred_at repeats (events of one second): its text is made once
-
-
-def _stamp(moment: datetime) -> str:
-    text = _stamps.get(moment)
-    if text is None:
-        if len(_stamps) >= 10_000:
-            _stamps.clear()
-        text = _stamps[moment] = str(moment)
-    return text
+# occurred_at repeats (events of one second): its text is made once.
+_stamps = Recent(str, size=10_000)
 
 
 def _cell(value: object) -> str:

@@ -61,15 +61,16 @@ def bigint(value: Any) -> int | None:
     return number if 0 <= number <= BIGINT_MAX else None
 
 
-class _Recent(dict):
-    """What a coercion made of the texts seen lately (addresses of mail proxies, a mailing's
-    tags and the like recur call after call); emptied when it holds `size` of them."""
+class Recent(dict):
+    """What a coercion made of the values seen lately (addresses of mail proxies, a mailing's
+    tags, the second an event occurred and the like recur call after call); emptied when it
+    holds `size` of them. `recent[value]` is a plain dict look-up when the value was seen."""
 
     def __init__(self, make: Any, size: int = 4096) -> None:
         super().__init__()
         self.make, self.size = make, size
 
-    def __missing__(self, key: str) -> Any:
+    def __missing__(self, key: Any) -> Any:
         if len(self) >= self.size:
             self.clear()
         value = self[key] = self.make(key)
@@ -120,8 +121,8 @@ def _tags(value: Any) -> list[str] | None:
 
 
 _CACHED_LENGTH = 256  # longer texts are coerced each time: a hostile payload cannot fill the caches
-_ips = _Recent(_ip)
-_tag_lists = _Recent(lambda value: tuple(_tags(value) or ()) or None)
+_ips = Recent(_ip)
+_tag_lists = Recent(lambda value: tuple(_tags(value) or ()) or None)
 
 
 def smtp_code(value: Any) -> int | None:
@@ -155,7 +156,7 @@ def _account(value: Any) -> str | None:
     return match[2] if prefix == "account" else f"{prefix}-{match[2]}"
 
 
-_accounts = _Recent(_account, size=256)
+_accounts = Recent(_account, size=256)
 
 
 @lru_cache(maxsize=16)

@@ -10,7 +10,6 @@ back-off and, at the end, keeps it in its failed registry.
 from __future__ import annotations
 
 import functools
-import gc
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -105,15 +104,8 @@ def store_batch(batch: bytes | list[dict[str, Any]]) -> dict[str, int]:
     """RQ job: parse and store one batch of raw webhook calls (packed by workers.envelope), with
     the batches queued behind it (see workers.coalesce) up to INGEST_WORKER_BATCH calls, in one
     transaction."""
-    # Unpacking and borrowing make thousands of objects that form no cycles: the cyclic GC would
-    # only walk them again and again (store.store_chunks keeps it off while storing, likewise).
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
+    with store.cyclic_gc_off():  # unpacking and borrowing too: thousands of objects, no cycles
         return _store_batch(unpack_calls(batch))
-    finally:
-        if collecting:
-            gc.enable()
 
 
 def store_packed(batch: bytes) -> dict[str, int]:

@@ -19,7 +19,7 @@ import queue
 import sys
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -226,29 +226,23 @@ def store_chunks(conn: psycopg.Connection, chunks: Iterable[Chunk],
     # back from the parsing thread: by default it waits up to 5 ms for it (the switch interval).
     switch = sys.getswitchinterval()
     sys.setswitchinterval(min(switch, WRITER_SWITCH_INTERVAL))
-    # The cyclic GC would walk the batch's events (kept until the end) again and again, ~15 % of
-    # the parsing: off while storing. The batch's objects form no cycles (refcounting frees
-    # them), and a batch is bounded (INGEST_WORKER_BATCH), so is what a cycle could hold.
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        for chunk in chunks:
-            kept.append(chunk)
-            if "error" not in outcome:
-                feed.put(_lines(chunk[0], chunk[2], seen))
-    except BaseException:
-        outcome["abort"] = True
-        raise
-    finally:
-        feed.put(None)
+    with cyclic_gc_off():  # the batch's events are kept until the end
         try:
-            if meanwhile is not None and "abort" not in outcome:
-                meanwhile()
+            for chunk in chunks:
+                kept.append(chunk)
+                if "error" not in outcome:
+                    feed.put(_lines(chunk[0], chunk[2], seen))
+        except BaseException:
+            outcome["abort"] = True
+            raise
         finally:
-            thread.join()
-        sys.setswitchinterval(switch)
-        if collecting:
-            gc.enable()
+            feed.put(None)
+            try:
+                if meanwhile is not None and "abort" not in outcome:
+                    meanwhile()
+            finally:
+                thread.join()
+            sys.setswitchinterval(switch)
     error = outcome.get("error")
     events = [event for chunk in kept for event in chunk[0]]
     rejects = [item for chunk in kept for item in chunk[2]]
@@ -262,6 +256,21 @@ def store_chunks(conn: psycopg.Connection, chunks: Iterable[Chunk],
     for chunk in kept:
         origins.extend(chunk[1] if chunk[1] is not None else [None] * len(chunk[0]))
     return _store_one_by_one(conn, events, origins, rejects)
+
+
+@contextlib.contextmanager
+def cyclic_gc_off() -> Iterator[None]:
+    """The cyclic GC off for a batch's parsing and storing. It would walk the batch's objects
+    (thousands, kept until the commit) again and again: ~15 % of the parsing. They form no
+    cycles (reference counting frees them), and a batch is bounded (INGEST_WORKER_BATCH), so is
+    what a cycle could hold. Nested uses leave it to the outermost to switch it back on."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
 
 
 # After a direct COPY met a row already stored, the next transactions of that connection go
