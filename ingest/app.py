@@ -18,9 +18,10 @@ from collections.abc import Awaitable, Callable
 from functools import lru_cache
 from typing import Any
 
+import redis
 from aiohttp import web
 
-from ingest import metrics, openapi
+from ingest import metrics, openapi, verification
 from ingest.auth import Authenticator, Refused
 from ingest.batching import Closed, GroupCommitter, Overloaded, WriteFailed
 from ingest.highwater import HighWater
@@ -138,6 +139,8 @@ class Receiver:
         return self._dispatch(request, raw_path)
 
     async def _dispatch(self, request: web.BaseRequest, raw_path: str) -> web.StreamResponse:
+        if request.method in ("GET", "HEAD") and (name := verification.name_in_path(raw_path)) is not None:
+            return await self._verification_file(name)
         route = route_of(raw_path)
         methods = self.routes.get(route) if route is not None else None
         if methods is None:
@@ -147,6 +150,19 @@ class Receiver:
             allowed = ", ".join(sorted({"GET", "HEAD", *methods}))
             return _json(405, "method not allowed", Allow=allowed)
         return await handler(request)
+
+    async def _verification_file(self, name: str) -> web.Response:
+        """GET /<name> and /copernica/<name>: a stored URL verification file (ingest.verification),
+        unauthenticated (Copernica fetches it unsigned); 404 for a name not stored."""
+        try:
+            async with asyncio.timeout(self.settings.redis_timeout):
+                content = await verification.lookup(self.queue.connection, name)
+        except (TimeoutError, redis.RedisError, OSError) as exc:
+            log.warning("verification file %s: redis failed: %s", name, exc)
+            return _unavailable(self.settings, "redis does not answer")
+        if content is None:
+            return _json(404, "not found")
+        return web.Response(body=content, content_type="text/plain")
 
     async def _readyz(self, request: web.BaseRequest) -> web.Response:
         if await self.queue.ping():

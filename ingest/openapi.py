@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from ingest import verification
 from ingest.settings import Settings
 
 _FORM = "application/x-www-form-urlencoded"
@@ -85,10 +86,44 @@ def _probe() -> dict[str, Any]:
             "responses": {"200": _ok("Ok", "always")}}
 
 
+_VERIFICATION_NAME = {"type": "string", "pattern": f"^{verification.NAME.pattern}$"}
+_VERIFICATION_TEXT = {"text/plain": {"schema": {"type": "string"}}}
+
+
+def _verification_file() -> dict[str, Any]:
+    """GET /{file}: a URL verification file stored with `ingest verify-url` (no auth)."""
+    return {
+        "summary": "A URL verification file Copernica fetches (stored with `ingest verify-url`)",
+        "parameters": [{"name": "file", "in": "path", "required": True, "description": "smtpeter-xxxxx.txt",
+                        "schema": _VERIFICATION_NAME}],
+        "responses": {
+            "200": {"description": "the stored file, byte for byte", "content": _VERIFICATION_TEXT},
+            "404": _error("no such file stored"),
+            "503": _error("Redis does not answer", retry=True),
+        },
+    }
+
+
+def _probe_or_file() -> dict[str, Any]:
+    """GET /copernica/{token}: the probe, or a verification file when the segment is such a name."""
+    return {
+        "summary": "The endpoint exists; or, for a smtpeter-xxxxx.txt segment, a URL verification file",
+        "parameters": [{"name": "token", "in": "path", "required": True,
+                        "description": "a secret token, or a verification file name (no auth needed)",
+                        "schema": {"type": "string", "pattern": "^[A-Za-z0-9._~-]+$"}}],
+        "responses": {
+            "200": {"description": "probe answer (JSON), or the stored verification file (text)",
+                    "content": {_JSON: {"schema": {"$ref": "#/components/schemas/Ok"}}, **_VERIFICATION_TEXT}},
+            "404": _error("a verification file name that is not stored"),
+            "503": _error("Redis does not answer (verification file names only)", retry=True),
+        },
+    }
+
+
 def build(settings: Settings) -> dict[str, Any]:
     """The OpenAPI document for these settings."""
     copernica = {"get": _probe(), "post": _post(settings, False)}
-    with_token = {"get": _probe(), "post": _post(settings, True)}
+    with_token = {"get": _probe_or_file(), "post": _post(settings, True)}
     return {
         "openapi": "3.0.3",
         "info": {"title": "copernica-ingest receiver", "version": "1",
@@ -96,6 +131,7 @@ def build(settings: Settings) -> dict[str, Any]:
         "paths": {
             "/copernica": copernica,
             "/copernica/{token}": with_token,
+            "/{file}": {"get": _verification_file()},
             "/healthz": {"get": {"summary": "The process runs", "responses": {"200": _ok("Ok", "running")}}},
             "/readyz": {"get": {"summary": "Redis answers", "responses": {
                 "200": _ok("Ready", "Redis answers"), "503": _error("Redis does not answer", retry=True)}}},

@@ -9,12 +9,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import redis
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import negative_data_rejection
 
-from ingest import openapi
+from ingest import openapi, verification
 from ingest.settings import Settings
 from tests.processes import ingest_env, receiver
 
@@ -77,7 +78,22 @@ def validate(case: Any) -> None:
 
 def test_receiver_keeps_to_its_description(open_url: str) -> None:
     ran = run_schemathesis(open_url, validate)
-    assert {"POST /copernica", "POST /copernica/{token}", "GET /copernica", "GET /readyz"} <= set(ran)
+    assert {"POST /copernica", "POST /copernica/{token}", "GET /copernica", "GET /readyz",
+            "GET /copernica/{token}", "GET /{file}"} <= set(ran)
+
+
+def test_served_verification_file_keeps_to_its_description(open_url: str, redis_url: str) -> None:
+    """Generated names are almost never stored: this one is, so the 200 (text) answer is checked too."""
+    conn = redis.Redis.from_url(redis_url)
+    try:
+        verification.store(conn, "smtpeter-openapi.txt", b"code 123\n")
+        schema = schemathesis.openapi.from_url(f"{open_url}/openapi.json")
+        for path, parameter in (("/{file}", "file"), ("/copernica/{token}", "token")):
+            case = schema[path]["GET"].Case(path_parameters={parameter: "smtpeter-openapi.txt"})
+            assert case.call_and_validate().content == b"code 123\n"
+    finally:
+        conn.hdel(verification.REDIS_KEY, "smtpeter-openapi.txt")
+        conn.close()
 
 
 def test_token_protected_receiver_keeps_to_its_description(token_url: str) -> None:
