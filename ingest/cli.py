@@ -109,7 +109,7 @@ Handler = Callable[[Settings, argparse.Namespace], int]
 # Command groups kept in modules of their own: each module has `register(subparsers)` that adds
 # its sub-commands with `set_defaults(handler=...)`. Keep their top-level imports light.
 COMMAND_MODULES: tuple[str, ...] = ("ingest.commands_events", "ingest.commands_backfill", "ingest.commands_ops",
-                                   "ingest.commands_retention", "ingest.commands_verify")
+                                   "ingest.commands_retention", "ingest.commands_verify", "ingest.commands_webhooks")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,9 +2,10 @@
 
 Bad input (a date, a type, a missing file or token) ends with one line and exit code 2. A run
 shows one progress bar on stderr and a summary table on stdout; it exits 1 when a file
-failed (reconcile: also when events had been missing), 130 when interrupted. Ctrl-C or
-SIGTERM stop after the current batch (a second Ctrl-C aborts at once); what was stored is
-committed, and a rerun finishes the rest.
+failed (reconcile: also when events had been missing) or its times are in another zone than
+COPERNICA_TIMEZONE / --timezone (one line naming the zone; nothing of that file stored), 130
+when interrupted. Ctrl-C or SIGTERM stop after the current batch (a second Ctrl-C aborts at
+once); what was stored is committed, and a rerun finishes the rest.
 """
 
 from __future__ import annotations
@@ -45,13 +46,14 @@ def _handler(func: Callable[[Settings, argparse.Namespace], int]) -> Callable[[S
     def run(settings: Settings, args: argparse.Namespace) -> int:
         from workers.backfill import BackfillError
         from workers.copernica_api import AuthError
+        from workers.zonecheck import ZoneMismatch
 
         try:
             return func(settings, args)
         except (BadInput, BackfillError) as exc:
             print(f"ingest: {exc}", file=sys.stderr)
             return EXIT_USAGE
-        except AuthError as exc:
+        except (AuthError, ZoneMismatch) as exc:
             print(f"ingest: {exc}", file=sys.stderr)
             return EXIT_FAILED
 
@@ -69,12 +71,27 @@ def parse_day(text: str, option: str) -> date:
         raise BadInput(f"{option} {text!r} is not a valid date") from None
 
 
-def parse_types(text: str | None) -> list[str]:
-    from workers.backfill import check_types, default_types
+def parse_types(text: str | None) -> list[str] | None:
+    """The `--types` asked for; None (not given): every event log type a day lists."""
+    from workers.backfill import check_types
 
     if text is None:
-        return default_types()
+        return None
     return check_types(text.split(","))
+
+
+def parse_timezone(args: argparse.Namespace, settings: Settings) -> str:
+    """`--timezone` when given (for this run), else COPERNICA_TIMEZONE."""
+    import zoneinfo
+
+    name = getattr(args, "timezone", None)
+    if name is None:
+        return settings.copernica_timezone
+    try:
+        zoneinfo.ZoneInfo(name.strip())
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise BadInput(f"--timezone {name!r} is not an IANA time zone (e.g. UTC, Europe/Amsterdam)") from None
+    return name.strip()
 
 
 def parse_format(text: str) -> str:
@@ -110,13 +127,9 @@ def _connect(settings: Settings) -> psycopg.Connection:
 
 
 def _client(settings: Settings, stop: threading.Event) -> CopernicaClient:
-    from workers.copernica_api import CopernicaClient, RetryPolicy
+    from workers.copernica_api import client_from_settings
 
-    if not settings.copernica_access_token:
-        raise BadInput("COPERNICA_ACCESS_TOKEN is not set (a REST API access token from the Copernica dashboard)")
-    policy = RetryPolicy(retries=settings.copernica_retries, base_delay=settings.copernica_retry_delay)
-    return CopernicaClient(settings.copernica_access_token, settings.copernica_api_url,
-                           settings.copernica_auth_url, policy=policy, stop=stop)
+    return client_from_settings(settings, stop)
 
 
 @contextlib.contextmanager
@@ -241,10 +254,12 @@ def _summary_table(summary: RunSummary, title: str) -> int:
 
 @_handler
 def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
+    from workers.backfill import Run
     from workers.backfill_runs import backfill, date_range, follow, today_in
 
     types = parse_types(args.types)
     fmt = parse_format(args.format)
+    tz = parse_timezone(args, settings)
     if args.batch_size <= 0:
         raise BadInput("--batch-size must be positive")
     if args.follow:
@@ -254,7 +269,7 @@ def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
         if not args.since:
             raise BadInput("--since YYYY-MM-DD is required (or --follow)")
         since = parse_day(args.since, "--since")
-        until = parse_day(args.until, "--until") if args.until else today_in(settings.copernica_timezone)
+        until = parse_day(args.until, "--until") if args.until else today_in(tz)
         if since > until:
             raise BadInput(f"--since {since} is after --until {until}")
     with _stop_on_signals() as stop:
@@ -262,13 +277,12 @@ def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
         conn = _connect(settings)
         try:
             with _progress() as bar:
+                run = Run(conn, tz, stop=stop, reporter=bar, batch_size=args.batch_size,  # type: ignore[arg-type]
+                          client=client, fmt=fmt)
                 if args.follow:
-                    summary = follow(conn, client, types, fmt, settings.copernica_timezone, interval=args.interval,
-                                     max_polls=args.max_polls, batch_size=args.batch_size, stop=stop, reporter=bar)
+                    summary = follow(run, types, interval=args.interval, max_polls=args.max_polls)
                 else:
-                    summary = backfill(conn, client, date_range(since, until), types, fmt,
-                                       settings.copernica_timezone, force=args.force, batch_size=args.batch_size,
-                                       stop=stop, reporter=bar)
+                    summary = backfill(run, date_range(since, until), types, force=args.force)
         finally:
             conn.close()
     if args.follow:
@@ -279,9 +293,10 @@ def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
 
 @_handler
 def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
-    from workers.backfill import import_files, plan_import
+    from workers.backfill import Run, import_files, plan_import
 
     fmt = parse_format(args.format) if args.format else None
+    tz = parse_timezone(args, settings)
     planned = plan_import(args.paths, args.type, fmt)
     if args.batch_size <= 0:
         raise BadInput("--batch-size must be positive")
@@ -289,8 +304,8 @@ def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
         conn = _connect(settings)
         try:
             with _progress() as bar:
-                summary = import_files(conn, planned, settings.copernica_timezone, batch_size=args.batch_size,
-                                       stop=stop, reporter=bar)
+                summary = import_files(Run(conn, tz, stop=stop, reporter=bar,  # type: ignore[arg-type]
+                                           batch_size=args.batch_size), planned)
         finally:
             conn.close()
     return _summary_table(summary, "import")
@@ -300,18 +315,21 @@ def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
     from rich.table import Table
 
+    from workers.backfill import Run
     from workers.backfill_runs import reconcile
 
     day = parse_day(args.date, "--date")
     types = parse_types(args.types)
     fmt = parse_format(args.format)
+    tz = parse_timezone(args, settings)
     with _stop_on_signals() as stop:
         client = _client(settings, stop)
         conn = _connect(settings)
         try:
             with _progress() as bar:
-                counts, summary = reconcile(conn, client, day, types, fmt, settings.copernica_timezone,
-                                            batch_size=args.batch_size, stop=stop, reporter=bar)
+                run = Run(conn, tz, stop=stop, reporter=bar, batch_size=args.batch_size,  # type: ignore[arg-type]
+                          client=client, fmt=fmt)
+                counts, summary = reconcile(run, day, types)
         finally:
             conn.close()
     missing = sum(c.added for c in counts)
@@ -357,7 +375,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     backfill.add_argument("--since", metavar="YYYY-MM-DD", help="first day to backfill")
     backfill.add_argument("--until", metavar="YYYY-MM-DD", help="last day (default: today, Copernica's zone)")
     backfill.add_argument("--types", metavar="T1,T2",
-                          help="log types, comma-separated (default: every cdm-* event log)")
+                          help="log types, comma-separated (default: every cdm-*/pom-* event log the day lists)")
     backfill.add_argument("--format", default="json", metavar="json|csv|xml", help="download format (default json)")
     backfill.add_argument("--force", action="store_true", help="read completed files again too")
     backfill.add_argument("--follow", action="store_true",
@@ -367,6 +385,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     backfill.add_argument("--max-polls", type=int, default=None, help=argparse.SUPPRESS)
     backfill.add_argument("--batch-size", type=int, default=5000, metavar="N",
                           help="events stored per transaction (default 5000)")
+    _timezone_option(backfill)
     backfill.set_defaults(handler=cmd_backfill)
 
     imp = sub.add_parser("import", help="store events from logfiles downloaded by hand", description=(
@@ -377,6 +396,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     imp.add_argument("--format", metavar="json|csv|xml", help="format of every file (default: by extension or content)")
     imp.add_argument("--batch-size", type=int, default=5000, metavar="N",
                      help="events stored per transaction (default 5000)")
+    _timezone_option(imp)
     imp.set_defaults(handler=cmd_import)
 
     rec = sub.add_parser("reconcile", help="check a day against Copernica's logfiles; store what is missing",
@@ -385,8 +405,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "already stored (webhooks, earlier runs), how many were missing and are now added. "
         "Exit code 1 when anything had been missing or a file could not be fetched."))
     rec.add_argument("--date", required=True, metavar="YYYY-MM-DD", help="the day to check")
-    rec.add_argument("--types", metavar="T1,T2", help="log types, comma-separated (default: every cdm-* event log)")
+    rec.add_argument("--types", metavar="T1,T2",
+                     help="log types, comma-separated (default: every cdm-*/pom-* event log the day lists)")
     rec.add_argument("--format", default="json", metavar="json|csv|xml", help="download format (default json)")
     rec.add_argument("--batch-size", type=int, default=5000, metavar="N", help=argparse.SUPPRESS)
     rec.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _timezone_option(rec)
     rec.set_defaults(handler=cmd_reconcile)
+
+
+def _timezone_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--timezone", metavar="ZONE", help=(
+        "zone of the logfiles' times for this run (default: COPERNICA_TIMEZONE). Before a file is stored its "
+        "first records are checked against stored webhooks; a file in another zone is refused, naming the zone"))

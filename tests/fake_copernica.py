@@ -44,30 +44,38 @@ COLUMNS: dict[str, tuple[str, ...]] = {
                   "countryname", "regioncode", "city", "profile", "subprofile", "template"),
     "cdm-error": ("id", "time", "type", "status", "description", "code", "email", "tags", "senderdomain",
                   "profile", "subprofile", "template"),
+    "pom-deliveries": ("id", "time", "attempts", "email", "tags", "senderdomain", "groupid", "profile",
+                       "subprofile", "template", "document"),
+    "pom-clicks": ("id", "time", "ip", "header", "email", "tags", "countrycode", "countryname", "regioncode", "city",
+                   "linkinfo", "senderdomain", "groupid", "profile", "subprofile", "template", "document"),
 }
+COLUMNS["pom-delivery"] = COLUMNS["pom-deliveries"]  # some pages name the file so
 # The webhook `type` of each log, for tests that send the same events as webhooks.
-WEBHOOK_TYPE = {"cdm-impression": "open", "cdm-click": "click", "cdm-delivery": "delivery", "cdm-error": "failure"}
+WEBHOOK_TYPE = {"cdm-impression": "open", "cdm-click": "click", "cdm-delivery": "delivery", "cdm-error": "failure",
+                "pom-clicks": "click", "pom-deliveries": "delivery"}
 
 
-def local_time(unix: int) -> str:
-    return datetime.fromtimestamp(unix, ZONE).strftime("%Y-%m-%d %H:%M:%S")
+def local_time(unix: int, zone: zoneinfo.ZoneInfo = ZONE) -> str:
+    return datetime.fromtimestamp(unix, zone).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def make_records(log_type: str, day: date, count: int, *, seed: int = 0, start_hour: int = 8) -> list[dict]:
-    """`count` plausible records of `log_type` on `day` (Amsterdam time), one every 7 seconds."""
+def make_records(log_type: str, day: date, count: int, *, seed: int = 0, start_hour: int = 8,
+                 zone: zoneinfo.ZoneInfo = ZONE, step: int = 7) -> list[dict]:
+    """`count` plausible records of `log_type` on `day` (Amsterdam time), one every `step`
+    seconds; `time` written in `zone` (a logfile in another zone than Copernica's)."""
     base = int(datetime(day.year, day.month, day.day, start_hour, tzinfo=ZONE).timestamp())
     records = []
     for n in range(count):
-        unix = base + 7 * n
+        unix = base + step * n
         values = {
-            "id": f"m{seed}x{log_type[4:]}{n:06d}", "time": local_time(unix), "_unix": unix,
+            "id": f"m{seed}x{log_type[4:]}{n:06d}", "time": local_time(unix, zone), "_unix": unix,
             "ip": f"192.0.2.{n % 250 + 1}", "header": "Mozilla/5.0 (X11)", "email": f"user{n}@example.com",
             "tags": "news;weekly", "countrycode": "NL", "countryname": "Netherlands", "regioncode": "NH",
             "city": "Amsterdam", "senderdomain": "mail.example.com", "profile": str(1000 + n), "subprofile": "",
             "template": "17", "linkinfo": str(500 + n % 9), "attempts": "1", "type": "hard",
             "status": "5.1.1", "description": "user unknown", "code": "550", "mailingid": "42",
             "profileid": str(1000 + n), "subprofileid": "", "databaseid": "3", "collectionid": "",
-            "templateid": "17",
+            "templateid": "17", "groupid": "5", "document": "9",
         }
         records.append({c: values[c] for c in COLUMNS[log_type]} | {"_unix": unix})
     return records
@@ -76,7 +84,7 @@ def make_records(log_type: str, day: date, count: int, *, seed: int = 0, start_h
 def webhook_fields(log_type: str, record: dict) -> dict[str, Any]:
     """The webhook Copernica would have posted for the same event."""
     fields = {"id": record["id"], "type": WEBHOOK_TYPE[log_type], "time": str(record["_unix"]),
-              "timestamp": record["time"], "recipient": record["email"], "tags": record.get("tags", "")}
+              "timestamp": local_time(record["_unix"]), "recipient": record["email"], "tags": record.get("tags", "")}
     if "ip" in record:
         fields["ip"] = record["ip"]
         fields["useragent"] = record["header"]
@@ -108,8 +116,114 @@ class Hit:
     authorization: str | None
 
 
+# --- webhooks (REST v4: GET /v4/webhooks paged, POST /v4/webhooks, DELETE /v4/webhook/{id}) ---------
+# Kept apart from the logfile part above: FakeCopernica mixes it in. Scripted failures match
+# "<METHOD> <path>", so fail("POST /v4/webhooks", ...) hits only creations and fail("/v4/webhooks", ...)
+# every method.
+
+WEBHOOK_TRIGGERS = ("create", "update", "delete", "click", "delivery", "open", "bounce", "failure")
+
+
+class FakeWebhooks:
+    webhook_page_limit = 1000  # the most items per page the fake gives (Copernica: start/limit <= 1000)
+
+    def init_webhooks(self) -> None:
+        self.webhooks: dict[int, dict[str, Any]] = {}  # id -> as GET shows it
+        self.webhook_bodies: list[Any] = []  # every POST body as received
+        self._webhook_ids = itertools.count(1894)
+
+    def add_webhook(self, handler: str, trigger: str, **extra: Any) -> int:
+        webhook_id = next(self._webhook_ids)
+        self.webhooks[webhook_id] = {"ID": str(webhook_id), "handler": handler, "trigger": trigger,
+                                     "callers": extra.pop("callers", ["ms", "publisher"]), **extra}
+        return webhook_id
+
+    def webhook_hits(self) -> list[Hit]:
+        return [h for h in self.hits if "/v4/webhook" in h.path]  # type: ignore[attr-defined]
+
+    async def _webhook_gate(self, request: web.Request) -> web.StreamResponse | None:
+        self._hit(request)  # type: ignore[attr-defined]
+        if not self._authorised(request):  # type: ignore[attr-defined]
+            return web.json_response({"error": {"message": "Invalid access token"}}, status=401)
+        action = self._next_action(f"{request.method} {request.path}")  # type: ignore[attr-defined]
+        if action is None:
+            return None
+        if isinstance(action, tuple):
+            status, retry_after = action
+            return web.json_response({"error": "slow down"}, status=status, headers={"Retry-After": str(retry_after)})
+        if action == "drop":
+            assert request.transport is not None
+            request.transport.abort()
+            return web.Response(status=500)  # never reaches the client
+        return web.Response(status=int(action), text="Loadbalancer Error")
+
+    async def list_webhooks(self, request: web.Request) -> web.StreamResponse:
+        refused = await self._webhook_gate(request)
+        if refused is not None:
+            return refused
+        try:
+            start, limit = int(request.query.get("start", 0)), int(request.query.get("limit", 100))
+        except ValueError:
+            return web.json_response({"error": {"message": "bad start or limit"}}, status=400)
+        if start < 0 or not 0 < limit <= 1000:
+            return web.json_response({"error": {"message": "start/limit out of range"}}, status=400)
+        items = [self.webhooks[k] for k in sorted(self.webhooks)]
+        page = items[start:start + min(limit, self.webhook_page_limit)]
+        return web.json_response({"start": start, "limit": limit, "count": len(page), "total": len(items),
+                                  "data": page})
+
+    async def create_webhook(self, request: web.Request) -> web.StreamResponse:
+        refused = await self._webhook_gate(request)
+        if refused is not None:
+            return refused
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            return web.json_response({"error": {"message": "body is not JSON"}}, status=400)
+        self.webhook_bodies.append(body)
+        problem = _webhook_problem(body)
+        if problem:
+            return web.json_response({"error": {"message": problem}}, status=400)
+        webhook_id = self.add_webhook(body["handler"], body["trigger"],
+                                      **{k: v for k, v in body.items() if k not in ("handler", "trigger")})
+        return web.Response(headers={"X-Created": str(webhook_id), "Location": f"{request.url}/{webhook_id}"})
+
+    async def delete_webhook(self, request: web.Request) -> web.StreamResponse:
+        refused = await self._webhook_gate(request)
+        if refused is not None:
+            return refused
+        raw = request.match_info["id"]
+        if not raw.isdigit() or int(raw) not in self.webhooks:
+            return web.json_response({"error": {"message": "webhook not found"}}, status=404)
+        del self.webhooks[int(raw)]
+        return web.Response(status=204)
+
+    def add_webhook_routes(self, app: web.Application) -> None:
+        app.router.add_get("/v4/webhooks", self.list_webhooks)
+        app.router.add_post("/v4/webhooks", self.create_webhook)
+        app.router.add_delete("/v4/webhook/{id}", self.delete_webhook)
+
+
+def _webhook_problem(body: Any) -> str | None:
+    """Why Copernica would refuse this POST body, or None (copernica.md section 1)."""
+    if not isinstance(body, dict):
+        return "expected an object"
+    if not isinstance(body.get("handler"), str) or not body["handler"].startswith(("http://", "https://")):
+        return "handler must be a URL"
+    if body.get("trigger") not in WEBHOOK_TRIGGERS:
+        return "unknown trigger"
+    callers = body.get("callers", ["ms", "publisher"])
+    if not isinstance(callers, list) or not callers or not set(callers) <= {"ms", "publisher"}:
+        return "callers must be a list of ms, publisher"
+    for key in ("database", "collection"):
+        if key in body and (not isinstance(body[key], int) or isinstance(body[key], bool)):
+            return f"{key} must be a numeric id"
+    unknown = set(body) - {"handler", "trigger", "callers", "database", "collection"}
+    return f"unknown fields {sorted(unknown)}" if unknown else None
+
+
 @dataclass
-class FakeCopernica:
+class FakeCopernica(FakeWebhooks):
     token: str = field(default_factory=lambda: "tok-" + secrets.token_hex(12))
     auth_shape: str = "object"  # object | string | bare
     jwt_exp: bool = True  # put `exp` in the JWT payload
@@ -131,6 +245,7 @@ class FakeCopernica:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
+        self.init_webhooks()
 
     # --- set-up -------------------------------------------------------------------------------
 
@@ -283,7 +398,7 @@ class FakeCopernica:
         log = self.files.get(request.match_info["name"])
         if log is None:
             return web.json_response({"error": {"message": "no such logfile"}}, status=404)
-        since = request.query.get("from")
+        since = request.query.get("from") if request.match_info["fmt"] != "csv" else None  # as documented
         body = self.render(log, request.match_info["fmt"], int(since) if since else None)
         scripted = await self._scripted(request, body)
         if scripted is not None:
@@ -304,6 +419,7 @@ class FakeCopernica:
         app.router.add_post("/authenticate", self.authenticate)
         app.router.add_get("/v4/logfiles", self.logfiles)
         app.router.add_get("/v4/logfile/{name}/{fmt}", self.logfile)
+        self.add_webhook_routes(app)
         return app
 
     # --- lifecycle ----------------------------------------------------------------------------

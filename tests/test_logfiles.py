@@ -67,7 +67,8 @@ def test_documented_column_order() -> None:
         "groupid", "profile", "subprofile", "template", "document")
     assert LOG_COLUMNS["pom-clicks-old"] == tuple(c for c in LOG_COLUMNS["pom-clicks"] if c != "linkinfo")
     assert LOG_COLUMNS["feedback-loop-errors"] == ("time", "response", "recipient", "header")
-    assert len(LOG_COLUMNS) == 18
+    assert LOG_COLUMNS["pom-delivery"] == LOG_COLUMNS["pom-deliveries"]  # both names are in use
+    assert len(LOG_COLUMNS) == 19
 
 
 LAYOUTS = [pytest.param(t, f, id=f"{t}-{f}") for t in EVENT_LOGS for f in LOG_FORMATS]

@@ -12,7 +12,10 @@ last batch committed. A run killed at any point has stored whole batches and not
 rerun reads the file again and the already stored events are no-ops (`ON CONFLICT DO NOTHING`).
 Rejected records are keyed on the file's first start time, so a rerun does not double them.
 
-The REST download, the list of files and `--follow` are in `workers.backfill_runs`.
+Before a file is stored its first records are checked against the webhooks already stored
+(`workers.zonecheck`): logfile times in another zone than COPERNICA_TIMEZONE would key every
+event apart from its webhook. A run's shared pieces (connection, zone, progress, ...) travel
+in one `Run`. The REST download, the list of files and `--follow` are in `workers.backfill_runs`.
 """
 
 from __future__ import annotations
@@ -23,17 +26,20 @@ import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import psycopg
 
-from workers import store
+from workers import store, zonecheck
 from workers.envelope import Envelope
 from workers.logfiles import LOG_COLUMNS, log_type_from_name, read_records
 from workers.model import Event, from_logfile, is_event_log
 from workers.parsing import Unparseable
+
+if TYPE_CHECKING:
+    from workers.copernica_api import CopernicaClient
 
 log = logging.getLogger("workers.backfill")
 
@@ -52,8 +58,9 @@ class Stopped(Exception):
 
 
 def default_types() -> list[str]:
-    """Every Marketing Suite (`cdm-*`) log that holds events."""
-    return [name for name in LOG_COLUMNS if name.startswith("cdm-") and is_event_log(name)]
+    """Every log that holds events: Marketing Suite (`cdm-*`) and Publisher (`pom-*`); not
+    `feedback-loop-errors`. What a run without `--types` takes of the files a day lists."""
+    return [name for name in LOG_COLUMNS if name.startswith(("cdm-", "pom-")) and is_event_log(name)]
 
 
 def check_types(types: Sequence[str]) -> list[str]:
@@ -100,6 +107,26 @@ class Reporter:
 
     def file_finished(self, result: FileResult) -> None:
         """A file is done, skipped or failed."""
+
+
+@dataclass(slots=True)
+class Run:
+    """What the steps of one run (backfill, import, --follow, reconcile) share."""
+
+    conn: psycopg.Connection
+    tz: str  # the zone logfile times are read in: COPERNICA_TIMEZONE or --timezone
+    stop: threading.Event = field(default_factory=threading.Event)
+    reporter: Reporter = field(default_factory=Reporter)
+    batch_size: int = BATCH_SIZE
+    client: CopernicaClient | None = None  # REST runs
+    fmt: str = "json"  # download format of REST runs
+    tmp_dir: str | None = None  # where downloads are spooled
+    zone_checked: set[str] = field(default_factory=set)  # files already checked (`--follow`: once each)
+
+    def api(self) -> CopernicaClient:
+        if self.client is None:
+            raise RuntimeError("this run has no REST client")
+        return self.client
 
 
 @dataclass(slots=True)
@@ -277,21 +304,34 @@ class _Writer:
             raise error
 
 
+def check_zone(run: Run, stream: BinaryIO, source: Source) -> None:
+    """Raise `zonecheck.ZoneMismatch` when the file's times are in another zone than `run.tz`
+    (see `workers.zonecheck`). Once per file and run; the stream is rewound."""
+    if source.name in run.zone_checked:
+        return
+    run.zone_checked.add(source.name)
+    verdict = zonecheck.check(run.conn, stream, source.log_type, source.fmt, run.tz)
+    stream.seek(0)
+    if verdict.mismatch:
+        raise zonecheck.ZoneMismatch(source.label, run.tz, verdict)
+
+
 def store_records(
-    conn: psycopg.Connection,
+    run: Run,
     stream: BinaryIO,
     source: Source,
     file_row: FileRow,
-    tz: str,
     result: FileResult,
     *,
-    batch_size: int = BATCH_SIZE,
-    stop: threading.Event | None = None,
-    reporter: Reporter | None = None,
+    after: int | None = None,
 ) -> FileResult:
     """Read every record of `stream` and store it in batches; counts go to `result` and, in the
     same transaction as each batch, to the file's progress row. Raises `Stopped` once the
-    current batch is committed when `stop` is set. Returns only after every batch committed."""
+    current batch is committed when `run.stop` is set. Returns only after every batch committed.
+
+    `after` (unix seconds) skips the head of the file up to the first event later than that:
+    what `?from=` does on the server, for a whole file downloaded again (CSV, `--follow`)."""
+    conn, tz, reporter, stop = run.conn, run.tz, run.reporter, run.stop
     received = file_row.started_at
     received_ts = received.timestamp()
     content_type = CONTENT_TYPES.get(source.fmt, "application/octet-stream")
@@ -316,13 +356,15 @@ def store_records(
         result.rejected += part.rejected
         if batch.newest is not None:
             result.cursor = max(result.cursor or 0, batch.newest)
-        if reporter is not None:
-            reporter.records(len(batch))
+        reporter.records(len(batch))
 
     writer = _Writer(flush)
     batch = _Batch()
+    records = _records(stream, source)
+    if after is not None:
+        records = _after(records, source.log_type, tz, received, after)
     try:
-        for record in _records(stream, source):
+        for record in records:
             if record.fields is None:
                 batch.rejects.append(store.Rejected(envelope(record.line, record.raw),
                                                     record.error or "unreadable record", "logfile"))
@@ -340,10 +382,10 @@ def store_records(
                     batch.raws.append((record.line, record.raw))
                     seconds = int(event.occurred_at.timestamp())
                     batch.newest = seconds if batch.newest is None else max(batch.newest, seconds)
-            if len(batch) >= batch_size:
+            if len(batch) >= run.batch_size:
                 writer.put(batch)
                 batch = _Batch()
-                if stop is not None and stop.is_set():
+                if stop.is_set():
                     raise Stopped()
         if len(batch):
             writer.put(batch)
@@ -354,6 +396,21 @@ def store_records(
 
 def _records(stream: BinaryIO, source: Source) -> Iterator:
     return read_records(stream, source.log_type, source.fmt)
+
+
+def _after(records: Iterator, log_type: str, tz: str, received: datetime, after: int) -> Iterator:
+    """The records from the first event later than `after` on (a logfile is written in time
+    order; what comes after that point is all kept, late records included)."""
+    for record in records:
+        if record.fields is not None:
+            try:
+                occurred = from_logfile(record.fields, log_type, tz, received).occurred_at
+            except Exception:  # not an event: skipped like the rest of the head
+                continue
+            if occurred.timestamp() > after:
+                yield record
+                break
+    yield from records
 
 
 # --- import of files downloaded by hand ---------------------------------------------------------
@@ -405,18 +462,11 @@ def plan_import(paths: Sequence[str], log_type: str | None, fmt: str | None) -> 
     return planned
 
 
-def import_files(
-    conn: psycopg.Connection,
-    planned: Sequence[tuple[Path, Source]],
-    tz: str,
-    *,
-    batch_size: int = BATCH_SIZE,
-    stop: threading.Event | None = None,
-    reporter: Reporter | None = None,
-) -> RunSummary:
+def import_files(run: Run, planned: Sequence[tuple[Path, Source]]) -> RunSummary:
     """Store files read from disk. Every file is read (importing twice is harmless: the second
-    time everything is a duplicate); progress is kept in `backfill_files` as `origin='import'`."""
-    reporter = reporter or Reporter()
+    time everything is a duplicate); progress is kept in `backfill_files` as `origin='import'`.
+    Raises `zonecheck.ZoneMismatch` (the file's failure recorded, nothing of it stored)."""
+    conn, reporter = run.conn, run.reporter
     summary = RunSummary()
     reporter.add_files(len(planned))
     for path, source in planned:
@@ -426,8 +476,13 @@ def import_files(
         row = begin_file(conn, source.origin, source.name, source.log_type, source.fmt, source.log_date)
         try:
             with open(path, "rb") as stream:
-                store_records(conn, stream, source, row, tz, result, batch_size=batch_size, stop=stop,
-                              reporter=reporter)
+                check_zone(run, stream, source)
+                store_records(run, stream, source, row, result)
+        except zonecheck.ZoneMismatch as exc:
+            result.status, result.error = "failed", str(exc)
+            fail_file(conn, row.id, result.error)
+            reporter.file_finished(result)
+            raise
         except Stopped:
             result.status = "stopped"
             fail_file(conn, row.id, "interrupted")
@@ -442,7 +497,3 @@ def import_files(
             result.status = "done"
         reporter.file_finished(result)
     return summary
-
-
-def now_utc() -> datetime:
-    return datetime.now(UTC)

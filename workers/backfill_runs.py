@@ -4,36 +4,39 @@ Each logfile is streamed to a temporary file first and read from there: a connec
 midway is retried from the start by the client (`workers.copernica_api`) before a single record
 is stored, so a download is never half-stored because the network hiccuped, and memory stays
 bounded whatever the file size. A file that still fails is reported failed; the run goes on.
+A file whose times are in another zone than the run's (`workers.zonecheck`) ends the run.
+
+`?from=` is documented for JSON and XML downloads only: `--follow` with CSV downloads the whole
+file each poll and skips, on this side, what it had already stored.
 """
 
 from __future__ import annotations
 
 import logging
 import tempfile
-import threading
 import zoneinfo
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
-import psycopg
-
 from workers.backfill import (
-    BATCH_SIZE,
     FileResult,
-    Reporter,
+    Run,
     RunSummary,
     Source,
     Stopped,
     begin_file,
+    check_zone,
     date_from_name,
+    default_types,
     fail_file,
     find_file,
     finish_file,
     store_records,
 )
-from workers.copernica_api import ApiError, AuthError, CopernicaClient, Interrupted
+from workers.copernica_api import FROM_FORMATS, ApiError, AuthError, CopernicaClient, Interrupted
 from workers.logfiles import log_type_from_name
+from workers.zonecheck import ZoneMismatch
 
 log = logging.getLogger("workers.backfill")
 
@@ -57,49 +60,46 @@ class RemoteFile:
     log_date: date | None
 
 
-def list_files(client: CopernicaClient, days: Sequence[date], types: Sequence[str],
+def list_files(client: CopernicaClient, days: Sequence[date], types: Sequence[str] | None,
                summary: RunSummary) -> list[RemoteFile]:
-    """The logfiles of each day and type. A listing that fails is a failed entry in the summary
-    (the run goes on); names of another type than asked for are ignored."""
+    """The logfiles of each day and type; `types` None: every file a day lists whose type holds
+    events (`default_types`), in one listing per day. A listing that fails is a failed entry in
+    the summary (the run goes on); names of another type than asked for are ignored."""
     found: list[RemoteFile] = []
     seen: set[str] = set()
+    known = set(default_types())
     for day in days:
-        for log_type in types:
+        for log_type in types if types is not None else [None]:
             try:
                 names = client.list_logfiles(day.isoformat(), log_type)
             except AuthError:
                 raise
             except ApiError as exc:
-                log.error("listing %s of %s failed: %s", log_type, day, exc)
-                summary.files.append(FileResult(f"{log_type} {day} (list)", log_type, day, "failed", error=str(exc)))
+                what = log_type or "logfiles"
+                log.error("listing %s of %s failed: %s", what, day, exc)
+                summary.files.append(FileResult(f"{what} {day} (list)", log_type or "*", day, "failed", error=str(exc)))
                 continue
             for name in names:
-                if name in seen or log_type_from_name(name) != log_type:
+                kind = log_type_from_name(name)
+                if log_type is None and kind is None:
+                    log.info("%s: not a logfile type this version reads; skipped", name)
+                if name in seen or kind not in known or (log_type is not None and kind != log_type):
                     continue
                 seen.add(name)
-                found.append(RemoteFile(name, log_type, date_from_name(name) or day))
+                found.append(RemoteFile(name, kind, date_from_name(name) or day))
     return found
 
 
-def fetch_file(
-    conn: psycopg.Connection,
-    client: CopernicaClient,
-    remote: RemoteFile,
-    fmt: str,
-    tz: str,
-    *,
-    force: bool = False,
-    since: int | None = None,
-    batch_size: int = BATCH_SIZE,
-    stop: threading.Event,
-    reporter: Reporter,
-    tmp_dir: str | None = None,
-) -> FileResult:
+def fetch_file(run: Run, remote: RemoteFile, *, force: bool = False, since: int | None = None) -> FileResult:
     """Download one logfile and store it. Skipped when already complete (unless `force`).
     Complete only when the day is over in Copernica's zone (today's file still grows).
-    Raises AuthError (nothing else can work) and Stopped; other failures are in the result."""
+    `since` (`--follow`): only the records after that unix time, asked with `?from=` (JSON,
+    XML) or skipped here (CSV). Raises AuthError (nothing else can work), ZoneMismatch (the
+    file's failure recorded) and Stopped; other failures are in the result."""
+    conn, reporter = run.conn, run.reporter
     result = FileResult(remote.name, remote.log_type, remote.log_date)
     follow = since is not None
+    ranged = follow and run.fmt in FROM_FORMATS  # the server sends only the tail
     if not force and not follow:
         row = find_file(conn, "api", remote.name)
         if row is not None and row.completed_at is not None:
@@ -107,19 +107,20 @@ def fetch_file(
             reporter.file_finished(result)
             return result
     reporter.file_started(remote.name)
-    row = begin_file(conn, "api", remote.name, remote.log_type, fmt, remote.log_date, reset=not follow)
-    source = Source("api", remote.name, remote.name, remote.log_type, fmt, remote.log_date, with_lines=not follow)
+    row = begin_file(conn, "api", remote.name, remote.log_type, run.fmt, remote.log_date, reset=not follow)
+    source = Source("api", remote.name, remote.name, remote.log_type, run.fmt, remote.log_date, with_lines=not ranged)
     try:
-        with tempfile.TemporaryFile(prefix="copernica-", dir=tmp_dir) as tmp:
-            client.download(remote.name, fmt, tmp, since=since)
+        with tempfile.TemporaryFile(prefix="copernica-", dir=run.tmp_dir) as tmp:
+            run.api().download(remote.name, run.fmt, tmp, since=since if ranged else None)
             tmp.seek(0)
-            store_records(conn, tmp, source, row, tz, result, batch_size=batch_size, stop=stop, reporter=reporter)
+            check_zone(run, tmp, source)
+            store_records(run, tmp, source, row, result, after=since if follow and not ranged else None)
     except (Stopped, Interrupted):
         result.status = "stopped"
         fail_file(conn, row.id, "interrupted")
         reporter.file_finished(result)
         raise Stopped() from None
-    except AuthError as exc:
+    except (AuthError, ZoneMismatch) as exc:
         result.status, result.error = "failed", str(exc)
         fail_file(conn, row.id, str(exc))
         reporter.file_finished(result)
@@ -133,7 +134,7 @@ def fetch_file(
         log.error("%s failed: %s", remote.name, result.error)
         fail_file(conn, row.id, result.error)
     else:
-        complete = remote.log_date is not None and remote.log_date < today_in(tz)
+        complete = remote.log_date is not None and remote.log_date < today_in(run.tz)
         finish_file(conn, row.id, complete=complete)
         result.status = "done" if complete or follow else "partial"
         if result.rejected:
@@ -142,52 +143,29 @@ def fetch_file(
     return result
 
 
-def backfill(
-    conn: psycopg.Connection,
-    client: CopernicaClient,
-    days: Sequence[date],
-    types: Sequence[str],
-    fmt: str,
-    tz: str,
-    *,
-    force: bool = False,
-    batch_size: int = BATCH_SIZE,
-    stop: threading.Event,
-    reporter: Reporter | None = None,
-) -> RunSummary:
-    """List and store every logfile of `days` x `types`. Completed files are skipped unless `force`."""
-    reporter = reporter or Reporter()
+def backfill(run: Run, days: Sequence[date], types: Sequence[str] | None, *, force: bool = False) -> RunSummary:
+    """List and store every logfile of `days` x `types` (None: every event log listed).
+    Completed files are skipped unless `force`. Raises AuthError and ZoneMismatch."""
+    client = run.api()
     summary = RunSummary()
     try:
         remotes = list_files(client, days, types, summary)
-        reporter.add_files(len(remotes))
+        run.reporter.add_files(len(remotes))
         for remote in remotes:
-            summary.files.append(fetch_file(conn, client, remote, fmt, tz, force=force, batch_size=batch_size,
-                                            stop=stop, reporter=reporter))
+            summary.files.append(fetch_file(run, remote, force=force))
     except (Stopped, Interrupted):
         summary.stopped = True
     summary.retries = client.retried
     return summary
 
 
-def follow(
-    conn: psycopg.Connection,
-    client: CopernicaClient,
-    types: Sequence[str],
-    fmt: str,
-    tz: str,
-    *,
-    interval: float,
-    max_polls: int | None = None,
-    batch_size: int = BATCH_SIZE,
-    stop: threading.Event,
-    reporter: Reporter | None = None,
-) -> RunSummary:
-    """Poll today's logfiles every `interval` seconds and store the records not seen yet,
-    asking only for those after the newest time seen (`?from=`, kept in `follow_cursor`).
+def follow(run: Run, types: Sequence[str] | None, *, interval: float, max_polls: int | None = None) -> RunSummary:
+    """Poll today's logfiles every `interval` seconds and store the records not seen yet: those
+    after the newest time seen (kept in `follow_cursor`), asked with `?from=` (JSON, XML) or
+    picked from the whole file (CSV). Each file's zone is checked once, at its first download.
     Around midnight yesterday's files are polled once more for their last records. Runs until
     `stop` is set (or `max_polls`, for tests). Failures of one poll are logged, the next retries."""
-    reporter = reporter or Reporter()
+    client, conn, stop, tz = run.api(), run.conn, run.stop, run.tz
     totals: dict[str, FileResult] = {}
     summary = RunSummary()
     polls = 0
@@ -203,8 +181,7 @@ def follow(
                 row = find_file(conn, "api", remote.name)
                 cursor = row.follow_cursor if row is not None else None
                 since = max(0, cursor - FOLLOW_OVERLAP) if cursor is not None else 0
-                result = fetch_file(conn, client, remote, fmt, tz, since=since, batch_size=batch_size,
-                                    stop=stop, reporter=reporter)
+                result = fetch_file(run, remote, since=since)
                 poll.files.append(result)
         except (Stopped, Interrupted):
             break
@@ -242,23 +219,11 @@ class TypeCount:
     failed: int = 0  # files that could not be fetched
 
 
-def reconcile(
-    conn: psycopg.Connection,
-    client: CopernicaClient,
-    day: date,
-    types: Sequence[str],
-    fmt: str,
-    tz: str,
-    *,
-    batch_size: int = BATCH_SIZE,
-    stop: threading.Event,
-    reporter: Reporter | None = None,
-) -> tuple[list[TypeCount], RunSummary]:
+def reconcile(run: Run, day: date, types: Sequence[str] | None) -> tuple[list[TypeCount], RunSummary]:
     """Read every logfile of `day` again (completed or not) and store what is missing; count per
     type what the logfiles hold, what was already stored, what was added."""
-    summary = backfill(conn, client, [day], types, fmt, tz, force=True, batch_size=batch_size, stop=stop,
-                       reporter=reporter)
-    counts = {t: TypeCount(t) for t in types}
+    summary = backfill(run, [day], types, force=True)
+    counts = {t: TypeCount(t) for t in types or ()}
     for result in summary.files:
         count = counts.setdefault(result.log_type, TypeCount(result.log_type))
         count.files += 1

@@ -7,6 +7,9 @@ and sent as `Authorization: Bearer`. A 401 from the API renews it once per reque
 Robustness: 429, 502, 503, 504 and dropped or timed-out connections are retried with
 exponential back-off and jitter, never sooner than `Retry-After` says, up to `retries` times;
 then `RetriesExhausted` is raised and the caller decides (the backfill fails that one file).
+A call that creates something (`idempotent=False`) is sent again only when the first try
+certainly did nothing (429, 503, a refused connection): anything else might have been carried
+out, so it is raised for the caller to check instead of being repeated.
 
 Secrets: neither the access token nor the JWT ever appear in a log line or an exception
 message; text that comes back from the server is scrubbed of both before it is shown.
@@ -22,6 +25,7 @@ import email.utils
 import http.client
 import logging
 import random
+import socket
 import threading
 import time
 import urllib.error
@@ -29,17 +33,24 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO
+from email.message import Message
+from typing import TYPE_CHECKING, BinaryIO
 
 import orjson
+
+if TYPE_CHECKING:
+    from ingest.settings import Settings
 
 log = logging.getLogger("workers.copernica_api")
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
+UNDONE_STATUSES = frozenset({429, 503})  # rate limit, load balancer: the request did nothing
 JWT_LIFETIME = 24 * 3600  # documented lifetime when the JWT carries no `exp`
 JWT_MARGIN = 60  # renew this many seconds before the JWT expires
 CHUNK = 1 << 16
 USER_AGENT = "copernica-ingest/0.1"
+# `?from=` is documented for these download formats only; for CSV the whole file comes back.
+FROM_FORMATS = frozenset({"json", "xml"})
 
 
 class ApiError(Exception):
@@ -230,9 +241,11 @@ class CopernicaClient:
         *,
         authenticated: bool = True,
         on_retry: Callable[[], None] | None = None,
+        idempotent: bool = True,
     ) -> object:
         """Send a request and consume its answer, retrying transient failures. `consume` runs
         inside the retry loop, so a connection dropped mid-body retries the whole request."""
+        unsure = "; it may have been carried out all the same: check before trying again"
         renewed = False
         attempt = 0
         while True:
@@ -257,10 +270,14 @@ class CopernicaClient:
                     raise AuthError(message, status) from None
                 if status not in RETRY_STATUSES:
                     raise ApiError(f"{what}: HTTP {status}{detail}", status) from None
+                if not idempotent and status not in UNDONE_STATUSES:
+                    raise ApiError(f"{what}: HTTP {status}{detail}{unsure}", status) from None
                 problem = f"HTTP {status}"
             except (urllib.error.URLError, http.client.HTTPException, OSError, _Truncated) as exc:
                 status = None
                 problem = self.scrub(_describe(exc))
+                if not idempotent and not _never_sent(exc):
+                    raise ApiError(f"{what}: {problem}{unsure}") from None
             if attempt >= self.policy.retries:
                 raise RetriesExhausted(f"{what}: {problem}, still failing after {attempt} retries", status)
             delay = self.policy.backoff(attempt, retry_after)
@@ -306,19 +323,42 @@ class CopernicaClient:
 
         return self._get(path, params, f"GET /{path}", consume)
 
-    # --- logfiles -----------------------------------------------------------------------------
-
-    def _list(self, params: dict[str, str | int]) -> list[str]:
-        """All items of a listing, following `start`/`total` when the answer is paged."""
-        found: list[str] = []
+    def paged(self, path: str, params: dict[str, str | int] | None = None) -> list:
+        """All items of a listing: a plain list, or pages (`{"start","limit","count","total","data"}`)
+        followed by `start`/`limit` (at most 1000) until `total` is reached."""
+        params = dict(params or {})
+        found: list = []
         while True:
-            answer = self.get_json("logfiles", params or None)
+            answer = self.get_json(path, params or None)
             items = _items(answer)
-            found.extend(str(v) for v in items if isinstance(v, str | int) and str(v))
+            found.extend(items)
             total = answer.get("total") if isinstance(answer, dict) else None
             if not items or not isinstance(total, int) or len(found) >= total:
                 return found
-            params = {**params, "start": len(found), "limit": 1000}
+            params = {**params, "start": len(found), "limit": PAGE_LIMIT}
+
+    def send_json(self, method: str, path: str, payload: object | None = None, *,
+                  idempotent: bool = True) -> Answer:
+        """`method` on `path` with an optional JSON body; the (small) answer read whole.
+        `idempotent=False` for calls that create something (see the module's docstring)."""
+        url = f"{self.api_url}/{path.lstrip('/')}"
+        body = None if payload is None else orjson.dumps(payload)
+        extra = {"Content-Type": "application/json"} if body is not None else {}
+
+        def consume(resp: http.client.HTTPResponse) -> Answer:
+            return Answer(resp.status, resp.headers, _read_all(resp, 1 << 20))
+
+        return self._with_retries(  # type: ignore[return-value]
+            method, url, f"{method} /{path.lstrip('/')}",
+            lambda: self._open(method, url, body, {"Authorization": f"Bearer {self._bearer()}", **extra}),
+            consume, idempotent=idempotent,
+        )
+
+    # --- logfiles -----------------------------------------------------------------------------
+
+    def _list(self, params: dict[str, str | int]) -> list[str]:
+        """All names of a logfile listing."""
+        return [str(v) for v in self.paged("logfiles", params) if isinstance(v, str | int) and str(v)]
 
     def list_dates(self) -> list[str]:
         """Dates (YYYY-MM-DD) for which Copernica holds logfiles."""
@@ -346,7 +386,10 @@ class CopernicaClient:
 
         The body is written chunk by chunk, never held whole. A connection dropped midway (or a
         body shorter than its Content-Length) starts the download again from an empty `dest`.
-        `since` asks only for records after that unix time (`?from=`)."""
+        `since` asks only for records after that unix time (`?from=`): JSON and XML only
+        (`FROM_FORMATS`); with CSV it is a ValueError, the caller filters the whole file."""
+        if since is not None and fmt not in FROM_FORMATS:
+            raise ValueError(f"?from= is not documented for {fmt} downloads")
         quoted = urllib.parse.quote(name, safe="")
         path = f"logfile/{quoted}/{fmt}"
         params: dict[str, str | int] | None = {"from": int(since)} if since is not None else None
@@ -379,6 +422,36 @@ class CopernicaClient:
 
 class _Truncated(Exception):
     """A body that ended before its Content-Length: treated as a dropped connection."""
+
+
+PAGE_LIMIT = 1000  # the most items Copernica gives per page
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A small answer read whole (POST, DELETE): status, headers, body."""
+
+    status: int
+    headers: Message
+    body: bytes
+
+
+def client_from_settings(settings: Settings, stop: threading.Event | None = None) -> CopernicaClient:
+    """The client every command uses: token, URLs and retries from the settings. No token is a
+    usage error (exit 2), raised before any request."""
+    from ingest.settings import SettingsError
+
+    if not settings.copernica_access_token:
+        raise SettingsError("COPERNICA_ACCESS_TOKEN is not set (a REST API access token from the Copernica dashboard)")
+    policy = RetryPolicy(retries=settings.copernica_retries, base_delay=settings.copernica_retry_delay)
+    return CopernicaClient(settings.copernica_access_token, settings.copernica_api_url,
+                           settings.copernica_auth_url, policy=policy, stop=stop)
+
+
+def _never_sent(exc: BaseException) -> bool:
+    """A failure that happened before the request left: connection refused, unknown host."""
+    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    return isinstance(reason, ConnectionRefusedError | socket.gaierror)
 
 
 def _read_all(resp: http.client.HTTPResponse, limit: int) -> bytes:
