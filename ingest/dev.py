@@ -1,7 +1,9 @@
 """`ingest dev`: the whole stack on one machine, in one command.
 
 Starts the embedded Valkey and PostgreSQL (unless REDIS_URL / DATABASE_URL point elsewhere),
-migrates, then runs the receiver, one worker and rq-dashboard as child processes. Ctrl-C or
+migrates, then runs the receiver, one worker and rq-dashboard as child processes. Anyone may
+post (INGEST_AUTH=none) unless INGEST_AUTH is set, so the receiver listens on 127.0.0.1 unless
+INGEST_HOST is set; the banner says both. Ctrl-C or
 SIGTERM stops everything in order; every child also dies with this process (PR_SET_PDEATHSIG),
 so a `kill -9` leaves nothing running and the next start finds its ports free.
 """
@@ -13,6 +15,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,7 +27,6 @@ from ingest.embedded import (
     StopSignals,
     _die_with_parent,
     prune_stale,
-    wait_for_port,
 )
 from ingest.settings import Settings
 
@@ -73,11 +75,23 @@ class Stack:
         self.servers.clear()
 
 
-def _auth_chosen() -> bool:
-    """INGEST_AUTH set in the environment or in .env (else `ingest dev` uses `none`)."""
+def _chosen(var: str) -> bool:
+    """`var` set in the environment or in .env (else `ingest dev` picks its own default)."""
     from ingest.settings import _read_dotenv
 
-    return bool(os.environ.get("INGEST_AUTH") or _read_dotenv().get("INGEST_AUTH"))
+    return bool(os.environ.get(var) or _read_dotenv().get(var))
+
+
+def _wait_for_receiver(host: str, port: int, process: subprocess.Popen[bytes], timeout: float = 30) -> bool:
+    """True once the receiver accepts connections on `host` (any address it listens on)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            socket.create_connection((host, port), timeout=0.2).close()
+            return True
+        except OSError:
+            time.sleep(0.05)
+    return False
 
 
 def run_dev(settings: Settings, *, redis_port: int = 16379, postgres_port: int = 15432,
@@ -103,9 +117,13 @@ def run_dev(settings: Settings, *, redis_port: int = 16379, postgres_port: int =
         apply_migrations(database_url)
 
         env = {**os.environ, **settings.to_env(), "REDIS_URL": redis_url, "DATABASE_URL": database_url}
-        # On one's own machine anyone may post, unless INGEST_AUTH says otherwise (said at start).
-        env["INGEST_AUTH"] = auth = str(settings.auth) if _auth_chosen() else "none"
+        # On one's own machine anyone may post, unless INGEST_AUTH says otherwise; so by default
+        # only this machine can reach the receiver, unless INGEST_HOST says otherwise (said at start).
+        env["INGEST_AUTH"] = auth = str(settings.auth) if _chosen("INGEST_AUTH") else "none"
         anyone = " (anyone; set INGEST_AUTH to require a signature or token)" if auth == "none" else ""
+        env["INGEST_HOST"] = listen = settings.host if _chosen("INGEST_HOST") else "127.0.0.1"
+        reach = (" (this machine only; set INGEST_HOST=0.0.0.0 to take calls from the network)"
+                 if listen in ("127.0.0.1", "::1", "localhost") else " (reachable from the network)")
         python = sys.executable
         stack.spawn("receiver", [python, "-m", "ingest", "serve"], env)
         stack.spawn("worker", [python, "-m", "ingest", "worker"], env)
@@ -113,13 +131,15 @@ def run_dev(settings: Settings, *, redis_port: int = 16379, postgres_port: int =
         if dashboard:
             stack.spawn("dashboard", [dashboard, "--redis-url", redis_url, "--port", str(dashboard_port),
                                       "--bind", "127.0.0.1"], env)
-        if not wait_for_port(settings.port, stack.children["receiver"]):
+        host = "127.0.0.1" if listen in ("0.0.0.0", "::") else listen
+        if not _wait_for_receiver(host, settings.port, stack.children["receiver"]):
             log.error("the receiver did not start")
             return 1
-        host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+        shown = f"[{host}]" if ":" in host else host
         print(
             "\ncopernica-ingest is running (Ctrl-C stops everything)\n"
-            f"  webhook URL    http://{host}:{settings.port}/copernica\n"
+            f"  webhook URL    http://{shown}:{settings.port}/copernica\n"
+            f"  listening on   INGEST_HOST={listen}{reach}\n"
             f"  who may post   INGEST_AUTH={auth}{anyone}\n"
             f"  dashboard      http://127.0.0.1:{dashboard_port}/\n"
             f"  database URL   {database_url}\n"

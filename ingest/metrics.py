@@ -70,6 +70,14 @@ ENQUEUE_SECONDS = Histogram(
 ENQUEUE_FAILURES = PromCounter(
     f"{PREFIX}_enqueue_failed_batches", "Batches Redis did not take (their calls were answered 503).",
     registry=REGISTRY)
+REFUSED_CONNECTIONS = PromCounter(
+    f"{PREFIX}_connections_refused",
+    "Connections answered 503 and closed at once: INGEST_MAX_CONNECTIONS were open (ingest.connections).",
+    registry=REGISTRY)
+HEAD_TIMEOUTS = PromCounter(
+    f"{PREFIX}_head_timeouts",
+    "Connections closed because a request's line and headers took longer than INGEST_HEAD_TIMEOUT.",
+    registry=REGISTRY)
 PENDING = Gauge(
     f"{PREFIX}_pending_calls", "Calls of this process waiting for their batch's Redis write.",
     registry=REGISTRY)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from ingest.app import Receiver
+from ingest.connections import GuardedServer, descriptor_room
 from ingest.embedded import StopSignals
 from ingest.settings import Settings
 
@@ -53,12 +54,16 @@ async def _serve(settings: Settings, host: str, port: int, reuse_port: bool) -> 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     receiver = Receiver(settings)
-    server = web.Server(
+    server = GuardedServer(
         receiver.handle, **receiver.server_options(), access_log=None,
-        # Hostile input (issue 6): an idle or never-finished request head is closed after
-        # keepalive_timeout (longer than nginx's upstream keepalive, so nginx never reuses a closing
-        # connection); a stalled body gets 408 after INGEST_BODY_TIMEOUT (app.py); oversized request
-        # lines, headers or header counts get aiohttp's 400. No access log: targets may hold a token.
+        # Hostile input (issues 6, 14): a request head not finished within INGEST_HEAD_TIMEOUT is
+        # closed, and past INGEST_MAX_CONNECTIONS a new connection gets 503 (ingest.connections); an
+        # idle keep-alive connection is closed after keepalive_timeout (longer than nginx's upstream
+        # keepalive, so nginx never reuses a closing connection); a stalled body gets 408 after
+        # INGEST_BODY_TIMEOUT (app.py); oversized request lines, headers or header counts get
+        # aiohttp's 400. No access log: targets may hold a token.
+        head_timeout=settings.head_timeout, max_connections=descriptor_room(settings.max_connections),
+        retry_after=settings.retry_after,
         keepalive_timeout=75, max_line_size=8190, max_field_size=8190, max_headers=128,
     )
     runner = web.ServerRunner(server, shutdown_timeout=SHUTDOWN_SECONDS)

@@ -32,9 +32,21 @@ def processes_using(path: Path) -> list[int]:
     return found
 
 
+def listening_addresses(port: int) -> set[str]:
+    """Local addresses (hex, as /proc/net/tcp writes them) listening on `port`."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            address, _, hex_port = fields[1].partition(":")
+            if int(hex_port, 16) == port and fields[3] == "0A":  # 0A: LISTEN
+                found.add(address)
+    return found
+
+
 def start_dev(data_dir: Path, ports: dict[str, int]) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("INGEST_", "REDIS_URL", "DATABASE_URL"))}
-    env.update(INGEST_DATA_DIR=str(data_dir), INGEST_PORT=str(ports["http"]), INGEST_HOST="127.0.0.1")
+    env.update(INGEST_DATA_DIR=str(data_dir), INGEST_PORT=str(ports["http"]))  # INGEST_HOST unset
     return subprocess.Popen(
         [sys.executable, "-m", "ingest", "dev", "--redis-port", str(ports["redis"]), "--postgres-port",
          str(ports["pg"]), "--dashboard-port", str(ports["dash"])],
@@ -62,6 +74,9 @@ def test_dev_stack_end_to_end(tmp_path: Path) -> None:
     try:
         banner = wait_for_banner(proc)
         assert f"http://127.0.0.1:{ports['http']}/copernica" in banner
+        # INGEST_AUTH=none in dev, so only this machine may reach it unless INGEST_HOST says otherwise.
+        assert "INGEST_HOST=127.0.0.1 (this machine only" in banner
+        assert listening_addresses(ports["http"]) == {"0100007F"}
         assert f"http://127.0.0.1:{ports['dash']}/" in banner
         database_url = f"postgresql://postgres@127.0.0.1:{ports['pg']}/ingest"
         assert database_url in banner

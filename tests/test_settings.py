@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
-from ingest.settings import SPEC, Settings, SettingsError
+from ingest.settings import SECRETS, SPEC, Settings, SettingsError
 
 
 def test_defaults() -> None:
@@ -55,3 +57,58 @@ def test_dotenv_is_read_and_environment_wins(tmp_path: Path, monkeypatch: pytest
 def test_require_names_the_missing_setting() -> None:
     with pytest.raises(SettingsError, match="DATABASE_URL is not set"):
         Settings.from_env({}, dotenv=False).require("database_url")
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_settings_table(text: str) -> dict[str, str]:
+    """The README's settings table (`| `VAR` | default | meaning |` rows under "## Settings"):
+    each variable and its default column as written."""
+    section = text.split("\n## Settings\n", 1)[1].split("\n## ", 1)[0]
+    rows: dict[str, str] = {}
+    for line in section.splitlines():
+        match = re.fullmatch(r"\| `([A-Z][A-Z0-9_]*)` \| (.+?) \| .+ \|", line.strip())
+        if match:
+            assert match[1] not in rows, f"{match[1]} is in the README's settings table twice"
+            rows[match[1]] = match[2]
+    return rows
+
+
+def shown_default(default: object) -> str:
+    return "(unset)" if default is None else f"`{default}`"
+
+
+def test_readme_settings_table_matches_the_code() -> None:
+    table = readme_settings_table(README.read_text())
+    assert len(table) > 10  # the table was found and parsed
+    in_code = {var: shown_default(default) for _attr, var, _cast, default, _doc in SPEC}
+    assert sorted(set(in_code) - set(table)) == [], "settings missing from the README's table"
+    assert sorted(set(table) - set(in_code)) == [], "README rows that are no setting"
+    wrong = {var: (table[var], shown) for var, shown in in_code.items() if table[var] != shown}
+    assert wrong == {}, "README default differs from the code's (README, code)"
+
+
+def test_every_setting_is_declared_once_with_its_parts() -> None:
+    names = [f.name for f in fields(Settings)]
+    assert [attr for attr, *_ in SPEC] == names
+    assert len({var for _attr, var, *_ in SPEC}) == len(SPEC)  # no variable read twice
+    for attr, var, cast, default, doc in SPEC:
+        assert callable(cast) and doc.strip(), var
+        assert getattr(Settings(), attr) == default  # the dataclass default is the setting's default
+        if default is not None:  # the default survives its own cast, as it would if written out
+            assert cast(str(default)) == default, var
+    assert {"COPERNICA_ACCESS_TOKEN", "INGEST_TOKENS"} == SECRETS
+    shown = repr(Settings.from_env({"INGEST_TOKENS": "t" * 20, "COPERNICA_ACCESS_TOKEN": "secret-token"},
+                                   dotenv=False))
+    assert "t" * 20 not in shown and "secret-token" not in shown
+
+
+def test_connection_bounds_settings() -> None:
+    s = Settings.from_env({}, dotenv=False)
+    assert (s.head_timeout, s.max_connections) == (10.0, 4096)
+    s = Settings.from_env({"INGEST_HEAD_TIMEOUT": "2.5", "INGEST_MAX_CONNECTIONS": "100"}, dotenv=False)
+    assert (s.head_timeout, s.max_connections) == (2.5, 100)
+    for var, value in (("INGEST_HEAD_TIMEOUT", "0"), ("INGEST_MAX_CONNECTIONS", "-1")):
+        with pytest.raises(SettingsError, match=f"^{var}="):
+            Settings.from_env({var: value}, dotenv=False)
