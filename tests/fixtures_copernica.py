@@ -7,6 +7,10 @@ import csv
 import io
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from email.message import EmailMessage, Message
+from email.mime.message import MIMEMessage
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
 from typing import Any
 from urllib.parse import quote_plus
 from xml.sax.saxutils import escape
@@ -23,6 +27,7 @@ OCCURRED = datetime(2026, 11, 26, 12, 0, 1, tzinfo=UTC)
 LOCAL = "2026-11-26 13:00:01"
 RECEIVED = 1795694405.25
 MESSAGE = "b4icbaqjswyrb7tc"
+UNSUBSCRIBE = "u8731"  # an unsubscribe webhook's own id (not a message id)
 
 # Every normalised column and its value when a payload does not fill it.
 NORMALISED: dict[str, Any] = {
@@ -77,6 +82,68 @@ def _case(name: str, form: dict[str, Any], expected: dict[str, Any], *numeric: s
     return Case(name, form, _numbers(form, *numeric), expected)
 
 
+# --- returned messages (a bounce webhook's `mime`), built with the stdlib as mail servers send them ---
+
+def _original(size: int = 20_000) -> EmailMessage:
+    """The newsletter that came back (large: returned messages carry it whole)."""
+    message = EmailMessage()
+    message["From"], message["To"], message["Subject"] = "news@example.com", "a@example.com", "Weekly news"
+    message.set_content("Hello Ann,\n" + "news " * (size // 5))
+    return message
+
+
+def reply(subject: str, body: str, **headers: str) -> str:
+    """A reply to the newsletter, with `headers` (keyword `x_autoreply` -> `X-Autoreply`)."""
+    message = EmailMessage()
+    message["From"], message["To"], message["Subject"] = "a@example.com", "bounces@example.com", subject
+    for name, value in headers.items():
+        message[name.replace("_", "-")] = value
+    message.set_content(body)
+    return message.as_string()
+
+
+def out_of_office() -> str:
+    return reply("Automatic reply: Weekly news", "I am away until Monday.", auto_submitted="auto-replied")
+
+
+def report(report_type: str, fields: list[dict[str, str]], *, part_type: str, **headers: str) -> str:
+    """A `multipart/report` (RFC 6522): a human part, the machine-readable part of `part_type` holding
+    `fields` blocks, and the original message."""
+    outer = MIMEMultipart("report", report_type=report_type)
+    outer["From"], outer["To"], outer["Subject"] = "MAILER-DAEMON@mx.example.net", "bounces@example.com", "Report"
+    for name, value in headers.items():
+        outer[name.replace("_", "-")] = value
+    outer.attach(MIMEText("This is an automatically generated report.\n"))
+    blocks = []
+    for values in fields:
+        block = Message()
+        for name, value in values.items():
+            block[name] = value
+        blocks.append(block)
+    machine = Message()
+    machine.set_type(part_type)
+    machine.set_payload(blocks)
+    outer.attach(machine)
+    outer.attach(MIMEMessage(_original()))
+    return outer.as_string()
+
+
+def dsn(status: str = "5.1.1", **headers: str) -> str:
+    """A delivery-status notification (a real bounce) for a@example.com."""
+    return report("delivery-status", [
+        {"Reporting-MTA": "dns; mx.example.net", "Arrival-Date": "Thu, 26 Nov 2026 13:00:01 +0100"},
+        {"Final-Recipient": "rfc822; a@example.com", "Action": "failed", "Status": f"{status} (bad mailbox)",
+         "Diagnostic-Code": f"smtp; 550 {status} user unknown"},
+    ], part_type="message/delivery-status", **headers)
+
+
+def read_receipt() -> str:
+    return report("disposition-notification", [
+        {"Reporting-UA": "mail.example.net", "Final-Recipient": "rfc822; a@example.com",
+         "Original-Message-ID": "<1@example.com>", "Disposition": "manual-action/MDN-sent-manually; displayed"},
+    ], part_type="message/disposition-notification")
+
+
 WEBHOOK_CASES: list[Case] = [
     _case("open", _message("open", ip="192.0.2.1", useragent="Mozilla/5.0", referer="https://mail.example",
                            profile="1001", mailing="42"),
@@ -99,9 +166,9 @@ WEBHOOK_CASES: list[Case] = [
     _case("bounce", _message("bounce", envelope="MAIL FROM:<b@example.net>",
                              mime="From: MAILER-DAEMON\r\nSubject: failure\r\n\r\n" + "x" * 100_000),
           {**_BASE, "event_type": "bounced", "copernica_type": "bounce"}),
-    _case("unsubscribe", {"id": MESSAGE, "type": "unsubscribe", "timestamp": LOCAL, "time": str(TIME),
+    _case("unsubscribe", {"id": UNSUBSCRIBE, "type": "unsubscribe", "timestamp": LOCAL, "time": str(TIME),
                           "database": "5", "profile": "1001", "mailing": "42"},
-          {"message_id": MESSAGE, "event_type": "unsubscribed", "copernica_type": "unsubscribe", "database_id": 5,
+          {"event_type": "unsubscribed", "copernica_type": "unsubscribe", "database_id": 5,
            "profile_id": 1001, "mailing_id": 42}, "database", "profile", "mailing"),
     _case("profile-create", {"type": "create", **_PROFILE_FORM},
           {"event_type": "profile_created", "copernica_type": "create", **_PROFILE_COLS}, "profile", "database"),
@@ -128,6 +195,27 @@ WEBHOOK_CASES: list[Case] = [
                             "rcptto": "a@example.com", "mime": "From: x\r\n\r\nbody", "tags": "news;weekly",
                             "time": str(TIME)},
           {**_BASE, "event_type": "bounced", "copernica_type": ""}),
+    _case("bounce-out-of-office", _message("bounce", envelope="MAIL FROM:<b@example.net>", mime=out_of_office()),
+          {**_BASE, "event_type": "autoresponded", "copernica_type": "bounce"}),
+    _case("bounce-dsn", _message("bounce", envelope="MAIL FROM:<b@example.net>",
+                                 mime=dsn(auto_submitted="auto-replied")),
+          {**_BASE, "event_type": "bounced", "copernica_type": "bounce", "smtp_status": "5.1.1"}),
+    _case("legacy-bounce-vacation", {"id": MESSAGE, "recipient": "a@example.com", "mailfrom": "b@example.net",
+                                     "rcptto": "a@example.com", "tags": "news;weekly", "time": str(TIME),
+                                     "mime": reply("Vacation", "On holiday.", x_autoreply="yes")},
+          {**_BASE, "event_type": "autoresponded", "copernica_type": ""}),
+    _case("legacy-open", {"id": MESSAGE, "recipient": "a@example.com", "ip": "192.0.2.1", "time": str(TIME),
+                          "useragent": "Mozilla/5.0", "referer": "https://mail.example", "tags": "news;weekly"},
+          {**_BASE, "event_type": "opened", "copernica_type": "", "ip": "192.0.2.1", "user_agent": "Mozilla/5.0"}),
+    # no time field: it happened when it was received
+    _case("legacy-failure", {"id": MESSAGE, "recipient": "a@example.com", "state": "rcpt", "code": "550",
+                             "extended": "5.1.1", "description": "mailbox unknown", "tags": "news;weekly"},
+          {**_BASE, "event_type": "failed", "copernica_type": "", "smtp_code": 550, "smtp_status": "5.1.1",
+           "description": "mailbox unknown", "occurred_at": datetime.fromtimestamp(RECEIVED, UTC)}),
+    _case("legacy-failure-bounce", {"id": MESSAGE, "recipient": "a@example.com", "state": "bounce",
+                                    "code": "552", "description": "over quota", "tags": "news;weekly"},
+          {**_BASE, "event_type": "bounced", "copernica_type": "", "smtp_code": 552, "description": "over quota",
+           "occurred_at": datetime.fromtimestamp(RECEIVED, UTC)}),
     _case("unknown-type", _message("complaint-v2", something="new", nested={"a": "1"}),
           {**_BASE, "event_type": "unknown", "copernica_type": "complaint-v2"}),
 ]

@@ -14,7 +14,7 @@ import pytest
 from psycopg.conninfo import make_conninfo
 from psycopg.types.json import Jsonb
 
-from tests.fixtures_copernica import MESSAGE, OCCURRED, TIME, TZ, WEBHOOK_CASES, log_record, wire
+from tests.fixtures_copernica import MESSAGE, OCCURRED, TIME, TZ, WEBHOOK_CASES, log_record, out_of_office, wire
 from workers import store
 from workers.model import Event, from_logfile, from_webhook
 from workers.reports import MAILING_STATS_COLUMNS, mailing_stats_row
@@ -178,7 +178,8 @@ def test_mailing_stats_resolves_mailing_through_sent(db: psycopg.Connection) -> 
         _log("cdm-impression", id="m2"),
         _hook(type="click", id="m1", ip="192.0.2.1", original="https://x", mailing="42"),
         _hook(type="failure", id="m3", state="bounce"),
-        _hook(type="unsubscribe", id="m2"),
+        _hook(type="unsubscribe", id="u1", profile="1001", mailing="42"),  # its id is its own, not m2's
+        _hook(type="bounce", id="m2", mime=out_of_office()),  # an automatic reply: no bounce
         _log("cdm-abuse", id="m1"),
         _hook(type="failure", id="m4", state="rcpt"),
         _hook(type="open", id="m-unknown", ip="192.0.2.1"),  # no sent event, no mailing: in no row
@@ -188,7 +189,8 @@ def test_mailing_stats_resolves_mailing_through_sent(db: psycopg.Connection) -> 
     row42 = mailing_stats_row(db, 42)
     assert row42 == {
         "mailing_id": 42, "sent": 4, "delivered": 3, "opens": 3, "unique_opens": 2, "clicks": 1,
-        "unique_clicks": 1, "bounces": 1, "failures": 0, "deferrals": 0, "unsubscribes": 1, "complaints": 1,
+        "unique_clicks": 1, "bounces": 1, "autoreplies": 1, "failures": 0, "deferrals": 0, "unsubscribes": 1,
+        "complaints": 1,
         "open_rate": Decimal("0.6667"), "click_rate": Decimal("0.3333"),
     }
     row43 = mailing_stats_row(db, 43)

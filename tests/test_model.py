@@ -16,21 +16,29 @@ from psycopg.rows import dict_row
 
 from tests.checks import store_and_assert_nothing_vanished
 from tests.fixtures_copernica import (
+    LOCAL,
     MESSAGE,
     NORMALISED,
     OCCURRED,
     RECEIVED,
     TIME,
     TZ,
+    UNSUBSCRIBE,
     WEBHOOK_CASES,
     Case,
+    dsn,
     encode_form,
     envelope,
+    log_record,
+    out_of_office,
+    read_receipt,
+    reply,
     wire,
 )
 from workers import store
 from workers.jobs import parse_calls
-from workers.model import VOCABULARY, Event, from_webhook
+from workers.logfiles import log_type_from_name
+from workers.model import VOCABULARY, Event, event_key, from_logfile, from_webhook
 from workers.parsing import parse_body
 
 FORM = "application/x-www-form-urlencoded"
@@ -82,9 +90,10 @@ def test_every_case_stores_with_its_columns(db: psycopg.Connection) -> None:
 
 
 def test_bounce_variants_of_one_message_and_second_are_one_row(db: psycopg.Connection) -> None:
-    """Documented collapse: a failure with state bounce, a bounce and a 2017 bounce, same message
-    and second, are one `bounced` event."""
-    names = {"failure-bounce", "bounce", "legacy-bounce"}
+    """Documented collapse: a failure with state bounce, a bounce, a 2017 bounce and a bounce
+    whose message is a delivery-status report (marked auto-replied too), same message and second,
+    are one `bounced` event."""
+    names = {"failure-bounce", "bounce", "legacy-bounce", "bounce-dsn"}
     events = [from_webhook(c.form, wire(c, "form"), TZ) for c in WEBHOOK_CASES if c.name in names]
     assert len({e.event_key for e in events}) == 1
     assert store.store(db, events).stored == 1
@@ -211,6 +220,140 @@ def test_duplicate_webhook_is_stored_once(db: psycopg.Connection) -> None:
     result = store.store(db, events, rejects, origins)
     assert (result.stored, result.duplicates) == (1, 1)
     assert db.execute("SELECT count(*) FROM events").fetchone()[0] == 1
+
+
+# --- unsubscribes: the webhook's id is its own, the logfile's the message's ---------------------
+
+_RECEIVED_AT = datetime(2026, 11, 27, tzinfo=UTC)
+
+
+def _unsubscribe(**more: Any) -> Event:
+    return build({"id": UNSUBSCRIBE, "type": "unsubscribe", "time": str(TIME), "database": "5", "profile": "1001",
+                  "mailing": "42", **more})
+
+
+def _unsubscribe_log(log_type: str = "cdm-unsubscribe", **values: str) -> Event:
+    return from_logfile(log_record(log_type, **values), log_type, TZ, _RECEIVED_AT)
+
+
+def test_unsubscribe_webhook_id_is_not_a_message_id() -> None:
+    event = _unsubscribe()
+    assert event.message_id is None
+    assert event.payload["id"] == UNSUBSCRIBE
+    assert (event.profile_id, event.mailing_id, event.database_id) == (1001, 42, 5)
+    assert _unsubscribe_log().message_id == MESSAGE  # the logfile's id is the message's
+
+
+@pytest.mark.parametrize("log_type", ["cdm-unsubscribe", "pom-unsubscribes"])
+def test_unsubscribe_webhook_and_logfile_share_a_key(log_type: str) -> None:
+    """Different ids, same profile and second (unix `time` in the webhook, local in the log)."""
+    record = _unsubscribe_log(log_type)
+    assert (record.event_type, record.profile_id, record.occurred_at) == ("unsubscribed", 1001, OCCURRED)
+    assert _unsubscribe().event_key == record.event_key
+    assert _unsubscribe(profile=1001).event_key == record.event_key  # JSON sends a number
+    assert _unsubscribe(id="other").event_key == record.event_key
+
+
+def test_unsubscribe_key_separates_profiles_and_seconds() -> None:
+    key = _unsubscribe().event_key
+    assert _unsubscribe(profile="1002").event_key != key
+    assert _unsubscribe(time=str(TIME + 1)).event_key != key
+    assert _unsubscribe_log(profile="1002").event_key != key
+    assert _unsubscribe_log(time="2026-11-26 13:00:02").event_key != key
+
+
+def test_unsubscribe_without_profile_keys_on_its_id_as_before() -> None:
+    webhook = build({"id": UNSUBSCRIBE, "type": "unsubscribe", "time": str(TIME), "profile": "x"})
+    assert webhook.message_id is None and webhook.profile_id is None
+    assert webhook.event_key == event_key("unsubscribed", UNSUBSCRIBE, OCCURRED, {})  # the message rule
+    record = _unsubscribe_log(profile="")
+    assert record.event_key == event_key("unsubscribed", MESSAGE, OCCURRED, {})
+    assert record.event_key != webhook.event_key  # nothing shared: they cannot meet
+
+
+def test_unsubscribe_webhook_and_logfile_are_one_row_either_order(db: psycopg.Connection) -> None:
+    for first, second in [(_unsubscribe(), _unsubscribe_log()), (_unsubscribe_log("pom-unsubscribes"), _unsubscribe())]:
+        db.execute("TRUNCATE events")
+        assert store.store(db, [first]).stored == 1
+        result = store.store(db, [second])
+        assert (result.stored, result.duplicates) == (0, 1)
+        row = db.execute("SELECT source, message_id, profile_id FROM events").fetchall()
+        assert row == [(first.source, first.message_id, 1001)]
+
+
+# --- 2017 feedback forms (no type) ------------------------------------------------------------------
+
+def test_legacy_open_and_failure_are_recognised() -> None:
+    opened = build({"id": MESSAGE, "recipient": "a@example.com", "ip": "192.0.2.1", "time": str(TIME),
+                    "useragent": "Mozilla/5.0", "referer": "", "tags": "x"})
+    assert (opened.event_type, opened.copernica_type, opened.ip) == ("opened", "", "192.0.2.1")
+    failed = build({"id": MESSAGE, "recipient": "a@example.com", "state": "rcpt", "code": "550",
+                    "extended": "5.1.1", "description": "unknown", "tags": "x"})
+    assert (failed.event_type, failed.smtp_code, failed.smtp_status) == ("failed", 550, "5.1.1")
+    assert failed.occurred_at == datetime.fromtimestamp(RECEIVED, UTC)  # no time field: when received
+    assert build({"ip": "192.0.2.1", "useragent": "x"}).event_type == "unknown"  # no message id: no open
+
+
+def test_legacy_open_meets_its_impression_record() -> None:
+    opened = build({"id": MESSAGE, "recipient": "a@example.com", "ip": "192.0.2.1", "time": str(TIME)})
+    impression = from_logfile(log_record("cdm-impression"), "cdm-impression", TZ, _RECEIVED_AT)
+    assert opened.event_key == impression.event_key
+
+
+@pytest.mark.parametrize("state", ["bounce", "BOUNCE", "rcpt", "data", "", None])
+def test_legacy_failure_is_refined_as_the_failure_webhook_is(state: str | None) -> None:
+    fields = {"id": "m", "recipient": "a@example.com", "code": "550", "time": str(TIME)}
+    if state is not None:
+        fields["state"] = state
+    legacy, webhook = build(fields), build({**fields, "type": "failure"})
+    assert legacy.event_type == webhook.event_type == ("bounced" if state and "bounce" in state.lower() else "failed")
+    assert legacy.event_key == webhook.event_key
+
+
+# --- bounce webhooks that are automatic replies -----------------------------------------------------
+
+@pytest.mark.parametrize(("mime", "expected", "status"), [
+    pytest.param(out_of_office(), "autoresponded", None, id="out-of-office"),
+    pytest.param(reply("Vacation", "Away", x_autoreply="yes"), "autoresponded", None, id="x-autoreply"),
+    pytest.param(reply("Away", "Away", precedence="auto_reply"), "autoresponded", None, id="precedence"),
+    pytest.param(read_receipt(), "autoresponded", None, id="read-receipt"),
+    pytest.param(dsn("5.1.1", auto_submitted="auto-replied"), "bounced", "5.1.1", id="dsn-auto-submitted"),
+    pytest.param(reply("Re: Weekly news", "Please call me."), "bounced", None, id="human-reply"),
+    pytest.param("", "bounced", None, id="no-mime"),
+])
+def test_bounce_webhook_mime_decides(mime: str, expected: str, status: str | None) -> None:
+    event = build({"id": MESSAGE, "type": "bounce", "time": str(TIME), "recipient": "a@example.com", "mime": mime})
+    assert (event.event_type, event.copernica_type, event.smtp_status) == (expected, "bounce", status)
+    assert event.event_type in VOCABULARY
+    assert event.payload["mime"] == mime
+
+
+def test_a_failure_with_state_bounce_is_not_read_as_a_message() -> None:
+    event = build({"id": "m", "type": "failure", "state": "bounce", "mime": out_of_office(), "time": str(TIME)})
+    assert event.event_type == "bounced"
+
+
+def test_a_sent_status_wins_over_the_reports() -> None:
+    event = build({"id": "m", "type": "bounce", "extended": "5.2.2", "mime": dsn("5.1.1"), "time": str(TIME)})
+    assert event.smtp_status == "5.2.2"
+
+
+def test_autoreplies_and_bounces_of_one_message_and_second_are_two_rows(db: psycopg.Connection) -> None:
+    fields = {"id": MESSAGE, "type": "bounce", "time": str(TIME)}
+    events = [build({**fields, "mime": out_of_office()}), build({**fields, "mime": dsn()})]
+    assert [e.event_type for e in events] == ["autoresponded", "bounced"]
+    assert store.store(db, events).stored == 2
+
+
+# --- pom-delivery ----------------------------------------------------------------------------------
+
+def test_pom_delivery_is_pom_deliveries() -> None:
+    assert log_type_from_name("pom-delivery.2026-11-25.log") == "pom-delivery"
+    alias = from_logfile(log_record("pom-delivery"), "pom-delivery", TZ, _RECEIVED_AT)
+    plural = from_logfile(log_record("pom-deliveries"), "pom-deliveries", TZ, _RECEIVED_AT)
+    webhook = build({"id": MESSAGE, "type": "delivery", "time": str(TIME), "timestamp": LOCAL})
+    assert (alias.event_type, alias.copernica_type) == ("delivered", "pom-delivery")
+    assert alias.event_key == plural.event_key == webhook.event_key
 
 
 # --- no call lost (hypothesis, real PostgreSQL) ------------------------------------------------

@@ -53,6 +53,7 @@ LOG_COLUMNS: dict[str, tuple[str, ...]] = {
     "pom-attempts": ("id", "time", "groupid", "mailingid", "profileid", "subprofileid", "databaseid",
                      "collectionid", "senderdomain", "templateid", "documentid", "tags", "email"),
     "pom-deliveries": ("id", "time", "attempts", *_POM_TAIL),
+    "pom-delivery": ("id", "time", "attempts", *_POM_TAIL),  # the name some of Copernica's pages give it
     "pom-impressions": ("id", "time", "ip", "header", "email", "tags", *_GEO, *_POM_TAIL[2:]),
     "pom-clicks": ("id", "time", "ip", "header", "email", "tags", *_GEO, "linkinfo", *_POM_TAIL[2:]),
     "pom-clicks-old": ("id", "time", "ip", "header", "email", "tags", *_GEO, *_POM_TAIL[2:]),

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from workers import fields as fv
+from workers import mime
 from workers.envelope import Envelope
 from workers.parsing import MAX_DEPTH, Unparseable
 
@@ -52,8 +53,12 @@ EVENT_TYPES: dict[str, str] = {
     "delete": "profile_deleted",
 }
 UNKNOWN = "unknown"
-VOCABULARY: frozenset[str] = frozenset(EVENT_TYPES.values()) | {UNKNOWN}
+# Not a type Copernica sends: a `bounce` webhook whose returned message is an automatic reply
+# (out of office, vacation, read receipt; `workers.mime`).
+AUTORESPONDED = mime.AUTORESPONDED
+VOCABULARY: frozenset[str] = frozenset(EVENT_TYPES.values()) | {AUTORESPONDED, UNKNOWN}
 PROFILE_TYPES: frozenset[str] = frozenset({"profile_created", "profile_updated", "profile_deleted"})
+UNSUBSCRIBED = "unsubscribed"
 # Types whose key includes the address the event came from (a person's open or click).
 IP_TYPES: frozenset[str] = frozenset({"opened", "clicked"})
 # Logfiles that hold no events (kept out of `events`).
@@ -115,6 +120,15 @@ def event_key(
 ) -> str:
     """What makes two events the same: the one rule for webhooks and logfiles alike.
 
+    - Unsubscribes (`unsubscribed`) with a profile id (`profile`, `profileid` or `profile_id`,
+      as a number): sha256 of the type, the profile and the occurred second. Not the `id`: the
+      unsubscribe webhook's `id` is the unsubscribe's own, the `cdm-unsubscribe` /
+      `pom-unsubscribes` record's `id` is the message's, so only the profile and the time are
+      shared. What collapses: two unsubscribes of one profile in the same second. Without a
+      profile id they key as message events (below) on whatever `id` they carry
+      (`message_id` here: the caller passes the webhook's own id for the key although the
+      Event's `message_id` stays empty); webhook and logfile then do not meet. Migration 0005
+      re-keyed stored unsubscribes by this rule (the same in SQL).
     - Message events (anything with a message id): sha256 of the normalised type, the message
       id, the occurred second (unix) and, for opens and clicks only, the sender's address
       (canonical form). Not the URL, user agent, tags or recipient, which logfiles carry
@@ -135,15 +149,23 @@ def event_key(
     NOTHING). Message-event keys are built as in the core schema (0001), so rows stored before
     migration 0002 keep matching re-deliveries.
 
+    A `bounce` webhook whose message is an automatic reply is `autoresponded` (its own type,
+    so its own key); bounces stored before that existed stay `bounced`, so such a reply
+    delivered again after the upgrade is a second row.
+
     Where webhook and logfile cannot meet: a click webhook from before 2023 carries no `ip`
-    while the `cdm-click` record does (two rows); logfile times are local, so in the hour a
+    while the `cdm-click` record does (two rows); a 2017 failure form carries no time (keyed
+    on its time of receipt: it meets no `cdm-error` record, nor its own re-delivery); an
+    unsubscribe without a profile id; logfile times are local, so in the hour a
     DST change repeats (autumn, 02:00-03:00 Amsterdam) the first reading is taken and a
     webhook from the second pass keys an hour apart (two rows). Profile events stored before
     migration 0002 keep the payload key they were stored with (0002 re-keys only the failures
     it re-labels `bounced`).
     """
     second = str(int(occurred.timestamp()))
-    if message_id:
+    if event_type == UNSUBSCRIBED and (profile := _profile_id(fields)) is not None:
+        parts = [event_type, "profile", str(profile), second]
+    elif message_id:
         parts = [event_type, message_id, second]
         if event_type in IP_TYPES and ip:
             parts.append(ip)
@@ -157,6 +179,12 @@ def event_key(
     else:
         parts = [event_type, "payload", _canonical(fields)]
     return hashlib.sha256("\x1f".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _profile_id(fields: dict[str, Any]) -> int | None:
+    """The profile id as `_common` reads it into `profile_id` (the column migration 0005 keys on)."""
+    value = _first(fields, *_PROFILE_NAMES)
+    return fv.bigint(value) if value is not None else None
 
 
 _SIZED = (str, list, dict)  # the kinds whose empty value counts as absent
@@ -182,6 +210,8 @@ _COLUMNS: tuple[tuple[str, ...], ...] = (
     ("tags",), ("code",), ("extended", "status"), ("description",),
 )
 _FIRST_NAMES = tuple(names[0] for names in _COLUMNS)
+_PROFILE_NAMES = next(names for names in _COLUMNS if names[0] == "profile")
+_STATUS_COLUMN = 13  # smtp_status's place in what `_common` returns
 _LATER_NAMES = frozenset(name for names in _COLUMNS for name in names[1:])
 
 
@@ -229,19 +259,35 @@ def _webhook_type(fields: dict[str, Any]) -> str:
     return fv.text(fields.get("type")) or fv.text(fields.get("action")) or ""
 
 
-def _refine(event_type: str, fields: dict[str, Any], detail: str | None) -> str:
-    """A failure whose state (webhook) or type (logfile error) says bounce is a bounce."""
+def _refine(event_type: str, detail: str | None) -> str:
+    """A failure whose state (webhook, `failure` or 2017 form) or type (logfile error) says
+    bounce is a bounce.
+
+    Nothing makes a failure `deferred`: Copernica documents no state or type for a temporary
+    failure (`state` is the SMTP phase, or `bounce`), and deferrals arrive only as `*-retry`
+    logfile records. Any word here changes keys (the type is in them), so none is guessed."""
     if event_type == "failed" and detail and "bounce" in detail.lower():
         return "bounced"
     return event_type
 
 
+_LEGACY_FAILURE = ("state", "code", "extended", "description")
+_LEGACY_OPEN = ("ip", "useragent", "referer")
+
+
 def _legacy_type(fields: dict[str, Any]) -> str:
-    """The 2017 "feedback" webhooks send no type: a click has `original`, a bounce `mime`."""
+    """The 2017 "feedback" webhooks send no type: a click has `original`, a bounce `mime`
+    (or `mailfrom`/`rcptto`); with a message `id`, a failure has `state` (or `code`,
+    `extended`, `description`) and an open `ip` (or `useragent`, `referer`)."""
     if "original" in fields:
         return "click"
     if "mime" in fields or "mailfrom" in fields or "rcptto" in fields:
         return "bounce"
+    if "id" in fields:
+        if any(name in fields for name in _LEGACY_FAILURE):
+            return "failure"
+        if any(name in fields for name in _LEGACY_OPEN):
+            return "open"
     return ""
 
 
@@ -250,16 +296,27 @@ def from_webhook(fields: dict[str, Any], envelope: Envelope, tz: str) -> Event:
     is `unknown`, a missing time falls back to the time the call was received.
 
     `copernica_type` is the type as sent (`''` when none was: a 2017 feedback call, whose
-    event type is read from its fields)."""
+    event type is read from its fields). A bounce is `autoresponded` when its `mime` is an
+    automatic reply, and a delivery-status report fills `smtp_status` (`workers.mime`). An
+    unsubscribe's `id` is no message id: `message_id` stays empty (see `event_key`)."""
     copernica_type = _webhook_type(fields)
     kind = copernica_type or _legacy_type(fields)
-    event_type = _refine(normalise_type(kind), fields, fv.text(fields.get("state")))
+    event_type = normalise_type(kind)
     received = datetime.fromtimestamp(envelope.received_at, UTC) if _sane(envelope.received_at) else _EPOCH
     occurred = fv.occurred_at(fields, tz) or received
     message_id = None if event_type in PROFILE_TYPES else fv.text(fields.get("id"), fv.INDEXED_TEXT_MAX)
+    key_id = message_id
     columns = _common(fields)
+    if event_type == "failed":
+        event_type = _refine(event_type, fv.text(fields.get("state")))
+    elif event_type == "bounced":
+        event_type, status = mime.classify(fields.get("mime"))
+        if status is not None and columns[_STATUS_COLUMN] is None:
+            columns = (*columns[:_STATUS_COLUMN], status, *columns[_STATUS_COLUMN + 1:])
+    elif event_type == UNSUBSCRIBED:
+        message_id = None  # the webhook's `id` is the unsubscribe's own (kept in the payload)
     return Event(
-        event_key(event_type, message_id, occurred, fields, ip=columns[1]), event_type, copernica_type,
+        event_key(event_type, key_id, occurred, fields, ip=columns[1]), event_type, copernica_type,
         occurred, received, "webhook", message_id, columns[0], fields, *columns[1:],
         fv.account(_header(envelope.headers, "x-copernica-id")),
     )
@@ -301,7 +358,7 @@ def from_logfile(fields: dict[str, Any], log_type: str, tz: str, received_at: da
     if occurred is None:
         raise Unparseable(f"{prefix} record has no usable time: {fields.get('time')!r}"[:300])
     kind = prefix.split("-", 1)[1] if prefix[:4] in ("cdm-", "pom-") else prefix
-    event_type = _refine(normalise_type(kind), fields, fv.text(fields.get("type")))
+    event_type = _refine(normalise_type(kind), fv.text(fields.get("type")))
     message_id = fv.text(fields.get("id"), fv.INDEXED_TEXT_MAX)
     columns = _common(fields)
     return Event(

@@ -1,4 +1,5 @@
-"""Read-only reports over the stored events (the `mailing_stats` view of migration 0002)."""
+"""Read-only reports over the stored events (the `mailing_stats` view of migration 0002;
+0005 added `autoreplies`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ log = logging.getLogger("workers.reports")
 
 MAILING_STATS_COLUMNS: tuple[str, ...] = (
     "mailing_id", "sent", "delivered", "opens", "unique_opens", "clicks", "unique_clicks", "bounces",
-    "failures", "deferrals", "unsubscribes", "complaints", "open_rate", "click_rate",
+    "autoreplies", "failures", "deferrals", "unsubscribes", "complaints", "open_rate", "click_rate",
 )
 
 
