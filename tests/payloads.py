@@ -1,6 +1,7 @@
-"""Many distinct webhook calls of every type, built from the documented field lists
-(../shared/copernica.md, section 1), for volume tests; tests/fixtures_copernica.py has the
-single cases with the columns each must give, and the form encoding both use."""
+"""Webhook bodies for the tests: one call built from the fields a test names (`webhook_body`,
+`webhook_json`), and many distinct calls of every type built from the documented field lists
+(../shared/copernica.md, section 1), for volume tests. tests/fixtures_copernica.py has the
+single cases with the columns each must give, and the form encoding all use."""
 
 from __future__ import annotations
 
@@ -12,6 +13,19 @@ import orjson
 from tests.fixtures_copernica import encode_form
 
 BASE_TIME = 1795694401  # 2026-11-26 12:00:01 UTC
+FORM = "application/x-www-form-urlencoded"
+JSON = "application/json"
+
+
+def webhook_body(kind: str = "open", /, **fields: object) -> bytes:
+    """A webhook call's body as Copernica posts it by default: form-urlencoded (nested values
+    PHP-style), `type=kind` first, then `fields` in the order given."""
+    return encode_form({"type": kind, **fields})
+
+
+def webhook_json(kind: str = "open", /, **fields: object) -> bytes:
+    """The same call as a JSON body (Copernica's other encoding)."""
+    return orjson.dumps({"type": kind, **fields})
 
 
 def message_id(rng: random.Random) -> str:
@@ -53,8 +67,8 @@ WEBHOOK_TYPES = ("open", "click", "delivery", "failure", "bounce", "unsubscribe"
 def encode(fields: dict[str, object], as_json: bool) -> tuple[bytes, str]:
     """(body, content type) of a call, form-urlencoded or JSON."""
     if as_json:
-        return orjson.dumps(fields), "application/json"
-    return encode_form(fields), "application/x-www-form-urlencoded"
+        return orjson.dumps(fields), JSON
+    return encode_form(fields), FORM
 
 
 def calls(count: int, seed: int = 1) -> list[tuple[dict[str, object], bytes, str]]:

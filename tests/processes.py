@@ -1,14 +1,17 @@
-"""Real `ingest` processes for the tests: start, wait for readiness, stop, and check exits."""
+"""Real `ingest` processes for the tests: start, wait for readiness, stop or kill, and check exits."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from ingest.embedded import free_port, stop_process, wait_for_port
+
+WEBHOOK_PATH = "/copernica"
 
 
 def ingest_env(redis_url: str, database_url: str, **extra: str) -> dict[str, str]:
@@ -22,15 +25,77 @@ def run_ingest(args: list[str], env: dict[str, str], timeout: float = 120) -> su
                           timeout=timeout)
 
 
+class Process:
+    """A real `python -m ingest ...` child that a test may wait for, stop, SIGTERM or SIGKILL.
+    `quiet`: its output is dropped (a worker under a stream of faults logs every retry);
+    otherwise it goes where the test's does (pytest shows it when the test fails)."""
+
+    def __init__(self, args: list[str], env: dict[str, str], *, quiet: bool = True) -> None:
+        self.args, self.env, self.quiet = args, env, quiet
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Process:
+        output = subprocess.DEVNULL if self.quiet else None
+        self.popen = subprocess.Popen([sys.executable, "-m", "ingest", *self.args], env=self.env,
+                                      stdout=output, stderr=output)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None, "not started"
+        return self.popen.pid
+
+    def wait(self, timeout: float) -> int:
+        """Its exit code once it has exited; subprocess.TimeoutExpired after `timeout` seconds."""
+        assert self.popen is not None, "not started"
+        return self.popen.wait(timeout)
+
+    def terminate(self, timeout: float = 60) -> int:
+        """SIGTERM, then its exit code (subprocess.TimeoutExpired if it takes longer)."""
+        assert self.popen is not None, "not started"
+        self.popen.send_signal(signal.SIGTERM)
+        return self.popen.wait(timeout)
+
+    def stop(self) -> None:
+        """A graceful stop: SIGTERM, then SIGKILL if it lingers."""
+        if self.popen is not None:
+            stop_process(self.popen)
+
+    def kill(self) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait()
+
+    def __enter__(self) -> Process:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+
+
+class Receiver(str):
+    """A running `ingest serve`. The string is its base URL (`http://127.0.0.1:PORT`), so it
+    formats and parses as one; `url` is its webhook endpoint, `proc` its `Process`."""
+
+    proc: Process
+
+    @property
+    def url(self) -> str:
+        return self + WEBHOOK_PATH
+
+
 @contextmanager
-def receiver(env: dict[str, str], *args: str) -> Iterator[str]:
-    """A real `ingest serve` on a free port; yields its base URL."""
+def receiver(env: dict[str, str], *args: str, **extra_env: str) -> Iterator[Receiver]:
+    """A real `ingest serve` (with command-line `args`, and `env` plus `extra_env`) on a free
+    port, ready when yielded; stopped gracefully at the end."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "ingest", "serve", "--host", "127.0.0.1", "--port", str(port),
-                             *args], env=env)
+    proc = Process(["serve", "--host", "127.0.0.1", "--port", str(port), *args], {**env, **extra_env},
+                   quiet=False).start()
     try:
-        if not wait_for_port(port, proc, timeout=20):
+        if not wait_for_port(port, proc.popen, timeout=20):
             raise RuntimeError("receiver did not start")
-        yield f"http://127.0.0.1:{port}"
+        running = Receiver(f"http://127.0.0.1:{port}")
+        running.proc = proc
+        yield running
     finally:
-        stop_process(proc)
+        proc.stop()

@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg.rows import dict_row
 
-from workers import store
-from workers.copy_text import EVENT_COLUMNS, copy_line
+from workers import copy_text, store
+from workers.copy_text import COPY_COLUMNS, EVENT_COLUMNS, copy_line
 from workers.model import Event
 
 WHEN = datetime(2026, 11, 26, 12, 0, 1, tzinfo=UTC)
@@ -106,6 +106,22 @@ def test_a_row_is_escaped_only_when_it_needs_it() -> None:
     assert '\t{"a b"}\t' in plain and "\\\\" not in plain
     odd = copy_line(_event(1, description="x\ty\\N"))
     assert "\tx\\ty\\\\N\t" in odd and odd.count("\t") == len(EVENT_COLUMNS) - 1
+
+
+def test_each_value_is_written_in_its_own_column(monkeypatch: pytest.MonkeyPatch) -> None:
+    """copy_line reads the fields by name: with every field a different value, each lands in
+    COPY_COLUMNS' place for it, by the fast way (the general one is not called)."""
+    event = _event(1, ip="192.0.2.1", user_agent="ua", url="https://u.example/", link_id="link", mailing_id=11,
+                   profile_id=12, subprofile_id=13, database_id=14, collection_id=15, template_id=16,
+                   tags=["tag"], smtp_code=550, smtp_status="5.1.1", description="desc", account="acct")
+
+    def general(values: tuple[Any, ...]) -> str:
+        raise AssertionError("the general way was taken")
+
+    monkeypatch.setattr(copy_text, "_escaped_line", general)
+    cells = copy_line(event).removesuffix("\n").split("\t")
+    assert dict(zip(COPY_COLUMNS, cells, strict=True)) == {
+        name: copy_text._cell(getattr(event, name)) for name in COPY_COLUMNS}
 
 
 def test_chunks_of_one_transaction_share_one_stage(db: psycopg.Connection) -> None:

@@ -10,6 +10,7 @@ import zstandard
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.payloads import webhook_body
 from workers.envelope import Envelope, pack_calls, unpack_calls, wire
 
 headers = st.dictionaries(st.sampled_from(["host", "date", "signature"]), st.text(max_size=20), max_size=3)
@@ -25,7 +26,7 @@ def test_a_packed_batch_unpacks_to_the_same_calls(batch: list[dict]) -> None:
 
 
 def test_a_packed_batch_is_smaller_than_rqs_zlib() -> None:
-    batch = [wire(f"type=open&id=m{n}&time=2026-11-27+10:{n % 60:02d}:00&ip=192.0.2.{n % 250}".encode(),
+    batch = [wire(webhook_body("open", id=f"m{n}", time=f"2026-11-27 10:{n % 60:02d}:00", ip=f"192.0.2.{n % 250}"),
                   "application/x-www-form-urlencoded", 1.8e9 + n, "192.0.2.7", "POST", "/copernica", {})
              for n in range(40)]
     assert len(pack_calls(batch)) < len(zlib.compress(pickle.dumps(batch, protocol=5), 1))
@@ -37,7 +38,7 @@ def test_a_plain_list_is_taken_as_it_is() -> None:
     assert unpack_calls(batch) is batch
 
 
-@pytest.mark.parametrize("argument", [b"", b"id=1&type=open", zstandard.compress(b"not a pickle"),
+@pytest.mark.parametrize("argument", [b"", webhook_body("open", id="1"), zstandard.compress(b"not a pickle"),
                                       zstandard.compress(pickle.dumps({"a": 1})), b"\x28\xb5\x2f\xfd\x00", 7])
 def test_anything_else_is_refused(argument: object) -> None:
     with pytest.raises(ValueError, match="not a batch of calls"):
@@ -45,7 +46,7 @@ def test_anything_else_is_refused(argument: object) -> None:
 
 
 def test_a_wire_dict_reads_back_as_its_envelope() -> None:
-    envelope = Envelope(b"id=1&type=open", "application/x-www-form-urlencoded", 1795694401.25, "192.0.2.1",
+    envelope = Envelope(webhook_body("open", id="1"), "application/x-www-form-urlencoded", 1795694401.25, "192.0.2.1",
                         "POST", "/copernica?token=x", {"x-copernica-id": "account-1"})
     assert Envelope.from_wire(envelope.to_wire()) == envelope
     assert Envelope.from_wire({**envelope.to_wire(), "method": ""}).method == "POST"

@@ -20,6 +20,7 @@ import pytest
 import redis
 
 from tests.checks import store_and_assert_nothing_vanished
+from tests.payloads import webhook_body, webhook_json
 from tests.processes import ingest_env, receiver
 from tests.test_app import queued_calls
 from workers import store
@@ -114,7 +115,7 @@ def test_hostile_bodies_are_queued_and_contained_by_the_worker(base: str, redis_
 
 
 def test_hostile_headers_are_kept_or_refused(base: str, redis_conn: redis.Redis) -> None:
-    body = b"id=h&type=open"
+    body = webhook_body("open", id="h")
     assert post(base, body, FORM, b"X-Copernica-ID: \xff\xfe\xc3\x28", b"Digest: " + b"=" * 8000,
                 b"Signature: keyId=\"\xe2\x82\xac\"") == 200
     assert post(base, body, FORM, b"X-Nonce: \x7f") == 400  # a control character: aiohttp refuses the call
@@ -168,7 +169,7 @@ def test_stalled_body_gets_408(base: str, redis_conn: redis.Redis) -> None:
     assert line.split()[1] == b"408", line
     assert 0.9 < time.monotonic() - started < 5
     # a slow but steady sender within the limit is fine
-    body = b'{"id": "slow", "type": "open"}'
+    body = webhook_json("open", id="slow")
     head = b"POST /copernica HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
     assert exchange(base, head % len(body) + body[:5], pause=0.3, more=body[5:]).split()[1] == b"200"
     assert len(queued_calls(redis_conn)) == 1

@@ -32,10 +32,11 @@ from ingest.signatures import (
     signing_string,
 )
 from tests.dns_server import DnsServer, split_txt
+from tests.payloads import webhook_json
 
 KEY_ID = "one._domainkey.copernica.com"
 SIGNED = "(request-target) Host Date Content-length Content-type X-Copernica-ID Digest X-nonce"
-BODY = b'{"id":"b4icbaqjswyrb7tc","type":"open","time":1795694401}'
+BODY = webhook_json("open", id="b4icbaqjswyrb7tc", time=1795694401)
 
 
 def new_key() -> rsa.RSAPrivateKey:

@@ -18,6 +18,7 @@ from ingest import verification
 from ingest.embedded import free_port
 from ingest.settings import Settings
 from tests.clients import receiver_client
+from tests.payloads import webhook_body
 from tests.processes import ingest_env, receiver, run_ingest
 
 TOKEN = "verify-token-0123456789"
@@ -129,7 +130,7 @@ def test_served_without_credentials_whatever_the_auth(settings: Settings, tmp_pa
         assert verify_url(env, str(write(tmp_path, name))).returncode == 0
         assert_served(url, name, CONTENT)
         # The webhook itself still wants credentials.
-        refused = call(f"{url}/copernica", "POST", b"type=open",
+        refused = call(f"{url}/copernica", "POST", webhook_body("open"),
                        **{"Content-Type": "application/x-www-form-urlencoded"})
         assert refused.status == 401
     assert queue_length(redis_conn, settings) == 0

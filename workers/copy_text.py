@@ -17,9 +17,21 @@ from workers.fields import Recent
 from workers.model import Event
 
 EVENT_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Event))
-# The order of a COPY line's columns: the payload last, so that only the other columns need
-# looking at for characters COPY must escape (orjson escapes them all in the payload).
-COPY_COLUMNS: tuple[str, ...] = tuple(name for name in EVENT_COLUMNS if name != "payload") + ("payload",)
+# The order of a COPY line's columns, as `copy_line` writes them: the payload last, so that only
+# the other columns need looking at for characters COPY must escape (orjson escapes them all in
+# the payload). `copy_line` reads each field by name, so the model's own order does not matter;
+# a column added to `Event` and not here fails at import (it is never stored in a neighbour's
+# column), and tests/test_copy_rows.py checks that copy_line's fast way keeps this order.
+COPY_COLUMNS: tuple[str, ...] = (
+    "event_key", "event_type", "copernica_type", "occurred_at", "received_at", "source", "message_id",
+    "recipient", "ip", "user_agent", "url", "link_id", "mailing_id", "profile_id", "subprofile_id",
+    "database_id", "collection_id", "template_id", "tags", "smtp_code", "smtp_status", "description",
+    "account", "payload",
+)
+if sorted(COPY_COLUMNS) != sorted(EVENT_COLUMNS):
+    raise RuntimeError("workers.copy_text does not write the columns of Event: missing "
+                       f"{sorted(set(EVENT_COLUMNS) - set(COPY_COLUMNS))}, "
+                       f"unknown {sorted(set(COPY_COLUMNS) - set(EVENT_COLUMNS))}")
 
 
 def _json(value: dict) -> str:
@@ -52,28 +64,31 @@ def copy_line(event: Event) -> str:
     """One event as a line of COPY text, in COPY_COLUMNS' order (NULs dropped: PostgreSQL text
     cannot hold them)."""
     values = _VALUES(event)
-    (key, event_type, copernica_type, occurred, received, source, message_id, recipient, ip, user_agent, url,
-     link_id, mailing, profile, subprofile, database, collection, template, tags, code, status, description,
-     account, payload) = values
-    try:  # each column as the model makes it; anything else goes the general way below
+    e = event
+    try:  # each column as the model makes it, read by name; anything else goes the general way below
         head = "\t".join((
-            key, event_type, copernica_type, _stamps[occurred], str(received), source,
-            _NULL if message_id is None else message_id, _NULL if recipient is None else recipient,
-            _NULL if ip is None else ip, _NULL if user_agent is None else user_agent, _NULL if url is None else url,
-            _NULL if link_id is None else link_id, _NULL if mailing is None else str(mailing),
-            _NULL if profile is None else str(profile), _NULL if subprofile is None else str(subprofile),
-            _NULL if database is None else str(database), _NULL if collection is None else str(collection),
-            _NULL if template is None else str(template),
-            _NULL if tags is None else _array(tags) if type(tags) is list else _cell(tags),
-            _NULL if code is None else str(code), _NULL if status is None else status,
-            _NULL if description is None else description, _NULL if account is None else account,
+            e.event_key, e.event_type, e.copernica_type, _stamps[e.occurred_at], str(e.received_at), e.source,
+            _NULL if (v := e.message_id) is None else v, _NULL if (v := e.recipient) is None else v,
+            _NULL if (v := e.ip) is None else v, _NULL if (v := e.user_agent) is None else v,
+            _NULL if (v := e.url) is None else v, _NULL if (v := e.link_id) is None else v,
+            _NULL if (n := e.mailing_id) is None else str(n), _NULL if (n := e.profile_id) is None else str(n),
+            _NULL if (n := e.subprofile_id) is None else str(n), _NULL if (n := e.database_id) is None else str(n),
+            _NULL if (n := e.collection_id) is None else str(n), _NULL if (n := e.template_id) is None else str(n),
+            _NULL if (tags := e.tags) is None else _array(tags) if type(tags) is list else _cell(tags),
+            _NULL if (n := e.smtp_code) is None else str(n), _NULL if (v := e.smtp_status) is None else v,
+            _NULL if (v := e.description) is None else v, _NULL if (v := e.account) is None else v,
         ))
     except TypeError:
         head = ""  # not as the model makes it: the general way
-    if (type(payload) is dict and head and head.count("\\") == values.count(None) and head.count("\t") == _TABS
-            and "\n" not in head and "\r" not in head and "\x00" not in head
+    if (type(payload := e.payload) is dict and head and head.count("\\") == values.count(None)
+            and head.count("\t") == _TABS and "\n" not in head and "\r" not in head and "\x00" not in head
             and "\\" not in (document := _json(payload))):
         return f"{head}\t{document}\n"
+    return _escaped_line(values)
+
+
+def _escaped_line(values: tuple[Any, ...]) -> str:
+    """The general way: every value (in COPY_COLUMNS' order) through `_cell` and COPY's escapes."""
     return "\t".join([_NULL if v is None else _cell(v).translate(_ESCAPES) for v in values]) + "\n"
 
 

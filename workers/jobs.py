@@ -97,7 +97,7 @@ def parse_chunks(calls: list[dict[str, Any]], tz: str) -> Iterator[store.Chunk]:
     for size in chunk_sizes(len(calls)):
         events, origins, rejects = parse_calls(calls[start:start + size], tz)
         start += size
-        yield events, origins, rejects
+        yield store.Chunk(events, origins, rejects)
 
 
 def store_batch(batch: bytes | list[dict[str, Any]]) -> dict[str, int]:

@@ -21,7 +21,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import psycopg
@@ -144,7 +144,15 @@ def insert_rejects(conn: psycopg.Connection, rejects: Iterable[Rejected]) -> int
     return count
 
 
-Chunk = tuple[Sequence[Event], Sequence[Envelope] | None, Sequence[Rejected]]
+class Chunk(NamedTuple):
+    """Part of a batch as the parser hands it to `store_chunks` (a plain 3-tuple in this order
+    is taken too)."""
+
+    events: Sequence[Event]
+    origins: Sequence[Envelope] | None  # origins[i]: the raw call events[i] came from (None: not known)
+    rejects: Sequence[Rejected]
+
+
 WRITER_SWITCH_INTERVAL = 0.001  # seconds; see store_chunks
 _REFUSED = (psycopg.DataError, psycopg.errors.UntranslatableCharacter, psycopg.errors.CharacterNotInRepertoire)
 
@@ -158,7 +166,7 @@ def store(
     """Store a batch in one transaction. An event PostgreSQL refuses (bad data) does not sink
     the batch: the batch is retried event by event and the refused ones become rejects, kept
     with `origins[i]` (the raw call event i came from) when given."""
-    return store_chunks(conn, [(events, origins, rejects)])
+    return store_chunks(conn, [Chunk(events, origins, rejects)])
 
 
 @dataclass(slots=True)
@@ -228,10 +236,11 @@ def store_chunks(conn: psycopg.Connection, chunks: Iterable[Chunk],
     sys.setswitchinterval(min(switch, WRITER_SWITCH_INTERVAL))
     with cyclic_gc_off():  # the batch's events are kept until the end
         try:
-            for chunk in chunks:
+            for given in chunks:
+                chunk = given if type(given) is Chunk else Chunk(*given)
                 kept.append(chunk)
                 if "error" not in outcome:
-                    feed.put(_lines(chunk[0], chunk[2], seen))
+                    feed.put(_lines(chunk.events, chunk.rejects, seen))
         except BaseException:
             outcome["abort"] = True
             raise
@@ -244,8 +253,8 @@ def store_chunks(conn: psycopg.Connection, chunks: Iterable[Chunk],
                 thread.join()
             sys.setswitchinterval(switch)
     error = outcome.get("error")
-    events = [event for chunk in kept for event in chunk[0]]
-    rejects = [item for chunk in kept for item in chunk[2]]
+    events = [event for chunk in kept for event in chunk.events]
+    rejects = [item for chunk in kept for item in chunk.rejects]
     if error is None:
         stored = int(outcome["stored"])  # type: ignore[call-overload]
         return StoreResult(stored, len(events) - stored, len(rejects))
@@ -254,7 +263,7 @@ def store_chunks(conn: psycopg.Connection, chunks: Iterable[Chunk],
     log.warning("batch of %d refused by PostgreSQL; storing it event by event", len(events))
     origins: list[Envelope | None] = []
     for chunk in kept:
-        origins.extend(chunk[1] if chunk[1] is not None else [None] * len(chunk[0]))
+        origins.extend(chunk.origins if chunk.origins is not None else [None] * len(chunk.events))
     return _store_one_by_one(conn, events, origins, rejects)
 
 

@@ -1,15 +1,12 @@
 """Shared parts of the fault-injection tests: private servers that a test may stop or kill,
-real `ingest` processes, a bounded stream of distinct events, and the checks every fault
-test makes: each event answered 2xx is stored exactly once, every other got a 4xx/5xx (or
-no answer at all, e.g. a refused connection)."""
+a bounded stream of distinct events, and the checks every fault test makes: each event
+answered 2xx is stored exactly once, every other got a 4xx/5xx (or no answer at all, e.g. a
+refused connection). The `ingest` processes come from tests.processes."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,16 +16,16 @@ from pathlib import Path
 import aiohttp
 import psycopg
 
-from ingest.embedded import EmbeddedPostgres, EmbeddedValkey, free_port, wait_for_port
+from ingest.embedded import EmbeddedPostgres, EmbeddedValkey
+from tests.payloads import BASE_TIME, FORM, webhook_body
 from tests.processes import ingest_env
 from workers.schema import apply_migrations
 
-FORM = "application/x-www-form-urlencoded"
-
 
 def body(tag: str, n: int) -> bytes:
-    return (f"id={tag}{n:08d}&type=open&time={1795694401 + n}&recipient=u{n}%40example.com"
-            f"&ip=192.0.2.{n % 250 + 1}&useragent=Mozilla%2F5.0&tags=fault%3Btest").encode()
+    """Event n of a stream: an open whose message id is `message_id(tag, n)`."""
+    return webhook_body("open", id=message_id(tag, n), time=BASE_TIME + n, recipient=f"u{n}@example.com",
+                        ip=f"192.0.2.{n % 250 + 1}", useragent="Mozilla/5.0", tags="fault;test")
 
 
 def message_id(tag: str, n: int) -> str:
@@ -57,46 +54,6 @@ def servers(tmp: Path, appendfsync: str = "always") -> Iterator[Servers]:
     finally:
         valkey.stop()
         postgres.stop()
-
-
-class Process:
-    """A real `python -m ingest ...` child that a test may SIGTERM or SIGKILL."""
-
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        self.args, self.env = args, env
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Process:
-        self.proc = subprocess.Popen([sys.executable, "-m", "ingest", *self.args], env=self.env,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        return self
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-    def terminate(self, timeout: float = 60) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
-
-    def __enter__(self) -> Process:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.kill()
-
-
-@contextlib.contextmanager
-def receiver(env: dict[str, str], **extra: str) -> Iterator[tuple[str, Process]]:
-    port = free_port()
-    proc = Process(["serve", "--host", "127.0.0.1", "--port", str(port)], {**env, **extra}).start()
-    assert wait_for_port(port, proc.proc, timeout=20), "receiver did not start"
-    try:
-        yield f"http://127.0.0.1:{port}/copernica", proc
-    finally:
-        proc.kill()
 
 
 @dataclass

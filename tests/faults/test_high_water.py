@@ -10,7 +10,9 @@ import aiohttp
 import pytest
 import redis
 
-from tests.faults.harness import FORM, Process, Stream, assert_stored_exactly_once, body, receiver, servers, wait_for
+from tests.faults.harness import Stream, assert_stored_exactly_once, body, servers, wait_for
+from tests.payloads import FORM
+from tests.processes import Process, receiver
 
 pytestmark = pytest.mark.faults
 
@@ -22,7 +24,8 @@ async def post_one(url: str, n: int, tag: str) -> tuple[int, dict[str, str]]:
 
 
 def test_high_water_mark_then_drain(tmp_path: Path) -> None:
-    with servers(tmp_path) as srv, receiver(srv.env, INGEST_MAX_QUEUE_DEPTH="300", INGEST_MAX_BATCH="10") as (url, _):
+    with servers(tmp_path) as srv, receiver(srv.env, INGEST_MAX_QUEUE_DEPTH="300", INGEST_MAX_BATCH="10") as serving:
+        url = serving.url
         stream = Stream(url, count=2000, tag="hw", concurrency=4, pause=0.002).start().join()
         stream.check_answers()
         accepted = len(stream.accepted())
@@ -35,13 +38,14 @@ def test_high_water_mark_then_drain(tmp_path: Path) -> None:
         assert "high-water" in headers["_body"]
 
         with Process(["worker", "--burst"], srv.env) as worker:
-            assert worker.proc.wait(120) == 0
+            assert worker.wait(120) == 0
         wait_for(lambda: asyncio.run(post_one(url, 99_998, "hw"))[0] == 200, timeout=10)
         assert_stored_exactly_once(srv.postgres.url, stream)
 
 
 def test_redis_out_of_memory_then_room_again(tmp_path: Path) -> None:
-    with servers(tmp_path) as srv, receiver(srv.env) as (url, _):
+    with servers(tmp_path) as srv, receiver(srv.env) as serving:
+        url = serving.url
         conn = redis.Redis.from_url(srv.valkey.url)
         assert asyncio.run(post_one(url, 1, "oom"))[0] == 200
         used = int(conn.info("memory")["used_memory"])
@@ -54,6 +58,6 @@ def test_redis_out_of_memory_then_room_again(tmp_path: Path) -> None:
         conn.config_set("maxmemory", "0")
         assert asyncio.run(post_one(url, 99_999, "oom"))[0] == 200
         with Process(["worker", "--burst"], srv.env) as worker:
-            assert worker.proc.wait(120) == 0
+            assert worker.wait(120) == 0
         assert_stored_exactly_once(srv.postgres.url, stream)
         conn.close()

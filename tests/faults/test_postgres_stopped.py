@@ -9,15 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.harness import Process, Stream, assert_stored_exactly_once, receiver, servers, stored_ids, wait_for
+from tests.faults.harness import Stream, assert_stored_exactly_once, servers, stored_ids, wait_for
+from tests.processes import Process, receiver
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
 
 def test_postgres_down_for_30_seconds(tmp_path: Path) -> None:
-    with servers(tmp_path) as srv, receiver(srv.env, INGEST_MAX_BATCH="20") as (url, _):
+    with servers(tmp_path) as srv, receiver(srv.env, INGEST_MAX_BATCH="20") as serving:
         with Process(["worker"], srv.env):
-            stream = Stream(url, count=6000, tag="pg", concurrency=4, pause=0.02).start()
+            stream = Stream(serving.url, count=6000, tag="pg", concurrency=4, pause=0.02).start()
             time.sleep(2)
             srv.postgres.stop()
             down_at = stream.sent

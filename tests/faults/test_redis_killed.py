@@ -10,15 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.harness import Process, Stream, assert_stored_exactly_once, receiver, servers
+from tests.faults.harness import Stream, assert_stored_exactly_once, servers
+from tests.processes import Process, receiver
 
 pytestmark = pytest.mark.faults
 
 
 @pytest.mark.parametrize("appendfsync", ["always", "everysec"])
 def test_redis_killed_loses_no_acknowledged_event(tmp_path: Path, appendfsync: str) -> None:
-    with servers(tmp_path, appendfsync=appendfsync) as srv, receiver(srv.env) as (url, _):
-        stream = Stream(url, count=400_000, tag="kill", concurrency=32, pause=0.002).start()
+    with servers(tmp_path, appendfsync=appendfsync) as srv, receiver(srv.env) as serving:
+        stream = Stream(serving.url, count=400_000, tag="kill", concurrency=32, pause=0.002).start()
         time.sleep(1.5)
         srv.valkey.kill()  # SIGKILL, mid-stream
         time.sleep(1.0)
@@ -30,5 +31,5 @@ def test_redis_killed_loses_no_acknowledged_event(tmp_path: Path, appendfsync: s
         assert 503 in answers or 0 in answers, "the outage should have refused some calls"
         assert 200 in answers
         with Process(["worker", "--burst"], srv.env) as worker:
-            assert worker.proc.wait(180) == 0
+            assert worker.wait(180) == 0
         assert_stored_exactly_once(srv.postgres.url, stream)

@@ -13,7 +13,8 @@ from rq import Queue
 from ingest.embedded import EmbeddedValkey
 from ingest.settings import Settings
 from tests.clients import receiver_client
-from tests.test_app import FORM, OPEN, queued_calls
+from tests.payloads import BASE_TIME, FORM, webhook_body
+from tests.test_app import queued_calls
 
 pytestmark = pytest.mark.faults
 
@@ -23,13 +24,14 @@ async def test_redis_stopped_then_back(tmp_path: Path) -> None:
     valkey.start()
     settings = Settings.from_env({"REDIS_URL": valkey.url, "INGEST_AUTH": "none"}, dotenv=False)
     conn = redis.Redis.from_url(valkey.url)
+    first, refused, third = (webhook_body("open", id=f"m{n}", time=BASE_TIME + n) for n in (1, 2, 3))
     try:
         async with receiver_client(settings) as client:
-            assert (await client.post("/copernica", data=OPEN, headers={"Content-Type": FORM})).status == 200
+            assert (await client.post("/copernica", data=first, headers={"Content-Type": FORM})).status == 200
             valkey.stop()
 
             started = time.monotonic()
-            resp = await client.post("/copernica", data=OPEN + b"&n=2", headers={"Content-Type": FORM})
+            resp = await client.post("/copernica", data=refused, headers={"Content-Type": FORM})
             elapsed = time.monotonic() - started
             assert resp.status == 503
             assert resp.headers["Retry-After"] == "5"
@@ -39,12 +41,12 @@ async def test_redis_stopped_then_back(tmp_path: Path) -> None:
             assert ready.status == 503 and "Retry-After" in ready.headers
 
             valkey.start()  # same data directory and port: the AOF brings the first call back
-            resp = await client.post("/copernica", data=OPEN + b"&n=3", headers={"Content-Type": FORM})
+            resp = await client.post("/copernica", data=third, headers={"Content-Type": FORM})
             assert resp.status == 200
             assert (await client.get("/readyz")).status == 200
 
         bodies = [c["body"] for c in queued_calls(conn)]
-        assert bodies == [OPEN, OPEN + b"&n=3"]  # the refused call left nothing behind
+        assert bodies == [first, third]  # the refused call left nothing behind
         job_keys = [k for k in conn.scan_iter("rq:job:*")]
         assert len(job_keys) == len(Queue("copernica", connection=conn).get_job_ids()) == 2
     finally:

@@ -11,15 +11,16 @@ import psycopg
 import pytest
 import redis
 
-from tests.faults.harness import Process, Stream, assert_stored_exactly_once, receiver, servers, wait_for
+from tests.faults.harness import Stream, assert_stored_exactly_once, servers, wait_for
+from tests.processes import Process, receiver
 from workers import coalesce
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
 
 def test_worker_killed_repeatedly(tmp_path: Path) -> None:
-    with servers(tmp_path) as srv, receiver(srv.env, INGEST_MAX_BATCH="50") as (url, _):
-        stream = Stream(url, count=20_000, tag="wk", concurrency=16, pause=0.003).start()
+    with servers(tmp_path) as srv, receiver(srv.env, INGEST_MAX_BATCH="50") as serving:
+        stream = Stream(serving.url, count=20_000, tag="wk", concurrency=16, pause=0.003).start()
         kills = 0
         worker = Process(["worker"], srv.env).start()
         try:
