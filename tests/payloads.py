@@ -28,6 +28,11 @@ def webhook_json(kind: str = "open", /, **fields: object) -> bytes:
     return orjson.dumps({"type": kind, **fields})
 
 
+# The README's example open: one ordinary call for tests that need any valid one.
+OPEN = webhook_body("open", id="b4icbaqjswyrb7tc", timestamp="2026-11-26 12:00:01", time=str(BASE_TIME),
+                    recipient="a@example.com", ip="192.0.2.1", useragent="Mozilla/5.0", tags="news;weekly")
+
+
 def message_id(rng: random.Random) -> str:
     return "".join(rng.choices(string.ascii_lowercase + string.digits, k=16))
 

@@ -13,12 +13,8 @@ from rq import Queue
 
 from ingest.settings import Settings
 from tests.clients import receiver_client
-from tests.payloads import calls
+from tests.payloads import FORM, OPEN, calls
 from workers.envelope import unpack_calls
-
-OPEN = (b"id=b4icbaqjswyrb7tc&type=open&timestamp=2026-11-26+12%3A00%3A01&time=1795694401"
-        b"&recipient=a%40example.com&ip=192.0.2.1&useragent=Mozilla%2F5.0&tags=news%3Bweekly")
-FORM = "application/x-www-form-urlencoded"
 
 
 def queued_calls(conn: redis.Redis, queue: str = "copernica") -> list[dict]:

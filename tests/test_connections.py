@@ -16,8 +16,8 @@ import aiohttp
 import pytest
 
 from ingest import connections
+from tests.payloads import FORM, OPEN
 from tests.processes import ingest_env, receiver
-from tests.test_app import FORM, OPEN
 
 HEAD_TIMEOUT = 2.0
 MARGIN = 2.5  # the bound's slack on a busy two-core machine

@@ -13,7 +13,7 @@ from pathlib import Path
 import psycopg
 
 from ingest.embedded import free_port
-from tests.test_app import FORM, OPEN
+from tests.payloads import FORM, OPEN
 
 
 def processes_using(path: Path) -> list[int]:

@@ -10,7 +10,7 @@ import orjson
 import psycopg
 
 from tests.fixtures_copernica import TIME, dsn, encode_form, log_record, out_of_office, to_json
-from tests.payloads import WEBHOOK_TYPES, calls
+from tests.payloads import WEBHOOK_TYPES, calls, webhook_body
 from tests.processes import ingest_env, receiver, run_ingest
 
 FORM = "application/x-www-form-urlencoded"
@@ -87,10 +87,11 @@ def test_stats_for_one_mailing(redis_url: str, database_url: str, db: psycopg.Co
 
     sent = from_logfile({"id": "msg1", "time": "2026-11-26 13:00:00", "mailingid": "4242", "email": "a@example.com"},
                         "cdm-attempts", "Europe/Amsterdam", __import__("datetime").datetime.now().astimezone())
-    bodies = [b"id=msg1&type=delivery&time=1795694500&recipient=a%40example.com",
-              b"id=msg1&type=open&time=1795694600&ip=192.0.2.1&recipient=a%40example.com",
-              b"id=msg1&type=open&time=1795694700&ip=192.0.2.1&recipient=a%40example.com",
-              encode_form({"id": "msg1", "type": "bounce", "time": "1795694750", "mime": out_of_office()})]
+    person = {"id": "msg1", "recipient": "a@example.com"}
+    bodies = [webhook_body("delivery", **person, time="1795694500"),
+              webhook_body("open", **person, time="1795694600", ip="192.0.2.1"),
+              webhook_body("open", **person, time="1795694700", ip="192.0.2.1"),
+              webhook_body("bounce", id="msg1", time="1795694750", mime=out_of_office())]
     wires = [{"body": b, "content_type": "application/x-www-form-urlencoded", "received_at": 1795694800.0}
              for b in bodies]
     events, origins, rejects = parse_calls(wires, "Europe/Amsterdam")

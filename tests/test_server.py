@@ -16,6 +16,7 @@ import redis
 from rq import Queue
 
 from ingest.embedded import child_pids, free_port, stop_process, wait_for_port
+from tests.payloads import FORM, webhook_body
 from tests.processes import ingest_env
 from workers.envelope import unpack_calls
 
@@ -46,8 +47,8 @@ async def post_many(url: str, count: int) -> list[int]:
     """Each call on a new connection, so the kernel spreads them over the listeners."""
     async def one(n: int) -> int:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
-            body = f"id=m{n}&type=open&time={1795694401 + n}"
-            headers = {"Content-Type": "application/x-www-form-urlencoded"}
+            body = webhook_body("open", id=f"m{n}", time=str(1795694401 + n))
+            headers = {"Content-Type": FORM}
             async with session.post(url, data=body, headers=headers) as resp:
                 return resp.status
 
