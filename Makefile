@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test faults bench lint install clean
+.PHONY: run test test-rq-bounds faults bench lint install clean
 
 install: $(STAMP)
 
@@ -21,8 +21,23 @@ run: $(STAMP)
 
 ## lint, then the whole test suite (real servers, started by the suite) with a fast fault subset
 test: $(STAMP)
-	$(BIN)/ruff check ingest workers tests bench
+	$(BIN)/ruff check ingest workers common tests bench
 	$(BIN)/python -m pytest -q -m "not slow" --durations=10
+
+## the RQ-contract tests (marker rq_contract) against the lowest and the highest rq and redis-py
+## that pyproject allows, each in a virtualenv of its own ($(VENV)-rq-low, $(VENV)-rq-high) with
+## the test runner only: just the files that hold such tests are collected
+RQ_LOW  := 'rq==2.0.0' 'redis[hiredis]==5.0.1'
+RQ_HIGH := --upgrade 'rq<4' 'redis[hiredis]<9'
+test-rq-bounds:
+	@set -e; for bound in low high; do \
+	  venv=$(VENV)-rq-$$bound; \
+	  test -x $$venv/bin/python || $(PYTHON) -m venv $$venv; \
+	  if [ $$bound = low ]; then pins="$(RQ_LOW)"; else pins="$(RQ_HIGH)"; fi; \
+	  eval $$venv/bin/python -m pip install --quiet -e . pytest pytest-asyncio pytest-timeout $$pins; \
+	  $$venv/bin/python -c 'import rq, redis; print("rq-bounds: rq", rq.__version__, "redis", redis.__version__)'; \
+	  $$venv/bin/python -m pytest -q -p no:cacheprovider -m rq_contract $$(grep -l rq_contract tests/test_*.py); \
+	done
 
 ## every fault-injection test, the slow ones included
 faults: $(STAMP)
@@ -33,7 +48,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 lint: $(STAMP)
-	$(BIN)/ruff check ingest workers tests bench
+	$(BIN)/ruff check ingest workers common tests bench
 
 clean:
-	rm -rf $(VENV) .ingest .pytest_cache
+	rm -rf $(VENV) $(VENV)-rq-low $(VENV)-rq-high .ingest .pytest_cache

@@ -36,10 +36,10 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
-from rq import Queue
-from rq.job import Job
 from rq.registry import FailedJobRegistry
 from rq.utils import utcparse
+
+from common.rqcontract import job_key, queue_key
 
 log = logging.getLogger("ingest.metrics")
 
@@ -146,13 +146,13 @@ async def read_queue(connection: aredis.Redis, queue: str, *, now: float | None 
     """Queue depth, age in seconds of the oldest queued job (0 when empty) and failed jobs:
     two round trips (LLEN + LINDEX + ZCARD, then the head job's `enqueued_at`)."""
     async with connection.pipeline(transaction=False) as pipe:
-        pipe.llen(Queue.redis_queue_namespace_prefix + queue)
-        pipe.lindex(Queue.redis_queue_namespace_prefix + queue, 0)
+        pipe.llen(queue_key(queue))
+        pipe.lindex(queue_key(queue), 0)
         pipe.zcard(FailedJobRegistry.key_template.format(queue))
         depth, head, failed = await pipe.execute()
     age = 0.0
     if head is not None:
-        enqueued = await connection.hget(Job.redis_job_namespace_prefix + head.decode(), "enqueued_at")
+        enqueued = await connection.hget(job_key(head.decode()), "enqueued_at")
         if enqueued:
             started = utcparse(enqueued.decode()).timestamp()
             age = max(0.0, (time.time() if now is None else now) - started)

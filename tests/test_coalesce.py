@@ -14,6 +14,8 @@ from ingest.settings import Settings
 from workers import coalesce
 from workers.envelope import wire
 
+pytestmark = pytest.mark.rq_contract
+
 
 def call(n: int) -> dict:
     return wire(f"id=m{n}&type=open&time={1795694401 + n}".encode(), "application/x-www-form-urlencoded",

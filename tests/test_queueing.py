@@ -6,16 +6,23 @@ from __future__ import annotations
 import asyncio
 import pickle
 import time
+import warnings
 import zlib
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import redis
-from rq import Queue
+from rq import Queue, Retry
 from rq.job import Job, JobStatus
+from rq.utils import utcformat
 
+from common.rqcontract import JobTemplate, TemplateError
 from ingest.queueing import FAILURE_TTL, JOB_FUNCTION, JOB_TIMEOUT, RESULT_TTL, BatchQueue
 from ingest.settings import Settings
 from workers.envelope import pack_calls, unpack_calls, wire
+
+pytestmark = pytest.mark.rq_contract
 
 
 def calls(count: int, start: int = 0) -> list[dict]:
@@ -122,3 +129,55 @@ def test_a_hung_redis_times_out_then_writes_resume(redis_url: str, redis_conn: r
     # once, and storing is idempotent. The write after it always lands.
     assert last in Queue("copernica", connection=redis_conn).get_job_ids()
     assert unpack_calls(Job.fetch(last, connection=redis_conn).args[0]) == calls(1, 2)
+
+
+class _OddQueue(Queue):
+    """A queue whose enqueue also does `extra` on the pipeline it was given: as a later RQ might."""
+
+    extra: Callable[[Any, Job], None] = staticmethod(lambda pipeline, job: None)
+
+    def enqueue_call(self, *args: Any, pipeline: Any = None, **kwargs: Any) -> Job:
+        job = super().enqueue_call(*args, pipeline=pipeline, **kwargs)
+        type(self).extra(pipeline, job)
+        return job
+
+
+@pytest.mark.parametrize(("extra", "refusal"), [
+    (lambda pipe, job: pipe.hget(job.key, "status"), "called hget"),  # a read: its answer never comes
+    (lambda pipe, job: pipe.execute(), "called execute"),
+    (lambda pipe, job: pipe.sadd(f"rq:dependents:{job.id}", "x"), "cannot place that key"),
+    (lambda pipe, job: pipe.hset(job.key, "parent", f"rq:job:{job.id}"), "derived from the job id"),
+    (lambda pipe, job: pipe.hset(job.key, "last_heartbeat", utcformat(job.created_at)), "freeze it"),
+    (lambda pipe, job: pipe.hset(job.key, mapping={"x": 1}, items=["y", 2]), "with \\['items'\\]"),
+], ids=["read", "execute", "derived-key", "derived-value", "frozen-time", "unknown-option"])
+def test_the_template_refuses_what_it_cannot_place(redis_conn: redis.Redis, extra: Callable[[Any, Job], None],
+                                                   refusal: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_OddQueue, "extra", staticmethod(extra))
+    queue = _OddQueue("copernica", connection=redis_conn)
+    with pytest.raises(TemplateError, match=refusal):
+        JobTemplate(queue, JOB_FUNCTION, timeout=JOB_TIMEOUT, result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL,
+                    retry=Retry(max=2, interval=[5, 10]))
+    assert redis_conn.keys("rq:*") == []  # nothing was written meanwhile
+
+
+def test_the_template_builds_when_rq_does_nothing_odd(redis_conn: redis.Redis) -> None:
+    """The control for the refusals above: the same queue class, nothing extra."""
+    template = JobTemplate(_OddQueue("copernica", connection=redis_conn), JOB_FUNCTION, timeout=JOB_TIMEOUT,
+                           result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL, retry=Retry(max=2, interval=[5, 10]))
+    job_id, command = template.pack(pack_calls(calls(1)), b"store_packed(1 calls)")
+    connection = redis_conn.connection_pool.make_connection()
+    connection.send_packed_command([command])
+    connection.read_response()
+    connection.disconnect()
+    assert unpack_calls(Job.fetch(job_id, connection=redis_conn).args[0]) == calls(1)
+
+
+def test_the_asyncio_client_gets_an_asyncio_retry(settings: Settings) -> None:
+    """redis-py >= 8.2 warns when an asyncio client is given the synchronous Retry."""
+    async def go() -> None:
+        queue = BatchQueue(settings)
+        await queue.close()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        asyncio.run(go())

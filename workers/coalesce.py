@@ -8,6 +8,9 @@ So a job that starts takes the next queued jobs of its queue too (up to
 `INGEST_WORKER_BATCH` calls in all) and stores their calls with its own; while the queue
 holds more, it goes on with further transactions, each borrowing its own (`workers.jobs`).
 
+What RQ must keep doing for this (its queue is a list of job ids taken from the left, a
+stored job with `result_ttl=0` is simply deleted) is in `common.rqcontract`.
+
 Nothing is lost on the way. Borrowing is atomic (a Lua script moves the job ids from the queue
 into a borrowed list and sets a lease on it):
 - after the transaction commits, the borrowed jobs are deleted (as RQ deletes a job that
@@ -21,15 +24,14 @@ into a borrowed list and sets a lease on it):
 from __future__ import annotations
 
 import logging
-import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
-from rq.job import Job
 
+from common.rqcontract import job_key, queue_key, queued_calls
 from ingest.queueing import STORE_FUNCTIONS
 from workers.envelope import unpack_calls
 
@@ -74,15 +76,11 @@ class Borrowed:
         return self.list_key + ":lease"
 
 
-def _queue_key(queue: str) -> str:
-    return f"rq:queue:{queue}"
-
-
 def borrow(conn: redis.Redis, queue: str, owner: str, want: int, per_job: int = 0) -> Borrowed:
     """Take queued store jobs of `queue` until about `want` calls are held (or none is left).
     `per_job`: how many calls the jobs queued lately held, when known, to aim the first round
     trip at `want` too."""
-    held = Borrowed(_queue_key(queue), f"{REGISTRY}:{queue}:{owner}")
+    held = Borrowed(queue_key(queue), f"{REGISTRY}:{queue}:{owner}")
     script = conn.register_script(_BORROW)
     count = min(MAX_ROUND, -(-want // per_job)) if per_job > 0 else FIRST_ROUND
     while len(held.calls) < want:
@@ -91,15 +89,15 @@ def borrow(conn: redis.Redis, queue: str, owner: str, want: int, per_job: int = 
         if not ids:
             break
         foreign: list[str] = []
-        for job_id, job in zip(ids, _jobs(conn, ids), strict=True):
-            if job is None:  # deleted meanwhile (e.g. by an operator): nothing to store
+        for job_id, call in zip(ids, queued_calls(conn, ids), strict=True):
+            if call is None:  # deleted meanwhile (e.g. by an operator): nothing to store
                 held.job_ids.append(job_id)
                 continue
-            if job.func_name not in STORE_FUNCTIONS:
+            if call.func_name not in STORE_FUNCTIONS:
                 foreign.append(job_id)
                 continue
             held.job_ids.append(job_id)
-            held.calls.extend(unpack_calls(job.args[0]))
+            held.calls.extend(unpack_calls(call.args[0]))
         if foreign:  # not ours to run: back to the front of the queue, in order
             with conn.pipeline(transaction=True) as pipe:
                 for job_id in foreign:
@@ -114,32 +112,11 @@ def borrow(conn: redis.Redis, queue: str, owner: str, want: int, per_job: int = 
     return held
 
 
-def _jobs(conn: redis.Redis, ids: list[str]) -> list[Job | None]:
-    """The jobs' function and arguments, from their `data` field alone: `Job.fetch_many` would
-    also read every date, the status and the meta of each (a third of borrowing's time)."""
-    with conn.pipeline(transaction=False) as pipe:
-        for job_id in ids:
-            pipe.hget(Job.key_for(job_id), "data")
-        found = pipe.execute()
-    jobs: list[Job | None] = []
-    for job_id, data in zip(ids, found, strict=True):
-        if data is None:
-            jobs.append(None)
-            continue
-        job = Job(job_id, connection=conn)
-        try:  # as RQ reads it: compressed by RQ's own enqueue, plain from the receiver's template
-            job.data = zlib.decompress(data)
-        except zlib.error:
-            job.data = data
-        jobs.append(job)
-    return jobs
-
-
 def settle(conn: redis.Redis, held: Borrowed) -> None:
     """The calls are stored: the borrowed jobs are done and leave Redis."""
     with conn.pipeline(transaction=True) as pipe:
         for job_id in held.job_ids:
-            pipe.delete(Job.key_for(job_id))
+            pipe.delete(job_key(job_id))
         pipe.delete(held.list_key, held.lease_key)
         pipe.srem(REGISTRY, held.list_key)
         pipe.execute()
@@ -156,7 +133,7 @@ def borrowing(conn: redis.Redis, queue: str, owner: str, want: int,
     """Borrow for the duration of a store (or take over `held`, borrowed ahead): settled on
     success, given back on any failure."""
     if held is None:
-        held = borrow(conn, queue, owner, want) if want > 0 else Borrowed(_queue_key(queue), "")
+        held = borrow(conn, queue, owner, want) if want > 0 else Borrowed(queue_key(queue), "")
     try:
         yield held
     except BaseException:
@@ -176,7 +153,7 @@ def return_abandoned(conn: redis.Redis) -> int:
         if conn.exists(list_key + ":lease"):
             continue
         _prefix, queue, _owner = list_key.rsplit(":", 2)
-        count = give_back(conn, _queue_key(queue), list_key)
+        count = give_back(conn, queue_key(queue), list_key)
         if count:
             log.warning("returned %d jobs abandoned in %s to queue %s", count, list_key, queue)
         moved += count

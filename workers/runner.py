@@ -1,16 +1,14 @@
-"""Running RQ workers for the store jobs: non-forking, with the scheduler for retries."""
+"""Running RQ workers for the store jobs: non-forking, with the scheduler for retries. What of
+RQ's worker this relies on is in `common.rqcontract.HeartbeatWorker`."""
 
 from __future__ import annotations
 
 import logging
-import threading
-from typing import Any
 
 import redis
-from rq import Queue, SimpleWorker
-from rq.job import Job
-from rq.worker import WorkerStatus
+from rq import Queue
 
+from common.rqcontract import HeartbeatWorker
 from ingest.settings import Settings
 from workers import coalesce, metrics
 
@@ -28,32 +26,13 @@ HEARTBEAT_INTERVAL = 10
 WORKER_TTL = 30
 
 
-class StoreWorker(SimpleWorker):
+class StoreWorker(HeartbeatWorker):
     """RQ's SimpleWorker (jobs run in this process, so the PostgreSQL connection lives as long
     as the worker), with a heartbeat while a job runs, so that a job whose worker died is
     retried within about a minute; it also returns batches borrowed by workers that died."""
 
-    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
-        return ABANDONED_AFTER
-
-    def execute_job(self, job: Job, queue: Queue) -> None:
-        execution = self.prepare_execution(job)
-        stop = threading.Event()
-        beat = threading.Thread(target=self._beat, args=(job, execution, stop), name="heartbeat", daemon=True)
-        beat.start()
-        try:
-            self.perform_job(job, queue, execution)
-        finally:
-            stop.set()
-            beat.join()
-        self.set_state(WorkerStatus.IDLE)
-
-    def _beat(self, job: Job, execution: Any, stop: threading.Event) -> None:
-        while not stop.wait(HEARTBEAT_INTERVAL):
-            try:
-                self.maintain_heartbeats(job, execution)
-            except redis.RedisError as exc:  # the job goes on; at worst it is retried (idempotent)
-                log.warning("heartbeat for job %s failed: %s", job.id, exc)
+    heartbeat_interval = HEARTBEAT_INTERVAL
+    abandoned_after = ABANDONED_AFTER
 
     def run_maintenance_tasks(self) -> None:
         super().run_maintenance_tasks()

@@ -1,0 +1,1 @@
+"""Code both the receiver and the workers use."""
