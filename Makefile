@@ -36,7 +36,7 @@ test-rq-bounds:
 	  if [ $$bound = low ]; then pins="$(RQ_LOW)"; else pins="$(RQ_HIGH)"; fi; \
 	  eval $$venv/bin/python -m pip install --quiet -e . pytest pytest-asyncio pytest-timeout $$pins; \
 	  $$venv/bin/python -c 'import rq, redis; print("rq-bounds: rq", rq.__version__, "redis", redis.__version__)'; \
-	  $$venv/bin/python -m pytest -q -p no:cacheprovider -m rq_contract $$(grep -l rq_contract tests/test_*.py); \
+	  $$venv/bin/python -m pytest -q -p no:cacheprovider -m rq_contract $$(grep -rl --include="test_*.py" rq_contract tests); \
 	done
 
 ## every fault-injection test, the slow ones included

@@ -30,15 +30,9 @@ from rich.table import Table
 
 from bench import drain
 from bench.loadgen import INSTALL_HINT, LoadResult, have_wrk, pinned, run_wrk, status_mib
-from ingest.embedded import (
-    EmbeddedPostgres,
-    EmbeddedValkey,
-    child_pids,
-    free_port,
-    stop_process,
-    wait_for_port,
-)
-from workers.schema import apply_migrations
+from ingest.devstack.embedded import EmbeddedPostgres, EmbeddedValkey
+from ingest.processes import child_pids, free_port, stop_process, wait_for_port
+from workers.storage.schema import apply_migrations
 
 console = Console(width=170)  # wide enough for the tables in a log file or CI output
 SERVER_CORE = 1

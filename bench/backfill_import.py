@@ -27,11 +27,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.loadgen import status_mib  # noqa: E402
+from common.envelope import Envelope  # noqa: E402
 from tests.fake_copernica import FakeCopernica, LogFile, make_records, webhook_fields  # noqa: E402
 from workers import store  # noqa: E402
-from workers.envelope import Envelope  # noqa: E402
 from workers.jobs import parse_calls  # noqa: E402
-from workers.schema import apply_migrations  # noqa: E402
+from workers.storage.schema import apply_migrations  # noqa: E402
 
 TZ = "Europe/Amsterdam"
 DAY = date(2026, 11, 25)
@@ -48,7 +48,7 @@ def main() -> int:
     url = os.environ.get("DATABASE_URL")
     workdir = Path(tempfile.mkdtemp(prefix="bench-backfill-"))
     if not url:
-        from ingest.embedded import EmbeddedPostgres
+        from ingest.devstack.embedded import EmbeddedPostgres
 
         embedded = EmbeddedPostgres(workdir / "pg")
         embedded.start()

@@ -22,11 +22,11 @@ import redis
 from rich.table import Table
 
 from bench.loadgen import pinned, run_wrk, status_mib
+from common.envelope import wire
+from common.settings import Settings
 from ingest.queueing import BatchQueue
-from ingest.settings import Settings
-from workers.copy_text import COPY_COLUMNS, copy_data
-from workers.envelope import wire
 from workers.jobs import parse_calls
+from workers.storage.copy_text import COPY_COLUMNS, copy_data
 
 AGENT = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36"
 

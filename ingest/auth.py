@@ -27,7 +27,7 @@ from urllib.parse import unquote_plus
 
 from aiohttp import web
 
-from ingest.settings import Settings, SettingsError
+from common.settings import Settings, SettingsError
 from ingest.signatures import KeyCache, KeyUnavailable, SignatureError, Verifier, dns_txt
 
 log = logging.getLogger("ingest.auth")

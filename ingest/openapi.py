@@ -12,8 +12,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from common.settings import Settings
 from ingest import verification
-from ingest.settings import Settings
 
 _FORM = "application/x-www-form-urlencoded"
 _JSON = "application/json"

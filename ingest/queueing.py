@@ -22,13 +22,13 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry as RedisRetry
 from rq import Queue, Retry
 
+from common.envelope import pack_calls
 from common.rqcontract import JobTemplate
-from ingest.settings import Settings
-from workers.envelope import pack_calls
+from common.settings import Settings
 
 log = logging.getLogger("ingest.queueing")
 
-# What a batch job runs. Its own name for the packed format (one zstd frame, workers.envelope):
+# What a batch job runs. Its own name for the packed format (one zstd frame, common.envelope):
 # a worker from before that format fails such a job (RQ keeps it in its failed registry, to be
 # requeued once the worker is upgraded) instead of misreading it.
 JOB_FUNCTION = "workers.jobs.store_packed"
@@ -93,7 +93,7 @@ class BatchQueue:
         return self._template
 
     def _pack(self, template: JobTemplate, calls: list[dict[str, Any]]) -> tuple[str, bytes]:
-        # The calls are compressed in their argument (workers.envelope), not by RQ's zlib.
+        # The calls are compressed in their argument (common.envelope), not by RQ's zlib.
         return template.pack(pack_calls(calls), b"store_packed(%d calls)" % len(calls))
 
     async def enqueue(self, calls: list[dict[str, Any]]) -> str:

@@ -15,10 +15,10 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from common.settings import Settings
 from ingest.app import Receiver
 from ingest.connections import GuardedServer, descriptor_room
-from ingest.embedded import StopSignals
-from ingest.settings import Settings
+from ingest.processes import StopSignals
 
 log = logging.getLogger("ingest.server")
 

@@ -6,7 +6,7 @@ for `/copernica/<token>`. `ingest verify-url FILE` stores the file's name and by
 hash; each receiver looks the name up there on a GET, so no restart and no shared disk is needed.
 
 The name check, the key and the reads and writes live here only; the command
-(`ingest.commands_verify`) and the receiver (`ingest.app`) both use them.
+(`ingest.cli.verify`) and the receiver (`ingest.app`) both use them.
 """
 
 from __future__ import annotations

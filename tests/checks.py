@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import psycopg
 
-from workers import store
+from workers.storage import store
 
 
 def store_and_assert_nothing_vanished(db: psycopg.Connection, events: list, origins: list,

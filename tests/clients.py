@@ -7,10 +7,10 @@ from contextlib import asynccontextmanager
 
 from aiohttp.test_utils import RawTestServer, TestClient
 
+from common.settings import Settings
 from ingest.app import Receiver
 from ingest.auth import Authenticator
 from ingest.queueing import BatchQueue
-from ingest.settings import Settings
 
 
 @asynccontextmanager

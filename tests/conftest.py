@@ -17,9 +17,9 @@ import pytest
 import redis
 from psycopg.conninfo import make_conninfo
 
-from ingest.embedded import EmbeddedPostgres, EmbeddedValkey
-from ingest.settings import Settings
-from workers.schema import apply_migrations
+from common.settings import Settings
+from ingest.devstack.embedded import EmbeddedPostgres, EmbeddedValkey
+from workers.storage.schema import apply_migrations
 
 # Tables every test starts without rows (the schema itself is kept). TRUNCATE on `events`
 # empties its partitions too; partitions a test made stay, empty, and harm no other test.

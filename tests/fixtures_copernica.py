@@ -17,8 +17,8 @@ from xml.sax.saxutils import escape
 
 import orjson
 
-from workers.envelope import Envelope
-from workers.logfiles import LOG_COLUMNS
+from common.envelope import Envelope
+from workers.events.logfiles import LOG_COLUMNS
 
 TZ = "Europe/Amsterdam"
 # 2026-11-26 12:00:01 UTC = 13:00:01 in Amsterdam (CET, UTC+1).

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ingest.embedded import free_port, stop_process, wait_for_port
+from ingest.processes import free_port, stop_process, wait_for_port
 
 WEBHOOK_PATH = "/copernica"
 

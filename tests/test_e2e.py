@@ -81,9 +81,9 @@ def test_thousand_calls_stored_once(redis_url: str, database_url: str, redis_con
 def test_stats_for_one_mailing(redis_url: str, database_url: str, db: psycopg.Connection) -> None:
     """Sent (carrying the mailing), delivered and two opens of one message (no mailing id): the
     opens resolve their mailing through the sent event."""
-    from workers import store
+    from workers.events.model import from_logfile
     from workers.jobs import parse_calls
-    from workers.model import from_logfile
+    from workers.storage import store
 
     sent = from_logfile({"id": "msg1", "time": "2026-11-26 13:00:00", "mailingid": "4242", "email": "a@example.com"},
                         "cdm-attempts", "Europe/Amsterdam", __import__("datetime").datetime.now().astimezone())

@@ -20,16 +20,16 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from rq import Queue
 
+from common.settings import Settings
 from ingest import app as app_module
 from ingest import metrics as receiver_metrics
-from ingest.embedded import free_port, stop_process
-from ingest.settings import Settings
+from ingest.processes import free_port, stop_process
 from tests.clients import receiver_client
 from tests.conftest import ROOT
 from tests.payloads import calls
 from tests.processes import ingest_env, receiver
 from tests.test_e2e import post_all
-from tests.test_jobs import _enqueue, envelope
+from tests.workers.test_jobs import _enqueue, envelope
 from workers import jobs
 from workers import metrics as worker_metrics
 

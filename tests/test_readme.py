@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from common.settings import SPEC
 from ingest.cli import build_parser
-from ingest.settings import SPEC
 from tests.conftest import ROOT
 
 README = (ROOT / "README.md").read_text()

@@ -31,9 +31,9 @@ from typing import Any
 
 import redis
 
+from common.envelope import unpack_calls
 from common.rqcontract import job_key, queue_key, queued_calls
 from ingest.queueing import STORE_FUNCTIONS
-from workers.envelope import unpack_calls
 
 log = logging.getLogger("workers.coalesce")
 

@@ -19,11 +19,12 @@ import psycopg
 import redis
 from rq import get_current_job
 
-from ingest.settings import Settings
-from workers import coalesce, metrics, store
-from workers.envelope import Envelope, unpack_calls
-from workers.model import Event, from_webhook
-from workers.parsing import Unparseable, parse_body
+from common.envelope import Envelope, unpack_calls
+from common.settings import Settings
+from workers import coalesce, metrics
+from workers.events.model import Event, from_webhook
+from workers.events.parsing import Unparseable, parse_body
+from workers.storage import store
 
 log = logging.getLogger("workers.jobs")
 
@@ -101,7 +102,7 @@ def parse_chunks(calls: list[dict[str, Any]], tz: str) -> Iterator[store.Chunk]:
 
 
 def store_batch(batch: bytes | list[dict[str, Any]]) -> dict[str, int]:
-    """RQ job: parse and store one batch of raw webhook calls (packed by workers.envelope), with
+    """RQ job: parse and store one batch of raw webhook calls (packed by common.envelope), with
     the batches queued behind it (see workers.coalesce) up to INGEST_WORKER_BATCH calls, in one
     transaction."""
     with store.cyclic_gc_off():  # unpacking and borrowing too: thousands of objects, no cycles

@@ -27,8 +27,8 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 if TYPE_CHECKING:
-    from workers.model import Event
-    from workers.store import StoreResult
+    from workers.events.model import Event
+    from workers.storage.store import StoreResult
 
 log = logging.getLogger("workers.metrics")
 

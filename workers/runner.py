@@ -9,7 +9,7 @@ import redis
 from rq import Queue
 
 from common.rqcontract import HeartbeatWorker
-from ingest.settings import Settings
+from common.settings import Settings
 from workers import coalesce, metrics
 
 log = logging.getLogger("workers.runner")

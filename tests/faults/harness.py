@@ -16,10 +16,10 @@ from pathlib import Path
 import aiohttp
 import psycopg
 
-from ingest.embedded import EmbeddedPostgres, EmbeddedValkey
+from ingest.devstack.embedded import EmbeddedPostgres, EmbeddedValkey
 from tests.payloads import BASE_TIME, FORM, webhook_body
 from tests.processes import ingest_env
-from workers.schema import apply_migrations
+from workers.storage.schema import apply_migrations
 
 
 def body(tag: str, n: int) -> bytes:

@@ -10,11 +10,11 @@ import pytest
 import redis
 from rq import Queue
 
-from ingest.embedded import EmbeddedValkey
-from ingest.settings import Settings
+from common.settings import Settings
+from ingest.devstack.embedded import EmbeddedValkey
 from tests.clients import receiver_client
+from tests.ingest.test_app import queued_calls
 from tests.payloads import BASE_TIME, FORM, webhook_body
-from tests.test_app import queued_calls
 
 pytestmark = pytest.mark.faults
 

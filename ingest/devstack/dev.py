@@ -1,0 +1,157 @@
+"""`ingest dev`: the whole stack on one machine, in one command.
+
+Starts the embedded Valkey and PostgreSQL (unless REDIS_URL / DATABASE_URL point elsewhere),
+migrates, then runs the receiver, one worker and rq-dashboard as child processes. Anyone may
+post (INGEST_AUTH=none) unless INGEST_AUTH is set, so the receiver listens on 127.0.0.1 unless
+INGEST_HOST is set; the banner says both. Ctrl-C or
+SIGTERM stops everything in order; every child also dies with this process (PR_SET_PDEATHSIG),
+so a `kill -9` leaves nothing running and the next start finds its ports free.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common.settings import Settings
+from ingest.devstack.embedded import EmbeddedPostgres, EmbeddedValkey, _die_with_parent, prune_stale
+from ingest.processes import StopSignals
+
+log = logging.getLogger("ingest.devstack.dev")
+
+
+class Stack:
+    """The child processes of `ingest dev`, started and stopped in order."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.servers: list[EmbeddedValkey | EmbeddedPostgres] = []
+        self.children: dict[str, subprocess.Popen[bytes]] = {}
+
+    def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        pid_file = self.data_dir / f"{name}.pid"
+        # A leftover is recognised by its command line: ours are `... -m ingest <command>`.
+        prune_stale(pid_file, " ".join(argv[1:]) if name != "dashboard" else "rq-dashboard")
+        child = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
+                                 preexec_fn=_die_with_parent(signal.SIGTERM))
+        pid_file.write_text(f"{child.pid}\n")
+        self.children[name] = child
+
+    def exited(self) -> str | None:
+        for name, child in self.children.items():
+            if child.poll() is not None:
+                return name
+        return None
+
+    def stop(self) -> None:
+        for child in self.children.values():
+            if child.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        for name, child in self.children.items():
+            try:
+                child.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+            (self.data_dir / f"{name}.pid").unlink(missing_ok=True)
+        self.children.clear()
+        for server in reversed(self.servers):
+            server.stop()
+        self.servers.clear()
+
+
+def _chosen(var: str) -> bool:
+    """`var` set in the environment or in .env (else `ingest dev` picks its own default)."""
+    from common.settings import _read_dotenv
+
+    return bool(os.environ.get(var) or _read_dotenv().get(var))
+
+
+def _wait_for_receiver(host: str, port: int, process: subprocess.Popen[bytes], timeout: float = 30) -> bool:
+    """True once the receiver accepts connections on `host` (any address it listens on)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            socket.create_connection((host, port), timeout=0.2).close()
+            return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def run_dev(settings: Settings, *, redis_port: int = 16379, postgres_port: int = 15432,
+            dashboard_port: int = 9181) -> int:
+    from workers.storage.schema import apply_migrations
+
+    data_dir = Path(settings.data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    stack = Stack(data_dir)
+    signals = StopSignals()
+    try:
+        redis_url, database_url = settings.redis_url, settings.database_url
+        if redis_url is None:
+            valkey = EmbeddedValkey(data_dir / "valkey", redis_port)
+            valkey.start()
+            stack.servers.append(valkey)
+            redis_url = valkey.url
+        if database_url is None:
+            postgres = EmbeddedPostgres(data_dir / "postgres", postgres_port)
+            postgres.start()
+            stack.servers.append(postgres)
+            database_url = postgres.url
+        apply_migrations(database_url)
+
+        env = {**os.environ, **settings.to_env(), "REDIS_URL": redis_url, "DATABASE_URL": database_url}
+        # On one's own machine anyone may post, unless INGEST_AUTH says otherwise; so by default
+        # only this machine can reach the receiver, unless INGEST_HOST says otherwise (said at start).
+        env["INGEST_AUTH"] = auth = str(settings.auth) if _chosen("INGEST_AUTH") else "none"
+        anyone = " (anyone; set INGEST_AUTH to require a signature or token)" if auth == "none" else ""
+        env["INGEST_HOST"] = listen = settings.host if _chosen("INGEST_HOST") else "127.0.0.1"
+        reach = (" (this machine only; set INGEST_HOST=0.0.0.0 to take calls from the network)"
+                 if listen in ("127.0.0.1", "::1", "localhost") else " (reachable from the network)")
+        python = sys.executable
+        stack.spawn("receiver", [python, "-m", "ingest", "serve"], env)
+        stack.spawn("worker", [python, "-m", "ingest", "worker"], env)
+        dashboard = shutil.which("rq-dashboard", path=str(Path(python).parent)) or shutil.which("rq-dashboard")
+        if dashboard:
+            stack.spawn("dashboard", [dashboard, "--redis-url", redis_url, "--port", str(dashboard_port),
+                                      "--bind", "127.0.0.1"], env)
+        host = "127.0.0.1" if listen in ("0.0.0.0", "::") else listen
+        if not _wait_for_receiver(host, settings.port, stack.children["receiver"]):
+            log.error("the receiver did not start")
+            return 1
+        shown = f"[{host}]" if ":" in host else host
+        print(
+            "\ncopernica-ingest is running (Ctrl-C stops everything)\n"
+            f"  webhook URL    http://{shown}:{settings.port}/copernica\n"
+            f"  listening on   INGEST_HOST={listen}{reach}\n"
+            f"  who may post   INGEST_AUTH={auth}{anyone}\n"
+            f"  dashboard      http://127.0.0.1:{dashboard_port}/\n"
+            f"  database URL   {database_url}\n"
+            f"  redis URL      {redis_url}\n"
+            "  for other commands in another terminal:\n"
+            f"    export REDIS_URL={redis_url} DATABASE_URL={database_url}\n",
+            flush=True,
+        )
+        while not signals.caught:
+            gone = stack.exited()
+            if gone is not None:
+                log.error("%s exited unexpectedly; stopping the stack", gone)
+                return 1
+            time.sleep(0.2)
+        return 0
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stack.stop()
+        log.info("stopped")

@@ -1,0 +1,1 @@
+"""Copernica's REST API, and recovering missed events from its logfiles."""

@@ -1,0 +1,1 @@
+"""PostgreSQL: the only event SQL (COPY, partitions, migrations, rejected calls, reports)."""

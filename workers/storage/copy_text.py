@@ -1,0 +1,142 @@
+"""COPY's text format for `events` rows, written by the worker (split out of `workers.storage.store`).
+
+One str per event, escaped only in the rare row that holds a backslash, tab, newline, carriage
+return or NUL; psycopg's row formatter costs several times more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import fields
+from operator import attrgetter
+from typing import Any
+
+import orjson
+
+from workers.events.fields import Recent
+from workers.events.model import Event
+
+EVENT_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Event))
+# The order of a COPY line's columns, as `copy_line` writes them: the payload last, so that only
+# the other columns need looking at for characters COPY must escape (orjson escapes them all in
+# the payload). `copy_line` reads each field by name, so the model's own order does not matter;
+# a column added to `Event` and not here fails at import (it is never stored in a neighbour's
+# column), and tests/test_copy_rows.py checks that copy_line's fast way keeps this order.
+COPY_COLUMNS: tuple[str, ...] = (
+    "event_key", "event_type", "copernica_type", "occurred_at", "received_at", "source", "message_id",
+    "recipient", "ip", "user_agent", "url", "link_id", "mailing_id", "profile_id", "subprofile_id",
+    "database_id", "collection_id", "template_id", "tags", "smtp_code", "smtp_status", "description",
+    "account", "payload",
+)
+if sorted(COPY_COLUMNS) != sorted(EVENT_COLUMNS):
+    raise RuntimeError("workers.storage.copy_text does not write the columns of Event: missing "
+                       f"{sorted(set(EVENT_COLUMNS) - set(COPY_COLUMNS))}, "
+                       f"unknown {sorted(set(COPY_COLUMNS) - set(EVENT_COLUMNS))}")
+
+
+def _json(value: dict) -> str:
+    """The payload as jsonb text. jsonb refuses NUL (which orjson writes as \\u0000): NULs are
+    dropped from the strings first, in the rare payload that has one. A text that only reads
+    like the escape (a backslash, then `u0000`) is written `\\\\u0000` and stays as it was."""
+    text = orjson.dumps(value).decode()
+    if "\\u0000" not in text:
+        return text
+    return orjson.dumps(_without_nul(value)).decode()
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {_without_nul(key): _without_nul(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(item) for item in value]
+    return value
+
+
+_VALUES = attrgetter(*COPY_COLUMNS)
+_NULL = "\\N"
+_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\x00": None})
+_TABS = len(COPY_COLUMNS) - 2  # between the columns before the payload
+
+
+def copy_line(event: Event) -> str:
+    """One event as a line of COPY text, in COPY_COLUMNS' order (NULs dropped: PostgreSQL text
+    cannot hold them)."""
+    values = _VALUES(event)
+    e = event
+    try:  # each column as the model makes it, read by name; anything else goes the general way below
+        head = "\t".join((
+            e.event_key, e.event_type, e.copernica_type, _stamps[e.occurred_at], str(e.received_at), e.source,
+            _NULL if (v := e.message_id) is None else v, _NULL if (v := e.recipient) is None else v,
+            _NULL if (v := e.ip) is None else v, _NULL if (v := e.user_agent) is None else v,
+            _NULL if (v := e.url) is None else v, _NULL if (v := e.link_id) is None else v,
+            _NULL if (n := e.mailing_id) is None else str(n), _NULL if (n := e.profile_id) is None else str(n),
+            _NULL if (n := e.subprofile_id) is None else str(n), _NULL if (n := e.database_id) is None else str(n),
+            _NULL if (n := e.collection_id) is None else str(n), _NULL if (n := e.template_id) is None else str(n),
+            _NULL if (tags := e.tags) is None else _array(tags) if type(tags) is list else _cell(tags),
+            _NULL if (n := e.smtp_code) is None else str(n), _NULL if (v := e.smtp_status) is None else v,
+            _NULL if (v := e.description) is None else v, _NULL if (v := e.account) is None else v,
+        ))
+    except TypeError:
+        head = ""  # not as the model makes it: the general way
+    if (type(payload := e.payload) is dict and head and head.count("\\") == values.count(None)
+            and head.count("\t") == _TABS and "\n" not in head and "\r" not in head and "\x00" not in head
+            and "\\" not in (document := _json(payload))):
+        return f"{head}\t{document}\n"
+    return _escaped_line(values)
+
+
+def _escaped_line(values: tuple[Any, ...]) -> str:
+    """The general way: every value (in COPY_COLUMNS' order) through `_cell` and COPY's escapes."""
+    return "\t".join([_NULL if v is None else _cell(v).translate(_ESCAPES) for v in values]) + "\n"
+
+
+# occurred_at repeats (events of one second): its text is made once.
+_stamps = Recent(str, size=10_000)
+
+
+def _cell(value: object) -> str:
+    """A non-NULL value as PostgreSQL reads it, before COPY's escaping."""
+    if isinstance(value, dict):
+        return _json(value)
+    if isinstance(value, list):
+        return _array(value)
+    return str(value)  # str, int, datetime ('2026-11-26 12:00:01+00:00')
+
+
+def _array(items: list) -> str:
+    """A text[] literal with every element quoted (so NULL, commas, braces are plain text)."""
+    try:  # texts without a quote, a backslash or a NUL (tags as the model makes them): at once
+        joined = '","'.join(items)
+    except TypeError:
+        joined = '"'
+    if joined.count('"') == 2 * len(items) - 2 and "\\" not in joined and "\x00" not in joined:
+        return '{"' + joined + '"}'
+    quoted = [
+        "NULL" if item is None
+        else '"' + str(item).replace("\x00", "").replace("\\", "\\\\").replace('"', '\\"') + '"'
+        for item in items
+    ]
+    return "{" + ",".join(quoted) + "}"
+
+
+def copy_data(events: Iterable[Event]) -> bytes:
+    """The COPY text of `events`, as `insert_events` sends it: of several events with one key
+    (a call delivered twice into one batch) only the first. The unique constraint would drop the
+    others, except where their occurred_at differs: an event without a usable time has its time
+    of receipt, and `_NEW_KEY` looks such keys up in `events`, where a copy in the same chunk is
+    not yet."""
+    return "".join(map(copy_line, first_per_key(events, set()))).encode()
+
+
+def first_per_key(events: Iterable[Event], seen: set[str]) -> list[Event]:
+    """Of several events with one key only the first; `seen` holds the keys met before (an
+    earlier chunk of the transaction) and gains these."""
+    first = []
+    for event in events:
+        key = event.event_key
+        if key not in seen:
+            seen.add(key)
+            first.append(event)
+    return first

@@ -1,0 +1,435 @@
+"""PostgreSQL: how rows reach the tables. The only module that writes event SQL.
+
+A worker's rows go by COPY straight into `events` inside a savepoint (`_Writer`); the unique
+constraint on (event_key, occurred_at) refuses a second delivery of an event, and then (or
+for rows whose time is not part of their key) they go by COPY into a session-temporary table
+and one `INSERT … SELECT … ON CONFLICT DO NOTHING` (`insert_events`): either way a second
+delivery of the same event is a no-op (see _NEW_KEY for why that is one row per event, and
+the partitions it needs, `workers.storage.partitions`). The COPY text is made by `workers.storage.copy_text`.
+Rejected calls are keyed by `call_key` the same way, so a retried job never doubles them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import hashlib
+import logging
+import queue
+import sys
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import orjson
+import psycopg
+from psycopg.types.json import Jsonb
+
+from common.envelope import Envelope
+from workers.events.model import Event
+from workers.storage import partitions
+from workers.storage.copy_text import COPY_COLUMNS, copy_data, copy_line, first_per_key
+
+log = logging.getLogger("workers.storage.store")
+
+STATEMENT_TIMEOUT_MS = 120_000
+_COLS = ", ".join(COPY_COLUMNS)  # the order of copy_line's columns
+# The staging table is per session and shaped like `events` when first made: its name carries
+# the column list, so a long-lived connection never COPYs into a stage of an older schema.
+_STAGE = "incoming_events_" + hashlib.sha256(_COLS.encode()).hexdigest()[:12]
+# One row per event. `events` is partitioned by month on occurred_at (migration 0004), so its
+# unique constraint is (event_key, occurred_at); the PRIMARY KEY (id, occurred_at) is the only
+# other one and never conflicts (generated ids), so a bare ON CONFLICT DO NOTHING arbitrates
+# on the key constraint (and also works on a schema before 0004: a worker deployed before
+# `ingest migrate`). That is "one row per event_key" whenever occurred_at follows from the key:
+# a whole second read from the event's `time`/`timestamp`, which message and profile keys
+# contain. It does not when occurred_at is the time of receipt (no usable time: each delivery
+# has its own) or a timestamp with a fraction of a second; those rows also look their key up
+# in every partition. Limit: that lookup sees rows committed before the statement, so two
+# such copies stored by two workers at the same moment are two rows (copies in one chunk are
+# one: `copy_data` keeps the first).
+_NEW_KEY = (
+    "WHERE (s.occurred_at <> s.received_at AND s.occurred_at = date_trunc('second', s.occurred_at))"
+    " OR NOT EXISTS (SELECT 1 FROM events e WHERE e.event_key = s.event_key)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    envelope: Envelope
+    reason: str
+    source: str = "webhook"
+
+
+@dataclass(slots=True)
+class StoreResult:
+    stored: int = 0  # new rows in events
+    duplicates: int = 0  # events already there
+    rejected: int = 0  # calls kept in rejected_events (new or already kept)
+
+    def __iadd__(self, other: StoreResult) -> StoreResult:
+        self.stored += other.stored
+        self.duplicates += other.duplicates
+        self.rejected += other.rejected
+        return self
+
+
+def connect(database_url: str) -> psycopg.Connection:
+    # A statement that runs for minutes is a sick database: fail it, so the job is retried
+    # rather than held (a worker's job must finish well within its timeout).
+    return psycopg.connect(database_url, autocommit=False, application_name="copernica-ingest",
+                           options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}")
+
+
+def _clean(value: object) -> object:
+    """PostgreSQL text cannot hold NUL; JSON gets it escaped by orjson, text columns lose it."""
+    if isinstance(value, str) and "\x00" in value:
+        return value.replace("\x00", "")
+    return value
+
+
+def insert_events(conn: psycopg.Connection, events: Sequence[Event], data: bytes | None = None, *,
+                  staged: bool = False) -> int:
+    """Insert within the caller's transaction through the stage; return how many rows were new.
+    `data`: the events' `copy_data` when the caller made it already (on another thread);
+    `staged`: this transaction made the staging table already (an earlier chunk)."""
+    if not events:
+        return 0
+    partitions.ensure_for_events(conn, events)  # a set of months when they are known: no query
+    with conn.cursor() as cur:
+        return _insert_staged(cur, copy_data(events) if data is None else data, staged=staged)
+
+
+def _insert_staged(cur: psycopg.Cursor, data: bytes, *, staged: bool) -> int:
+    if not staged:  # once per transaction: cheap, and right after a rollback dropped the stage
+        cur.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} ON COMMIT DELETE ROWS AS "
+            f"SELECT {_COLS} FROM events WITH NO DATA"
+        )
+    with cur.copy(f"COPY {_STAGE} ({_COLS}) FROM STDIN") as copy:
+        copy.write(data)
+    cur.execute(f"INSERT INTO events ({_COLS}) SELECT {_COLS} FROM {_STAGE} s {_NEW_KEY} ON CONFLICT DO NOTHING")
+    stored = cur.rowcount
+    cur.execute(f"DELETE FROM {_STAGE}")  # the next chunk of this transaction starts empty
+    return stored
+
+
+def call_key(envelope: Envelope) -> str:
+    """What makes two rejected calls the same call (a retried job sees the same envelope)."""
+    digest = hashlib.sha256(envelope.body)
+    for part in (repr(envelope.received_at), envelope.remote, envelope.method, envelope.target):
+        digest.update(b"\x1f" + part.encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
+def insert_rejects(conn: psycopg.Connection, rejects: Iterable[Rejected]) -> int:
+    count = 0
+    with conn.cursor() as cur:
+        for item in rejects:
+            env = item.envelope
+            cur.execute(
+                "INSERT INTO rejected_events (call_key, received_at, reason, content_type, headers, body,"
+                " source, remote, method, target)"
+                " VALUES (%s, to_timestamp(%s), %s, %s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (call_key) DO NOTHING",
+                (
+                    call_key(env), env.received_at, _clean(item.reason)[:2000], _clean(env.content_type),
+                    Jsonb({k: _clean(v) for k, v in env.headers.items()}), env.body, item.source,
+                    _clean(env.remote), _clean(env.method), _clean(env.target),
+                ),
+            )
+            count += 1
+    return count
+
+
+class Chunk(NamedTuple):
+    """Part of a batch as the parser hands it to `store_chunks` (a plain 3-tuple in this order
+    is taken too)."""
+
+    events: Sequence[Event]
+    origins: Sequence[Envelope] | None  # origins[i]: the raw call events[i] came from (None: not known)
+    rejects: Sequence[Rejected]
+
+
+WRITER_SWITCH_INTERVAL = 0.001  # seconds; see store_chunks
+_REFUSED = (psycopg.DataError, psycopg.errors.UntranslatableCharacter, psycopg.errors.CharacterNotInRepertoire)
+
+
+def store(
+    conn: psycopg.Connection,
+    events: Sequence[Event],
+    rejects: Sequence[Rejected] = (),
+    origins: Sequence[Envelope] | None = None,
+) -> StoreResult:
+    """Store a batch in one transaction. An event PostgreSQL refuses (bad data) does not sink
+    the batch: the batch is retried event by event and the refused ones become rejects, kept
+    with `origins[i]` (the raw call event i came from) when given."""
+    return store_chunks(conn, [Chunk(events, origins, rejects)])
+
+
+@dataclass(slots=True)
+class _Lines:
+    """A chunk as the writer thread takes it, made on the caller's thread."""
+
+    direct: bytes  # COPY text of the events whose occurred_at follows from their key
+    direct_rows: int
+    staged: bytes  # the others (time of receipt, a fraction of a second): they need `_NEW_KEY`
+    months: set  # partition months of the chunk's events
+    rejects: Sequence[Rejected]
+
+
+def _lines(events: Sequence[Event], rejects: Sequence[Rejected], seen: set[str]) -> _Lines:
+    """Of several events with one key in a transaction only the first (see `copy_data`)."""
+    direct: list[str] = []
+    staged: list[str] = []
+    for event in first_per_key(events, seen):
+        occurred = event.occurred_at
+        if occurred.microsecond == 0 and occurred != event.received_at:
+            direct.append(copy_line(event))
+        else:
+            staged.append(copy_line(event))
+    return _Lines("".join(direct).encode(), len(direct), "".join(staged).encode(), partitions.months_of(events),
+                  rejects)
+
+
+def store_chunks(conn: psycopg.Connection, chunks: Iterable[Chunk],
+                 meanwhile: Callable[[], object] | None = None) -> StoreResult:
+    """Store chunks as they come, in one transaction, on a thread of their own: PostgreSQL
+    stores chunk k while the caller's iterator produces (parses) chunk k+1. The caller's thread
+    also writes each chunk's COPY text, so the writer holds the GIL as little as it can (see
+    `_Writer` for how the rows reach `events`). `meanwhile` is called once every chunk is
+    handed over, while PostgreSQL stores the last ones and commits (what it raises is raised
+    once the transaction has ended, committed or not)."""
+    feed: queue.Queue[_Lines | None] = queue.Queue(maxsize=2)
+    outcome: dict[str, object] = {}
+
+    def write() -> None:
+        ended = False  # the producer's end (None) was taken: nothing more will come
+        try:
+            with conn.transaction():
+                writer = _Writer(conn)
+                try:
+                    while (lines := feed.get()) is not None:
+                        writer.add(lines)
+                    ended = True
+                    if "abort" in outcome:
+                        raise _Aborted()
+                    outcome["stored"] = writer.finish()
+                except BaseException as exc:
+                    writer.abandon(exc)  # an open COPY holds the connection's lock
+                    raise
+        except BaseException as exc:  # handed to the caller's thread
+            outcome.pop("stored", None)
+            outcome["error"] = exc
+            while not ended and feed.get() is not None:  # let the producer finish
+                pass
+
+    thread = threading.Thread(target=write, name="store-writer", daemon=True)
+    thread.start()
+    kept: list[Chunk] = []
+    seen: set[str] = set()
+    # The writer waits on PostgreSQL several times a transaction and each time needs the GIL
+    # back from the parsing thread: by default it waits up to 5 ms for it (the switch interval).
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(min(switch, WRITER_SWITCH_INTERVAL))
+    with cyclic_gc_off():  # the batch's events are kept until the end
+        try:
+            for given in chunks:
+                chunk = given if type(given) is Chunk else Chunk(*given)
+                kept.append(chunk)
+                if "error" not in outcome:
+                    feed.put(_lines(chunk.events, chunk.rejects, seen))
+        except BaseException:
+            outcome["abort"] = True
+            raise
+        finally:
+            feed.put(None)
+            try:
+                if meanwhile is not None and "abort" not in outcome:
+                    meanwhile()
+            finally:
+                thread.join()
+            sys.setswitchinterval(switch)
+    error = outcome.get("error")
+    events = [event for chunk in kept for event in chunk.events]
+    rejects = [item for chunk in kept for item in chunk.rejects]
+    if error is None:
+        stored = int(outcome["stored"])  # type: ignore[call-overload]
+        return StoreResult(stored, len(events) - stored, len(rejects))
+    if not isinstance(error, _REFUSED):
+        raise error
+    log.warning("batch of %d refused by PostgreSQL; storing it event by event", len(events))
+    origins: list[Envelope | None] = []
+    for chunk in kept:
+        origins.extend(chunk.origins if chunk.origins is not None else [None] * len(chunk.events))
+    return _store_one_by_one(conn, events, origins, rejects)
+
+
+@contextlib.contextmanager
+def cyclic_gc_off() -> Iterator[None]:
+    """The cyclic GC off for a batch's parsing and storing. It would walk the batch's objects
+    (thousands, kept until the commit) again and again: ~15 % of the parsing. They form no
+    cycles (reference counting frees them), and a batch is bounded (INGEST_WORKER_BATCH), so is
+    what a cycle could hold. Nested uses leave it to the outermost to switch it back on."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
+
+
+# After a direct COPY met a row already stored, the next transactions of that connection go
+# through the stage (a backfill of stored events would otherwise pay for every row twice);
+# the pause doubles with each further collision, up to this many transactions.
+MAX_DIRECT_PAUSE = 64
+_pause: weakref.WeakKeyDictionary[psycopg.Connection, list[int]] = weakref.WeakKeyDictionary()
+_SAVEPOINT = "direct_copy"
+
+
+class _Writer:
+    """One transaction's rows, on the writer thread.
+
+    Rows whose occurred_at follows from their key (nearly all) are COPYed straight into
+    `events`, in one COPY that stays open from chunk to chunk (PostgreSQL stores each chunk as
+    it arrives; no round trip per chunk), inside a savepoint. The unique constraint then
+    refuses a second copy of an event: on that (or any error of the COPY) the savepoint is
+    rolled back and the same rows go through the stage and `INSERT … ON CONFLICT DO NOTHING`
+    (`insert_events`), as do the other rows (`_NEW_KEY`) and every row while the connection's
+    direct COPY is paused (`MAX_DIRECT_PAUSE`). Rejects are written last."""
+
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self.conn = conn
+        self.cur = conn.cursor()
+        pause = _pause.setdefault(conn, [0, 0])  # [transactions still to skip, length of the last pause]
+        self.direct = pause[0] == 0
+        if not self.direct:
+            pause[0] -= 1
+        self.copy: Any = None  # the open COPY's context manager
+        self.copy_in: Any = None  # and its psycopg.Copy
+        self.savepoint = False
+        self.since: list[bytes] = []  # rows sent since the savepoint (redone staged on failure)
+        self.since_stored = 0  # rows of `since` known to be stored
+        self.copying = 0  # rows sent into the open COPY
+        self.stored = 0
+        self.staged = False  # the stage was made in this transaction
+        self.rejects: list[Rejected] = []
+
+    def add(self, lines: _Lines) -> None:
+        if lines.months and not partitions.known(self.conn, lines.months):
+            self._end_copy()  # making a partition is a statement of its own
+            partitions.ensure_months(self.conn, lines.months)
+        staged = lines.staged
+        if lines.direct_rows:
+            if self.direct:
+                self._copy(lines.direct, lines.direct_rows)
+            else:
+                staged = lines.direct + staged
+        if staged:
+            self._stage(staged)
+        self.rejects.extend(lines.rejects)
+
+    def finish(self) -> int:
+        """End the COPY, write the rejects; return how many rows were new."""
+        self._end_copy()
+        if self.direct and self.savepoint:
+            _pause[self.conn] = [0, 0]
+        if self.rejects:
+            insert_rejects(self.conn, self.rejects)
+        return self.stored
+
+    def _stage(self, data: bytes) -> None:
+        self._end_copy()
+        if self.savepoint and self.direct:
+            self.since.append(data)
+        new = _insert_staged(self.cur, data, staged=self.staged)
+        self.staged = True
+        self.stored += new
+        if self.savepoint and self.direct:
+            self.since_stored += new
+
+    def _copy(self, data: bytes, rows: int) -> None:
+        try:
+            if self.copy is None:
+                if not self.savepoint:
+                    self.cur.execute(f"SAVEPOINT {_SAVEPOINT}")
+                    self.savepoint = True
+                self.copy = self.cur.copy(f"COPY events ({_COLS}) FROM STDIN")
+                self.copy_in = self.copy.__enter__()
+            self.since.append(data)
+            self.copying += rows
+            self.copy_in.write(data)
+        except psycopg.Error as exc:
+            self._fall_back(exc)
+
+    def _end_copy(self) -> None:
+        if self.copy is None:
+            return
+        copy, self.copy = self.copy, None
+        try:
+            copy.__exit__(None, None, None)
+        except psycopg.Error as exc:
+            self._fall_back(exc)
+            return
+        self.stored += self.copying
+        self.since_stored += self.copying
+        self.copying = 0
+
+    def abandon(self, exc: BaseException) -> None:
+        """End an open COPY with `exc` (the server drops its rows)."""
+        if self.copy is not None:
+            copy, self.copy = self.copy, None
+            with contextlib.suppress(psycopg.Error):
+                copy.__exit__(type(exc), exc, exc.__traceback__)
+
+    def _fall_back(self, exc: psycopg.Error) -> None:
+        """The direct COPY failed: undo the savepoint, and store what it held through the stage."""
+        self.abandon(exc)
+        if self.conn.closed or self.conn.broken:
+            raise exc
+        self.cur.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")  # raises when the server is gone
+        self.direct = False
+        self.staged = False  # a stage made inside the savepoint went with it
+        self.stored -= self.since_stored
+        if isinstance(exc, psycopg.errors.UniqueViolation):
+            pause = _pause.setdefault(self.conn, [0, 0])
+            pause[1] = min(MAX_DIRECT_PAUSE, pause[1] * 2 or 1)
+            pause[0] = pause[1]
+        log.debug("direct COPY failed (%s); its rows go through the stage", str(exc).splitlines()[0])
+        redo, self.since, self.since_stored, self.copying = b"".join(self.since), [], 0, 0
+        if redo:
+            self._stage(redo)
+
+
+class _Aborted(Exception):
+    """The producer failed: roll the transaction back."""
+
+
+def _store_one_by_one(conn: psycopg.Connection, events: Sequence[Event], origins: Sequence[Envelope | None],
+                      rejects: Sequence[Rejected]) -> StoreResult:
+    result = StoreResult()
+    refused: list[Rejected] = list(rejects)
+    for event, origin in zip(events, origins, strict=True):
+        try:
+            with conn.transaction():
+                new = insert_events(conn, [event])
+            result.stored += new
+            result.duplicates += 1 - new
+        except psycopg.DataError as exc:
+            env = origin if origin is not None else _envelope_of(event)
+            refused.append(Rejected(env, f"refused by PostgreSQL: {exc}".splitlines()[0], event.source))
+    with conn.transaction():
+        result.rejected = insert_rejects(conn, refused)
+    return result
+
+
+def _envelope_of(event: Event) -> Envelope:
+    """A refused event kept as a call: its payload as JSON; a logfile record's target names its
+    log (`logfile:cdm-click`) so that `ingest rejected replay` can read it again."""
+    body = orjson.dumps(event.payload)
+    target = f"logfile:{event.copernica_type}" if event.source == "logfile" else ""
+    return Envelope(body=body, content_type="application/json", received_at=event.received_at.timestamp(),
+                    target=target)
