@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.loadgen import status_mib  # noqa: E402
 from common.envelope import Envelope  # noqa: E402
 from tests.fake_copernica import FakeCopernica, LogFile, make_records, webhook_fields  # noqa: E402
-from workers import store  # noqa: E402
+from workers.storage import store  # noqa: E402
 from workers.jobs import parse_calls  # noqa: E402
 from workers.storage.schema import apply_migrations  # noqa: E402
 
