@@ -21,7 +21,7 @@ run: $(STAMP)
 
 ## lint, then the whole test suite (real servers, started by the suite) with a fast fault subset
 test: $(STAMP)
-	$(BIN)/ruff check ingest workers common tests bench
+	$(MAKE) lint
 	$(BIN)/python -m pytest -q -m "not slow" --durations=10
 
 ## the RQ-contract tests (marker rq_contract) against the lowest and the highest rq and redis-py
@@ -48,7 +48,9 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 lint: $(STAMP)
+	$(BIN)/ruff format --check ingest workers common tests bench
 	$(BIN)/ruff check ingest workers common tests bench
+	$(BIN)/mypy ingest workers common
 
 clean:
 	rm -rf $(VENV) $(VENV)-rq-low $(VENV)-rq-high .ingest .pytest_cache

@@ -43,9 +43,16 @@ LOAD_CORE = 0
 def receiver(kind: str, redis_url: str, database_url: str, queue: str):
     """Start one receiver pinned to the server core; yield (url, pid)."""
     port = free_port()
-    env = {**os.environ, "REDIS_URL": redis_url, "DATABASE_URL": database_url, "INGEST_QUEUE": queue,
-           "INGEST_LOG_LEVEL": "WARNING", "INGEST_PORT": str(port), "INGEST_HOST": "127.0.0.1",
-           "INGEST_AUTH": "none"}
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "DATABASE_URL": database_url,
+        "INGEST_QUEUE": queue,
+        "INGEST_LOG_LEVEL": "WARNING",
+        "INGEST_PORT": str(port),
+        "INGEST_HOST": "127.0.0.1",
+        "INGEST_AUTH": "none",
+    }
     if kind == "project":
         argv = [sys.executable, "-m", "ingest", "serve"]
     else:
@@ -80,17 +87,25 @@ REPEATED = ("bare", "project")
 def combined(results: list[LoadResult]) -> LoadResult:
     """Repeated runs of one receiver as one: mean rate and median, the worst p99, every failure."""
     return LoadResult(
-        requests=sum(r.requests for r in results), seconds=sum(r.seconds for r in results),
-        rps=sum(r.rps for r in results) / len(results), p50_ms=sum(r.p50_ms for r in results) / len(results),
-        p99_ms=max(r.p99_ms for r in results), non_2xx=sum(r.non_2xx for r in results),
-        socket_errors=sum(r.socket_errors for r in results))
+        requests=sum(r.requests for r in results),
+        seconds=sum(r.seconds for r in results),
+        rps=sum(r.rps for r in results) / len(results),
+        p50_ms=sum(r.p50_ms for r in results) / len(results),
+        p99_ms=max(r.p99_ms for r in results),
+        non_2xx=sum(r.non_2xx for r in results),
+        socket_errors=sum(r.socket_errors for r in results),
+    )
 
 
 def scenarios(quick: bool) -> list[tuple[str, int, bool]]:
     if quick:
         return [("64 keep-alive", 64, True), ("256 keep-alive", 256, True)]
-    return [("64 keep-alive", 64, True), ("256 keep-alive", 256, True), ("64 close", 64, False),
-            ("256 close", 256, False)]
+    return [
+        ("64 keep-alive", 64, True),
+        ("256 keep-alive", 256, True),
+        ("64 close", 64, False),
+        ("256 close", 256, False),
+    ]
 
 
 def pin_tree(pid: int, core: int) -> None:
@@ -132,14 +147,25 @@ def run_receivers(redis_url: str, database_url: str, seconds: float, quick: bool
                 rss = status_mib(pid, "VmHWM") or float("nan")
             queued = drain.queued_calls(conn, queue) if kind == "project" else None
             measured[kind].append(Row(kind, name, result, rss, queued))
-            console.print(f"  {name:<15} {kind:<8} {result.rps:>9,.0f} req/s  p99 {result.p99_ms:6.2f} ms  "
-                          f"non-2xx {result.failures}")
+            console.print(
+                f"  {name:<15} {kind:<8} {result.rps:>9,.0f} req/s  p99 {result.p99_ms:6.2f} ms  "
+                f"non-2xx {result.failures}"
+            )
         for kind, runs in measured.items():
             queued = [run.queued for run in runs if run.queued is not None]
-            backed = all(run.queued >= run.result.requests - run.result.failures
-                         for run in runs if run.queued is not None)
-            rows.append(Row(kind, name, combined([run.result for run in runs]), max(run.rss_mib for run in runs),
-                            sum(queued) if queued else None, backed))
+            backed = all(
+                run.queued >= run.result.requests - run.result.failures for run in runs if run.queued is not None
+            )
+            rows.append(
+                Row(
+                    kind,
+                    name,
+                    combined([run.result for run in runs]),
+                    max(run.rss_mib for run in runs),
+                    sum(queued) if queued else None,
+                    backed,
+                )
+            )
     conn.flushdb()
     conn.close()
     return rows
@@ -147,8 +173,19 @@ def run_receivers(redis_url: str, database_url: str, seconds: float, quick: bool
 
 def receiver_table(rows: list[Row]) -> Table:
     table = Table(title="Receiver: distinct ~470-byte open events, wrk on core 0, receiver on core 1")
-    for column in ("scenario", "receiver", "req/s", "p50 ms", "p99 ms", "peak RSS MiB", "non-2xx",
-                   "× bare", "× enqueue", "× lpush", "2xx backed in Redis"):
+    for column in (
+        "scenario",
+        "receiver",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "peak RSS MiB",
+        "non-2xx",
+        "× bare",
+        "× enqueue",
+        "× lpush",
+        "2xx backed in Redis",
+    ):
         table.add_column(column, justify="right" if column not in ("scenario", "receiver") else "left")
     by = {(r.scenario, r.receiver): r for r in rows}
     for row in rows:
@@ -161,8 +198,17 @@ def receiver_table(rows: list[Row]) -> Table:
             ok = row.result.requests - row.result.failures
             good = row.queued >= ok and row.each_backed
             backed = f"{row.queued:,} ≥ {ok:,} ✓" if good else f"{row.queued:,} vs {ok:,} ✗"
-        table.add_row(row.scenario, row.receiver, f"{row.result.rps:,.0f}", f"{row.result.p50_ms:.2f}",
-                      f"{row.result.p99_ms:.2f}", f"{row.rss_mib:.0f}", str(row.result.failures), *ratios, backed)
+        table.add_row(
+            row.scenario,
+            row.receiver,
+            f"{row.result.rps:,.0f}",
+            f"{row.result.p50_ms:.2f}",
+            f"{row.result.p99_ms:.2f}",
+            f"{row.rss_mib:.0f}",
+            str(row.result.failures),
+            *ratios,
+            backed,
+        )
     return table
 
 
@@ -170,13 +216,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="keep-alive scenarios only, shorter runs")
     parser.add_argument("--seconds", type=float, default=8.0, help="seconds per receiver scenario (default 8)")
-    parser.add_argument("--reps", type=int, default=2,
-                        help="runs of bare and project per scenario, interleaved (default 2; their mean is shown)")
+    parser.add_argument(
+        "--reps",
+        type=int,
+        default=2,
+        help="runs of bare and project per scenario, interleaved (default 2; their mean is shown)",
+    )
     parser.add_argument("--drain", type=int, default=200_000, help="events for the drain measurement (0 skips it)")
     parser.add_argument("--burst", type=int, default=500_000, help="events in the burst (0 skips it)")
     parser.add_argument("--skip-receivers", action="store_true", help="measure only the drain and the burst")
-    parser.add_argument("--fsync", choices=("always", "everysec"), default="always",
-                        help="the embedded Redis's appendfsync (default always: what the contract needs)")
+    parser.add_argument(
+        "--fsync",
+        choices=("always", "everysec"),
+        default="always",
+        help="the embedded Redis's appendfsync (default always: what the contract needs)",
+    )
     args = parser.parse_args(argv)
     if not have_wrk() and not (args.skip_receivers and not args.burst):
         console.print(INSTALL_HINT)
@@ -209,13 +263,21 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.drain:
             console.rule("drain")
-            console.print(drain.drain_table(drain.measure_drain(redis_url, database_url, args.drain,
-                                                                core=SERVER_CORE)))
+            console.print(drain.drain_table(drain.measure_drain(redis_url, database_url, args.drain, core=SERVER_CORE)))
         if args.burst:
             console.rule("burst")
-            console.print(drain.burst_table(drain.measure_burst(redis_url, database_url, args.burst,
-                                                                receiver_ctx=receiver, load_core=LOAD_CORE,
-                                                                worker_core=SERVER_CORE)))
+            console.print(
+                drain.burst_table(
+                    drain.measure_burst(
+                        redis_url,
+                        database_url,
+                        args.burst,
+                        receiver_ctx=receiver,
+                        load_core=LOAD_CORE,
+                        worker_core=SERVER_CORE,
+                    )
+                )
+            )
         with psycopg.connect(database_url, autocommit=True) as conn:
             conn.execute("TRUNCATE events, rejected_events")
     return 0

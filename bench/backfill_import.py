@@ -26,12 +26,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.loadgen import status_mib  # noqa: E402
-from common.envelope import Envelope  # noqa: E402
-from tests.fake_copernica import FakeCopernica, LogFile, make_records, webhook_fields  # noqa: E402
-from workers.storage import store  # noqa: E402
-from workers.jobs import parse_calls  # noqa: E402
-from workers.storage.schema import apply_migrations  # noqa: E402
+from bench.loadgen import status_mib
+from common.envelope import Envelope
+from tests.fake_copernica import FakeCopernica, LogFile, make_records, webhook_fields
+from workers.jobs import parse_calls
+from workers.storage import store
+from workers.storage.schema import apply_migrations
 
 TZ = "Europe/Amsterdam"
 DAY = date(2026, 11, 25)
@@ -66,8 +66,9 @@ def main() -> int:
             conn.commit()
             env = {**os.environ, "DATABASE_URL": url, "INGEST_LOG_LEVEL": "WARNING"}
             started = time.perf_counter()
-            proc = subprocess.Popen([sys.executable, "-m", "ingest", "import", str(path)], env=env, cwd=workdir,
-                                    stdout=subprocess.DEVNULL)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "ingest", "import", str(path)], env=env, cwd=workdir, stdout=subprocess.DEVNULL
+            )
             max_rss_mb = 0.0
             while proc.poll() is None:
                 max_rss_mb = max(max_rss_mb, status_mib(proc.pid) or 0.0)
@@ -77,15 +78,20 @@ def main() -> int:
             stored_now = conn.execute("SELECT count(*) FROM events").fetchone()[0]
             assert stored_now == args.records, stored_now
 
-            calls = [Envelope(body=urllib.parse.urlencode(webhook_fields("cdm-click", r)).encode(),
-                              content_type="application/x-www-form-urlencoded", received_at=time.time()).to_wire()
-                     for r in records]
+            calls = [
+                Envelope(
+                    body=urllib.parse.urlencode(webhook_fields("cdm-click", r)).encode(),
+                    content_type="application/x-www-form-urlencoded",
+                    received_at=time.time(),
+                ).to_wire()
+                for r in records
+            ]
             conn.execute("TRUNCATE events, rejected_events")
             conn.commit()
             started = time.perf_counter()
             stored = 0
             for at in range(0, len(calls), args.drain_batch):
-                events, origins, rejects = parse_calls(calls[at:at + args.drain_batch], TZ)
+                events, origins, rejects = parse_calls(calls[at : at + args.drain_batch], TZ)
                 stored += store.store(conn, events, rejects, origins).stored
             took_drain = time.perf_counter() - started
             assert stored == args.records
@@ -93,10 +99,14 @@ def main() -> int:
         if embedded is not None:
             embedded.stop()
     print(f"records: {args.records:,} ({args.format}, {size_mb:.1f} MB file)")
-    print(f"import (`ingest import`, batches of 5,000): {took_import:6.2f} s  {args.records / took_import:9,.0f} "
-          f"records/s  (whole command, peak RSS {max_rss_mb:.0f} MB)")
-    print(f"drain  (webhook jobs of {args.drain_batch}):               {took_drain:6.2f} s  "
-          f"{args.records / took_drain:9,.0f} records/s  (parse + store, no Redis/RQ)")
+    print(
+        f"import (`ingest import`, batches of 5,000): {took_import:6.2f} s  {args.records / took_import:9,.0f} "
+        f"records/s  (whole command, peak RSS {max_rss_mb:.0f} MB)"
+    )
+    print(
+        f"drain  (webhook jobs of {args.drain_batch}):               {took_drain:6.2f} s  "
+        f"{args.records / took_drain:9,.0f} records/s  (parse + store, no Redis/RQ)"
+    )
     return 0
 
 

@@ -59,10 +59,14 @@ def lpush_app(redis_url: str) -> web.Application:
 def main(argv: list[str]) -> None:
     kind, port = argv[0], int(argv[1])
     redis_url = argv[2] if len(argv) > 2 else ""
-    app = {"bare": lambda: bare_app(), "enqueue": lambda: enqueue_app(redis_url),
-           "lpush": lambda: lpush_app(redis_url)}[kind]()
-    web.run_app(app, host="127.0.0.1", port=port, loop=uvloop.new_event_loop(), access_log=None, print=None,
-                backlog=4096)
+    app = {
+        "bare": lambda: bare_app(),
+        "enqueue": lambda: enqueue_app(redis_url),
+        "lpush": lambda: lpush_app(redis_url),
+    }[kind]()
+    web.run_app(
+        app, host="127.0.0.1", port=port, loop=uvloop.new_event_loop(), access_log=None, print=None, backlog=4096
+    )
 
 
 if __name__ == "__main__":

@@ -38,14 +38,34 @@ def make_calls(count: int, offset: int = 0) -> list[dict]:
     calls = []
     now = time.time()
     for n in range(offset, offset + count):
-        body = urlencode({
-            "id": f"m{n:015d}", "type": "open", "timestamp": "2026-11-26 12:00:01", "time": 1795694401 + n % 86400,
-            "recipient": f"user{n % 1_000_000}@example.com", "ip": f"192.0.2.{n % 250 + 1}", "useragent": AGENT,
-            "referer": "https://mail.example.com/inbox?folder=news", "tags": "newsletter;weekly;november",
-            "profile": n % 1_000_000, "mailing": 4242, "database": 12, "extra": "x" * 60,
-        }).encode()
-        calls.append(wire(body, "application/x-www-form-urlencoded", now + n * 1e-5, "127.0.0.1", "POST", "/copernica",
-                          {"content-type": "application/x-www-form-urlencoded", "x-copernica-id": "account-1234"}))
+        body = urlencode(
+            {
+                "id": f"m{n:015d}",
+                "type": "open",
+                "timestamp": "2026-11-26 12:00:01",
+                "time": 1795694401 + n % 86400,
+                "recipient": f"user{n % 1_000_000}@example.com",
+                "ip": f"192.0.2.{n % 250 + 1}",
+                "useragent": AGENT,
+                "referer": "https://mail.example.com/inbox?folder=news",
+                "tags": "newsletter;weekly;november",
+                "profile": n % 1_000_000,
+                "mailing": 4242,
+                "database": 12,
+                "extra": "x" * 60,
+            }
+        ).encode()
+        calls.append(
+            wire(
+                body,
+                "application/x-www-form-urlencoded",
+                now + n * 1e-5,
+                "127.0.0.1",
+                "POST",
+                "/copernica",
+                {"content-type": "application/x-www-form-urlencoded", "x-copernica-id": "account-1234"},
+            )
+        )
     return calls
 
 
@@ -54,7 +74,7 @@ def fill_queue(redis_url: str, queue: str, calls: list[dict], batch: int) -> Non
     batch_queue = BatchQueue(settings)
     conn = redis.Redis.from_url(redis_url)
     for start in range(0, len(calls), batch):
-        batch_queue.write_sync(conn, calls[start:start + batch])
+        batch_queue.write_sync(conn, calls[start : start + batch])
     conn.close()
 
 
@@ -67,7 +87,7 @@ def queued_calls(conn: redis.Redis, queue: str) -> int:
     total = 0
     for start in range(0, len(ids), 1000):
         with conn.pipeline(transaction=False) as pipe:
-            for job_id in ids[start:start + 1000]:
+            for job_id in ids[start : start + 1000]:
                 pipe.hget(b"rq:job:" + job_id, "description")
             for description in pipe.execute():
                 match = _DESCRIPTION.search(description or b"")
@@ -82,8 +102,14 @@ class WorkerRun:
 
 
 def run_worker(redis_url: str, database_url: str, queue: str, core: int | None, **extra: str) -> WorkerRun:
-    env = {**os.environ, "REDIS_URL": redis_url, "DATABASE_URL": database_url, "INGEST_QUEUE": queue,
-           "INGEST_LOG_LEVEL": "WARNING", **extra}
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "DATABASE_URL": database_url,
+        "INGEST_QUEUE": queue,
+        "INGEST_LOG_LEVEL": "WARNING",
+        **extra,
+    }
     samples: list[float] = []
     with psycopg.connect(database_url, autocommit=True) as conn:
         before = conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
@@ -152,13 +178,14 @@ def raw_copy(database_url: str, calls: list[dict], batch: int, core: int | None)
         os.sched_setaffinity(0, {core})
     try:
         with psycopg.connect(database_url) as conn, conn.cursor() as cur:
-            cur.execute(f"CREATE TEMP TABLE raw_stage ON COMMIT DELETE ROWS AS SELECT {columns} FROM events"
-                        " WITH NO DATA")
+            cur.execute(
+                f"CREATE TEMP TABLE raw_stage ON COMMIT DELETE ROWS AS SELECT {columns} FROM events WITH NO DATA"
+            )
             conn.commit()
             started = time.perf_counter()
             for start in range(0, len(events), batch):
                 with cur.copy(f"COPY raw_stage ({columns}) FROM STDIN") as copy:
-                    copy.write(copy_data(events[start:start + batch]))
+                    copy.write(copy_data(events[start : start + batch]))
                 cur.execute(f"INSERT INTO events ({columns}) SELECT {columns} FROM raw_stage ON CONFLICT DO NOTHING")
                 conn.commit()
             seconds = time.perf_counter() - started
@@ -167,8 +194,9 @@ def raw_copy(database_url: str, calls: list[dict], batch: int, core: int | None)
     return DrainResult("raw COPY + ON CONFLICT", len(events), seconds)
 
 
-def measure_drain(redis_url: str, database_url: str, count: int, *, core: int | None, batch: int = 50,
-                  per_event: int = 3000) -> list[DrainResult]:
+def measure_drain(
+    redis_url: str, database_url: str, count: int, *, core: int | None, batch: int = 50, per_event: int = 3000
+) -> list[DrainResult]:
     """`batch`: calls per queued job, about what the receiver writes under a burst."""
     conn = redis.Redis.from_url(redis_url)
     calls = make_calls(count)
@@ -180,8 +208,9 @@ def measure_drain(redis_url: str, database_url: str, count: int, *, core: int | 
     compact(conn)
     run = run_worker(redis_url, database_url, "bench-drain", core)
     stored = count_events(database_url)
-    results.append(DrainResult(f"project worker (queued jobs of {batch} calls)", stored, run.seconds,
-                               max(run.rss_mib or [0])))
+    results.append(
+        DrainResult(f"project worker (queued jobs of {batch} calls)", stored, run.seconds, max(run.rss_mib or [0]))
+    )
 
     truncate(database_url)
     results.append(raw_copy(database_url, calls, Settings().worker_batch, core))
@@ -191,8 +220,9 @@ def measure_drain(redis_url: str, database_url: str, count: int, *, core: int | 
     fill_queue(redis_url, "bench-drain", calls[:per_event], 1)
     compact(conn)
     run = run_worker(redis_url, database_url, "bench-drain", core, INGEST_WORKER_BATCH="0")
-    results.append(DrainResult("one RQ job per event", count_events(database_url), run.seconds,
-                               max(run.rss_mib or [0])))
+    results.append(
+        DrainResult("one RQ job per event", count_events(database_url), run.seconds, max(run.rss_mib or [0]))
+    )
     truncate(database_url)
     conn.flushdb()
     conn.close()
@@ -229,8 +259,16 @@ class BurstResult:
     redis_bytes_per_call: float
 
 
-def measure_burst(redis_url: str, database_url: str, count: int, *, receiver_ctx, load_core: int,
-                  worker_core: int, connections: int = 64) -> BurstResult:
+def measure_burst(
+    redis_url: str,
+    database_url: str,
+    count: int,
+    *,
+    receiver_ctx,
+    load_core: int,
+    worker_core: int,
+    connections: int = 64,
+) -> BurstResult:
     """Post `count` distinct events as fast as wrk can, then drain them all with one worker."""
     conn = redis.Redis.from_url(redis_url)
     conn.flushdb()
@@ -244,10 +282,22 @@ def measure_burst(redis_url: str, database_url: str, count: int, *, receiver_ctx
     run = run_worker(redis_url, database_url, queue, worker_core)
     stored = count_events(database_url)
     rss = run.rss_mib or [0.0]
-    warm = rss[len(rss) // 10:] or rss
+    warm = rss[len(rss) // 10 :] or rss
     conn.close()
-    return BurstResult(load.requests, load.failures, load.seconds, load.rps, load.p99_ms, queued, stored,
-                       run.seconds, warm[0], warm[-1], max(rss), memory_per_call)
+    return BurstResult(
+        load.requests,
+        load.failures,
+        load.seconds,
+        load.rps,
+        load.p99_ms,
+        queued,
+        stored,
+        run.seconds,
+        warm[0],
+        warm[-1],
+        max(rss),
+        memory_per_call,
+    )
 
 
 def burst_table(result: BurstResult) -> Table:
@@ -256,16 +306,19 @@ def burst_table(result: BurstResult) -> Table:
     table.add_column("value", justify="right")
     ok = "✓" if result.non_2xx == 0 and result.stored == result.queued >= result.posted - result.non_2xx else "✗"
     for name, value in (
-        ("answered (wrk)", f"{result.posted:,}"), ("non-2xx / socket errors", f"{result.non_2xx}"),
+        ("answered (wrk)", f"{result.posted:,}"),
+        ("non-2xx / socket errors", f"{result.non_2xx}"),
         ("post rate", f"{result.rps:,.0f} req/s over {result.post_seconds:.1f} s"),
-        ("p99 latency", f"{result.p99_ms:.2f} ms"), ("calls in Redis", f"{result.queued:,}"),
+        ("p99 latency", f"{result.p99_ms:.2f} ms"),
+        ("calls in Redis", f"{result.queued:,}"),
         ("Redis memory per queued call", f"{result.redis_bytes_per_call:,.0f} bytes"),
         ("rows stored", f"{result.stored:,}"),
         ("drain", f"{result.drain_seconds:.1f} s ({result.stored / max(result.drain_seconds, 1e-9):,.0f} events/s)"),
-        ("worker RSS after warm-up: first / last / peak",
-         f"{result.rss_first_mib:.0f} / {result.rss_last_mib:.0f} / {result.rss_peak_mib:.0f} MiB"),
+        (
+            "worker RSS after warm-up: first / last / peak",
+            f"{result.rss_first_mib:.0f} / {result.rss_last_mib:.0f} / {result.rss_peak_mib:.0f} MiB",
+        ),
         ("events in = rows out, no non-2xx", ok),
     ):
         table.add_row(name, value)
     return table
-

@@ -84,12 +84,32 @@ def parse(output: str) -> LoadResult:
     )
 
 
-def run_wrk(url: str, *, connections: int, seconds: float, keepalive: bool = True, core: int | None = 0,
-            per_thread_limit: int = 0, threads: int = 1, timeout: float = 10.0) -> LoadResult:
+def run_wrk(
+    url: str,
+    *,
+    connections: int,
+    seconds: float,
+    keepalive: bool = True,
+    core: int | None = 0,
+    per_thread_limit: int = 0,
+    threads: int = 1,
+    timeout: float = 10.0,
+) -> LoadResult:
     """Post distinct Copernica events at `url` for `seconds` (or until each thread sent its limit)."""
     script = HERE / ("burst.lua" if per_thread_limit else "events.lua")
-    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", f"--timeout={timeout:g}s",
-            "--latency", "-s", str(script), url, "--", "keep" if keepalive else "close"]
+    argv = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{seconds:g}s",
+        f"--timeout={timeout:g}s",
+        "--latency",
+        "-s",
+        str(script),
+        url,
+        "--",
+        "keep" if keepalive else "close",
+    ]
     if not per_thread_limit:
         done = subprocess.run(pinned(argv, core), capture_output=True, text=True, timeout=seconds + 120)
         if done.returncode != 0:

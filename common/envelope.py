@@ -46,16 +46,21 @@ class Envelope:
     headers: dict[str, str] = field(default_factory=dict)
 
     def to_wire(self) -> dict[str, Any]:
-        return wire(self.body, self.content_type, self.received_at, self.remote, self.method, self.target,
-                    self.headers)
+        return wire(self.body, self.content_type, self.received_at, self.remote, self.method, self.target, self.headers)
 
     @classmethod
     def from_wire(cls, wire: dict[str, Any]) -> Envelope:
         try:  # as `wire` makes it: taken as it is
             body, content_type, received_at, remote, method, target, headers = _WIRE_FIELDS(wire)
-            if (type(body) is bytes and type(content_type) is str and type(received_at) is float
-                    and type(remote) is str and type(method) is str and type(target) is str
-                    and type(headers) is dict):
+            if (
+                type(body) is bytes
+                and type(content_type) is str
+                and type(received_at) is float
+                and type(remote) is str
+                and type(method) is str
+                and type(target) is str
+                and type(headers) is dict
+            ):
                 return cls(body, content_type, received_at, remote, method or "POST", target, headers)
         except KeyError:
             pass
@@ -79,8 +84,9 @@ class Envelope:
 _WIRE_FIELDS = operator.itemgetter("body", "content_type", "received_at", "remote", "method", "target", "headers")
 
 
-def wire(body: bytes, content_type: str, received_at: float, remote: str, method: str, target: str,
-         headers: dict[str, str]) -> dict[str, Any]:
+def wire(
+    body: bytes, content_type: str, received_at: float, remote: str, method: str, target: str, headers: dict[str, str]
+) -> dict[str, Any]:
     """The queued form of a call (a plain dict: cheap to build on the receiver's hot path)."""
     return {
         "v": 1,

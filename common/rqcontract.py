@@ -57,6 +57,7 @@ def job_key(job_id: str) -> str:
 
 # ---- A job's data -----------------------------------------------------------------------------
 
+
 def job_data(raw: bytes) -> bytes:
     """A job's `data` field as RQ reads it (`Job.restore`): zlib-compressed by RQ's own
     enqueue, taken as it stands when it is not zlib's (the receiver's template writes it plain)."""
@@ -67,7 +68,7 @@ def job_data(raw: bytes) -> bytes:
 
 
 class QueuedCall(NamedTuple):
-    func_name: str
+    func_name: str | None  # as RQ's Job gives it
     args: tuple[Any, ...]
 
 
@@ -91,6 +92,7 @@ def queued_calls(conn: redis.Redis, ids: list[str]) -> list[QueuedCall | None]:
 
 
 # ---- The job template -------------------------------------------------------------------------
+
 
 class TemplateError(RuntimeError):
     """RQ's enqueue did something the template cannot place: refuse to build it (and so to
@@ -166,15 +168,24 @@ class JobTemplate:
     VARYING = ("data", "created_at", "enqueued_at", "description")  # hash fields set per job
     _SAMPLE_ID = "00000000-0000-4000-8000-000000000000"
 
-    def __init__(self, queue: Queue, function: str, *, timeout: int, result_ttl: int, failure_ttl: int,
-                 retry: Retry) -> None:
+    def __init__(
+        self, queue: Queue, function: str, *, timeout: int, result_ttl: int, failure_ttl: int, retry: Retry
+    ) -> None:
         # RQ: enqueue asks Redis its version once, on the queue's own connection: asked here
         # first, so that the recording holds writes only.
         queue.get_redis_server_version()
         recorder = _Recorder()
-        job = queue.enqueue_call(function, args=(b"",), timeout=timeout, result_ttl=result_ttl,
-                                 failure_ttl=failure_ttl, retry=retry, description="", job_id=self._SAMPLE_ID,
-                                 pipeline=recorder)  # type: ignore[arg-type]
+        job = queue.enqueue_call(
+            function,
+            args=(b"",),
+            timeout=timeout,
+            result_ttl=result_ttl,
+            failure_ttl=failure_ttl,
+            retry=retry,
+            description="",
+            job_id=self._SAMPLE_ID,
+            pipeline=recorder,  # type: ignore[arg-type]  # records what RQ sends: a Pipeline by its shape
+        )
         func_name, instance, _args, kwargs = queue.serializer.loads(job.data)
         self._call_shape = (func_name, instance, kwargs)
         self._dumps = queue.serializer.dumps
@@ -204,8 +215,9 @@ class JobTemplate:
                 self._segments.append(_bulk(word))
         self._check(function, retry)
 
-    def _words(self, name: str, args: tuple[Any, ...], options: dict[str, Any], fixed: dict[str, str],
-               stamps: set[bytes]) -> list[bytes | str]:
+    def _words(
+        self, name: str, args: tuple[Any, ...], options: dict[str, Any], fixed: dict[str, str], stamps: set[bytes]
+    ) -> list[bytes | str]:
         """One recorded write as the script's words: bytes where fixed, a name where it varies."""
         mapping = dict(options.pop("mapping", None) or {})
         if options:
@@ -220,8 +232,10 @@ class JobTemplate:
             rest = []
         elif name in ("rpush", "lpush") and [_text(a) for a in rest] != [self._SAMPLE_ID]:
             raise TemplateError(f"RQ's enqueue pushed {rest} onto the queue: the template cannot place it")
-        words: list[bytes | str] = [name.upper().encode(), "key" if fixed[_WRITES[name]] == fixed["job"] else
-                                    _encode(key)]
+        words: list[bytes | str] = [
+            name.upper().encode(),
+            "key" if fixed[_WRITES[name]] == fixed["job"] else _encode(key),
+        ]
         for arg in rest:
             words.append("id" if _text(arg) == self._SAMPLE_ID else self._fixed(_encode(arg), stamps))
         for field, value in mapping.items():
@@ -237,11 +251,13 @@ class JobTemplate:
 
     def _fixed(self, value: bytes, stamps: set[bytes]) -> bytes:
         if self._SAMPLE_ID.encode() in value:
-            raise TemplateError(f"RQ's enqueue wrote {value[:80]!r}, derived from the job id: the template cannot "
-                                "place it")
+            raise TemplateError(
+                f"RQ's enqueue wrote {value[:80]!r}, derived from the job id: the template cannot place it"
+            )
         if value in stamps:
-            raise TemplateError(f"RQ's enqueue wrote the time {value!r} outside {self.VARYING}: the template "
-                                "would freeze it")
+            raise TemplateError(
+                f"RQ's enqueue wrote the time {value!r} outside {self.VARYING}: the template would freeze it"
+            )
         return value
 
     def _check(self, function: str, retry: Retry) -> None:
@@ -250,8 +266,12 @@ class JobTemplate:
         values = self._values(job_id, (b"",), b"check")
         job = Job(job_id, connection=self._connection)
         job.restore({field: values[v] if isinstance(v, str) else v for field, v in self._hash.items()})
-        if (job.func_name, job.args, job.origin, job.description) != (function, (b"",), self.queue_name, "check") \
-                or job.retries_left != retry.max:
+        if (job.func_name, job.args, job.origin, job.description) != (
+            function,
+            (b"",),
+            self.queue_name,
+            "check",
+        ) or job.retries_left != retry.max:
             raise TemplateError("RQ reads the template's job back differently: the template cannot be used")
 
     def _values(self, job_id: str, args: tuple[Any, ...], description: bytes) -> dict[str, bytes]:
@@ -259,15 +279,21 @@ class JobTemplate:
         # The data is not compressed: RQ reads data that is not zlib's as it stands (`job_data`).
         stamp = utcformat(now()).encode()
         id_bytes = job_id.encode()
-        return {"id": id_bytes, "key": job_key(job_id).encode(), "created_at": stamp, "enqueued_at": stamp,
-                "data": self._dumps((func_name, instance, args, kwargs)), "description": description}
+        return {
+            "id": id_bytes,
+            "key": job_key(job_id).encode(),
+            "created_at": stamp,
+            "enqueued_at": stamp,
+            "data": self._dumps((func_name, instance, args, kwargs)),
+            "description": description,
+        }
 
     def pack(self, argument: Any, description: bytes) -> tuple[str, bytes]:
         """A new job id and the whole command (RESP-encoded) that enqueues a job calling the
         template's function with `argument`."""
         job_id = str(uuid.uuid4())
         values = self._values(job_id, (argument,), description)
-        return job_id, b"".join(seg if type(seg) is bytes else _bulk(values[seg]) for seg in self._segments)
+        return job_id, b"".join(seg if isinstance(seg, bytes) else _bulk(values[seg]) for seg in self._segments)
 
 
 # ---- The worker -------------------------------------------------------------------------------
@@ -296,10 +322,11 @@ class HeartbeatWorker(SimpleWorker):
         # handles commands with `handle_payload` and survives reconnects with its handler.
         self.pubsub = self.connection.pubsub()
         self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
-        self.pubsub_thread = self.pubsub.run_in_thread(
-            sleep_time=self.pubsub_poll, daemon=True, exception_handler=self._pubsub_exception_handler)
+        self.pubsub_thread = self.pubsub.run_in_thread(  # type: ignore[assignment]  # RQ declares it None
+            sleep_time=self.pubsub_poll, daemon=True, exception_handler=self._pubsub_exception_handler
+        )
 
-    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:  # noqa: ARG002 - RQ's signature
         # RQ: the TTL `prepare_execution` and `maintain_heartbeats` give the started-registry
         # entry, counted from the current whole second (so it must be well above 1).
         return self.abandoned_after
@@ -329,4 +356,3 @@ class HeartbeatWorker(SimpleWorker):
                     self.maintain_heartbeats(job)  # type: ignore[call-arg]
             except redis.RedisError as exc:  # the job goes on; at worst it is retried (idempotent)
                 log.warning("heartbeat for job %s failed: %s", job.id, exc)
-

@@ -13,7 +13,7 @@ import re
 import zoneinfo
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 
@@ -161,103 +161,192 @@ def setting(var: str, cast: Callable[[str], Any], default: Any, doc: str, *, sec
 @dataclass(frozen=True, slots=True)
 class Settings:
     redis_url: str | None = setting(
-        "REDIS_URL", _url("redis", "rediss", "unix"), None,
-        "Redis/Valkey holding the queue. Unset: `ingest dev` starts an embedded Valkey.")
+        "REDIS_URL",
+        _url("redis", "rediss", "unix"),
+        None,
+        "Redis/Valkey holding the queue. Unset: `ingest dev` starts an embedded Valkey.",
+    )
     database_url: str | None = setting(
-        "DATABASE_URL", _url("postgresql", "postgres"), None,
-        "PostgreSQL for the events. Unset: `ingest dev` starts an embedded PostgreSQL.")
+        "DATABASE_URL",
+        _url("postgresql", "postgres"),
+        None,
+        "PostgreSQL for the events. Unset: `ingest dev` starts an embedded PostgreSQL.",
+    )
     queue: str = setting("INGEST_QUEUE", _text, "copernica", "RQ queue the receiver fills and workers drain.")
     host: str = setting(
-        "INGEST_HOST", _text, "0.0.0.0",
-        "Address the receiver listens on. `ingest dev` listens on `127.0.0.1` unless this is set.")
+        "INGEST_HOST",
+        _text,
+        "0.0.0.0",
+        "Address the receiver listens on. `ingest dev` listens on `127.0.0.1` unless this is set.",
+    )
     port: int = setting("INGEST_PORT", _port, 8080, "Port the receiver listens on.")
     max_body_bytes: int = setting(
-        "INGEST_MAX_BODY_BYTES", _positive_int, 10 * 1024 * 1024,
-        "Largest webhook body accepted (bounces carry whole MIME messages); larger gets 413.")
+        "INGEST_MAX_BODY_BYTES",
+        _positive_int,
+        10 * 1024 * 1024,
+        "Largest webhook body accepted (bounces carry whole MIME messages); larger gets 413.",
+    )
     max_batch: int = setting(
-        "INGEST_MAX_BATCH", _positive_int, 500, "Most webhook calls written to Redis as one RQ job (group commit).")
+        "INGEST_MAX_BATCH", _positive_int, 500, "Most webhook calls written to Redis as one RQ job (group commit)."
+    )
     max_in_flight: int = setting(
-        "INGEST_MAX_IN_FLIGHT", _positive_int, 3,
+        "INGEST_MAX_IN_FLIGHT",
+        _positive_int,
+        3,
         "Batches being written to Redis at once by one receiver process (one, and more only once the "
-        "next holds 10 calls).")
+        "next holds 10 calls).",
+    )
     max_pending: int = setting(
-        "INGEST_MAX_PENDING", _positive_int, 20000,
-        "Most calls waiting for Redis at once; past it a call gets 503 at once (bounded memory).")
+        "INGEST_MAX_PENDING",
+        _positive_int,
+        20000,
+        "Most calls waiting for Redis at once; past it a call gets 503 at once (bounded memory).",
+    )
     max_queue_depth: int = setting(
-        "INGEST_MAX_QUEUE_DEPTH", _non_negative_int, 1_000_000,
-        "High-water mark: past about this many queued calls the receiver answers 503; 0 means no mark.")
+        "INGEST_MAX_QUEUE_DEPTH",
+        _non_negative_int,
+        1_000_000,
+        "High-water mark: past about this many queued calls the receiver answers 503; 0 means no mark.",
+    )
     redis_timeout: float = setting(
-        "INGEST_REDIS_TIMEOUT", _positive_float, 1.0,
-        "Seconds a Redis write may take before the calls it carries get 503.")
+        "INGEST_REDIS_TIMEOUT",
+        _positive_float,
+        1.0,
+        "Seconds a Redis write may take before the calls it carries get 503.",
+    )
     retry_after: int = setting("INGEST_RETRY_AFTER", _positive_int, 5, "Seconds sent in Retry-After with a 503.")
     job_retries: int = setting(
-        "INGEST_JOB_RETRIES", _positive_int, 8,
-        "Times a failed store job is retried (with growing back-off) before it rests in the failed registry.")
+        "INGEST_JOB_RETRIES",
+        _positive_int,
+        8,
+        "Times a failed store job is retried (with growing back-off) before it rests in the failed registry.",
+    )
     worker_batch: int = setting(
-        "INGEST_WORKER_BATCH", _non_negative_int, 5000,
-        "Calls a worker stores in one transaction, taking queued batches together; 0 stores job by job.")
+        "INGEST_WORKER_BATCH",
+        _non_negative_int,
+        5000,
+        "Calls a worker stores in one transaction, taking queued batches together; 0 stores job by job.",
+    )
     worker_metrics_port: int = setting(
-        "INGEST_WORKER_METRICS_PORT", _port, 9400,
-        "Port of a worker's Prometheus metrics (`/metrics`); 0 turns them off. One port per worker on a machine.")
+        "INGEST_WORKER_METRICS_PORT",
+        _port,
+        9400,
+        "Port of a worker's Prometheus metrics (`/metrics`); 0 turns them off. One port per worker on a machine.",
+    )
     data_dir: str = setting("INGEST_DATA_DIR", _text, ".ingest", "Where `ingest dev` keeps its embedded servers' data.")
     copernica_timezone: str = setting(
-        "COPERNICA_TIMEZONE", _timezone, "Europe/Amsterdam",
-        "Zone of Copernica's zone-less times (`timestamp` fields, logfile `time`).")
+        "COPERNICA_TIMEZONE",
+        _timezone,
+        "Europe/Amsterdam",
+        "Zone of Copernica's zone-less times (`timestamp` fields, logfile `time`).",
+    )
     log_level: str = setting("INGEST_LOG_LEVEL", _log_level, "INFO", "Logging level of every component.")
     copernica_access_token: str | None = setting(
-        "COPERNICA_ACCESS_TOKEN", _text, None,
-        "Copernica REST API access token (secret) for `ingest backfill` and `ingest reconcile`.", secret=True)
+        "COPERNICA_ACCESS_TOKEN",
+        _text,
+        None,
+        "Copernica REST API access token (secret) for `ingest backfill` and `ingest reconcile`.",
+        secret=True,
+    )
     copernica_api_url: str = setting(
-        "COPERNICA_API_URL", _url("http", "https"), "https://api.copernica.com/v4",
-        "Copernica REST API base URL (`https://rest.copernica.com/v4` for larger data sets).")
+        "COPERNICA_API_URL",
+        _url("http", "https"),
+        "https://api.copernica.com/v4",
+        "Copernica REST API base URL (`https://rest.copernica.com/v4` for larger data sets).",
+    )
     copernica_auth_url: str = setting(
-        "COPERNICA_AUTH_URL", _url("http", "https"), "https://authenticate.copernica.com",
-        "Where the access token is exchanged for a JWT (REST API v4).")
+        "COPERNICA_AUTH_URL",
+        _url("http", "https"),
+        "https://authenticate.copernica.com",
+        "Where the access token is exchanged for a JWT (REST API v4).",
+    )
     copernica_retries: int = setting(
-        "COPERNICA_RETRIES", _non_negative_int, 6,
-        "Times a REST call is retried after 429/502/503/504 or a dropped connection before its file fails.")
+        "COPERNICA_RETRIES",
+        _non_negative_int,
+        6,
+        "Times a REST call is retried after 429/502/503/504 or a dropped connection before its file fails.",
+    )
     copernica_retry_delay: float = setting(
-        "COPERNICA_RETRY_DELAY", _positive_float, 1.0,
-        "Seconds of the first retry back-off (doubled each time, with jitter; Retry-After wins).")
+        "COPERNICA_RETRY_DELAY",
+        _positive_float,
+        1.0,
+        "Seconds of the first retry back-off (doubled each time, with jitter; Retry-After wins).",
+    )
     auth: Items = setting(
-        "INGEST_AUTH", _auth_methods, Items(("signature", "token")),
-        "Who may post: any of `signature` (Copernica's signed requests), `token` (INGEST_TOKENS), `none`.")
+        "INGEST_AUTH",
+        _auth_methods,
+        Items(("signature", "token")),
+        "Who may post: any of `signature` (Copernica's signed requests), `token` (INGEST_TOKENS), `none`.",
+    )
     tokens: Items | None = setting(
-        "INGEST_TOKENS", _tokens, None,
+        "INGEST_TOKENS",
+        _tokens,
+        None,
         "Secret tokens (comma-separated, several during a rotation) accepted in `?token=` or `/copernica/<token>`.",
-        secret=True)
+        secret=True,
+    )
     public_hosts: Items | None = setting(
-        "INGEST_PUBLIC_HOSTS", _hosts, None,
-        "Host names signed calls must be addressed to (comma-separated). Unset: Host is not checked.")
+        "INGEST_PUBLIC_HOSTS",
+        _hosts,
+        None,
+        "Host names signed calls must be addressed to (comma-separated). Unset: Host is not checked.",
+    )
     copernica_account_id: str | None = setting(
-        "COPERNICA_ACCOUNT_ID", _text, None,
-        "Signed calls must carry this X-Copernica-ID (`account-1234`, `1234`; `-`/`_` and case ignored).")
+        "COPERNICA_ACCOUNT_ID",
+        _text,
+        None,
+        "Signed calls must carry this X-Copernica-ID (`account-1234`, `1234`; `-`/`_` and case ignored).",
+    )
     signature_max_age: int = setting(
-        "INGEST_SIGNATURE_MAX_AGE", _positive_int, 60,
-        "Seconds a signed call's Date may differ from the receiver's clock (past or future).")
+        "INGEST_SIGNATURE_MAX_AGE",
+        _positive_int,
+        60,
+        "Seconds a signed call's Date may differ from the receiver's clock (past or future).",
+    )
     signature_key_ttl: int = setting(
-        "INGEST_SIGNATURE_KEY_TTL", _positive_int, 3600,
-        "Seconds a signing key fetched from DNS is kept (refetched early once when a signature fails).")
+        "INGEST_SIGNATURE_KEY_TTL",
+        _positive_int,
+        3600,
+        "Seconds a signing key fetched from DNS is kept (refetched early once when a signature fails).",
+    )
     dns_server: str | None = setting(
-        "INGEST_DNS_SERVER", _dns_server, None,
-        "DNS server (`host:port`) asked for signing keys. Unset: the system's resolvers.")
+        "INGEST_DNS_SERVER",
+        _dns_server,
+        None,
+        "DNS server (`host:port`) asked for signing keys. Unset: the system's resolvers.",
+    )
     allowed_networks: Items | None = setting(
-        "INGEST_ALLOWED_NETWORKS", _networks, None,
-        "Only callers in these CIDR networks may post (others get 403). Unset: any address.")
+        "INGEST_ALLOWED_NETWORKS",
+        _networks,
+        None,
+        "Only callers in these CIDR networks may post (others get 403). Unset: any address.",
+    )
     trusted_proxies: Items | None = setting(
-        "INGEST_TRUSTED_PROXIES", _networks, None,
-        "Proxies (CIDRs) whose X-Forwarded-For names the caller for INGEST_ALLOWED_NETWORKS.")
+        "INGEST_TRUSTED_PROXIES",
+        _networks,
+        None,
+        "Proxies (CIDRs) whose X-Forwarded-For names the caller for INGEST_ALLOWED_NETWORKS.",
+    )
     body_timeout: float = setting(
-        "INGEST_BODY_TIMEOUT", _positive_float, 30.0,
-        "Seconds a caller may take to send its body; slower gets 408 (a stalled sender cannot hold the receiver).")
+        "INGEST_BODY_TIMEOUT",
+        _positive_float,
+        30.0,
+        "Seconds a caller may take to send its body; slower gets 408 (a stalled sender cannot hold the receiver).",
+    )
     head_timeout: float = setting(
-        "INGEST_HEAD_TIMEOUT", _positive_float, 10.0,
+        "INGEST_HEAD_TIMEOUT",
+        _positive_float,
+        10.0,
         "Seconds a caller may take to send a request's line and headers, counted from the connection's "
-        "opening or the previous response once bytes of the next request arrive; slower is disconnected.")
+        "opening or the previous response once bytes of the next request arrive; slower is disconnected.",
+    )
     max_connections: int = setting(
-        "INGEST_MAX_CONNECTIONS", _positive_int, 4096,
+        "INGEST_MAX_CONNECTIONS",
+        _positive_int,
+        4096,
         "Open connections one receiver process keeps; past it a new connection gets 503 with Retry-After "
-        "and is closed at once.")
+        "and is closed at once.",
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, dotenv: bool = True) -> Settings:
@@ -286,6 +375,12 @@ class Settings:
                 var = next(v for a, v, *_ in SPEC if a == attr)
                 raise SettingsError(f"{var} is not set (run `ingest dev` for the embedded servers)")
 
+    def required(self, attr: Literal["redis_url", "database_url"]) -> str:
+        """A server's URL a command cannot do without: its value, or `require`'s message."""
+        self.require(attr)
+        value: str = getattr(self, attr)
+        return value
+
     def to_env(self) -> dict[str, str]:
         """The settings as environment variables, for child processes."""
         env = {}
@@ -304,10 +399,10 @@ def _read_dotenv() -> dict[str, str]:
     return {k: v for k, v in dotenv_values(".env").items() if v is not None}
 
 
-
 # (attribute, variable, cast, default, description) of every setting, in the class's order.
 SPEC: tuple[tuple[str, str, Callable[[str], Any], Any, str], ...] = tuple(
-    (f.name, f.metadata["var"], f.metadata["cast"], f.default, f.metadata["doc"]) for f in fields(Settings))
+    (f.name, f.metadata["var"], f.metadata["cast"], f.default, f.metadata["doc"]) for f in fields(Settings)
+)
 
 # Settings whose values are secrets: never repeated in an error message.
 SECRETS = frozenset(f.metadata["var"] for f in fields(Settings) if f.metadata["secret"])

@@ -63,12 +63,12 @@ def route_of(raw_path: str) -> str | None:
     or None. Matched on the raw path (the query left out), as the token is stripped from it."""
     path = raw_path.partition("?")[0]
     if path.startswith(ENDPOINT + "/"):
-        token = path[len(ENDPOINT) + 1:]
+        token = path[len(ENDPOINT) + 1 :]
         return TOKEN_ROUTE if token and "/" not in token else None
     return path
 
 
-async def ok(request: web.BaseRequest) -> web.Response:
+async def ok(_request: web.BaseRequest) -> web.Response:
     """GET and HEAD /copernica (senders check that the endpoint exists) and /healthz (alive)."""
     return web.Response(body=_OK, content_type="application/json")
 
@@ -77,14 +77,17 @@ class Receiver:
     """The receiver's parts (queue writer, group committer, high-water watch, auth) and its
     request handler. `start` and `close` bracket its life; `handle` serves every request."""
 
-    def __init__(self, settings: Settings, queue: BatchQueue | None = None, auth: Authenticator | None = None
-                 ) -> None:
+    def __init__(self, settings: Settings, queue: BatchQueue | None = None, auth: Authenticator | None = None) -> None:
         self.settings = settings
         self.queue = queue or BatchQueue(settings)
         self.high_water = HighWater(self.queue.connection, self.queue.queue.key, settings.max_queue_depth)
-        self.committer = GroupCommitter(self.queue.enqueue, max_batch=settings.max_batch,
-                                        max_pending=settings.max_pending, max_in_flight=settings.max_in_flight,
-                                        observe=self._observe)
+        self.committer = GroupCommitter(
+            self.queue.enqueue,
+            max_batch=settings.max_batch,
+            max_pending=settings.max_pending,
+            max_in_flight=settings.max_in_flight,
+            observe=self._observe,
+        )
         self.auth = auth or Authenticator(settings)
         self._receive = self._receiver(path_token=False)
         # Every route with its handler per method; HEAD is answered by GET's handler.
@@ -94,9 +97,14 @@ class Receiver:
             "/openapi.json": {"GET": openapi.handler(settings)},
             "/healthz": {"GET": ok},
             "/readyz": {"GET": self._readyz},
-            "/metrics": {"GET": metrics.handler(
-                self.queue.connection, settings.queue, lambda: self.committer.pending,
-                min(metrics.SCRAPE_REDIS_TIMEOUT, settings.redis_timeout))},
+            "/metrics": {
+                "GET": metrics.handler(
+                    self.queue.connection,
+                    settings.queue,
+                    lambda: self.committer.pending,
+                    min(metrics.SCRAPE_REDIS_TIMEOUT, settings.redis_timeout),
+                )
+            },
         }
 
     def _observe(self, size: int, seconds: float, ok: bool) -> None:
@@ -125,8 +133,7 @@ class Receiver:
         limit = self.settings.max_body_bytes
 
         def make_request(message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> web.BaseRequest:
-            return web.BaseRequest(message, payload, protocol, writer, task, task.get_loop(),
-                                   client_max_size=limit)
+            return web.BaseRequest(message, payload, protocol, writer, task, task.get_loop(), client_max_size=limit)
 
         return {"request_factory": make_request}
 
@@ -164,12 +171,12 @@ class Receiver:
             return _json(404, "not found")
         return web.Response(body=content, content_type="text/plain")
 
-    async def _readyz(self, request: web.BaseRequest) -> web.Response:
+    async def _readyz(self, _request: web.BaseRequest) -> web.Response:
         if await self.queue.ping():
             return web.json_response({"status": "ready", "redis": "ok"})
         return _unavailable(self.settings, "redis does not answer")
 
-    def _receiver(self, *, path_token: bool) -> Handler:
+    def _receiver(self, *, path_token: bool) -> Handler:  # noqa: C901 - it is `receive`, the hot path
         """POST /copernica: the hot path. Checks only what the answer depends on, then queues.
 
         What it needs is bound here, not looked up on every request, and its answers are counted
@@ -183,15 +190,16 @@ class Receiver:
             answers[response.status] += 1
             return response
 
-        async def receive(request: web.BaseRequest) -> web.Response:
+        async def receive(request: web.BaseRequest) -> web.Response:  # noqa: C901 - hot path: one coroutine per call
             try:
                 declared = request.content_length
                 if declared is not None and declared > max_bytes:
                     return answer(_json(413, too_large))
                 content_type = request.headers.get("Content-Type", "")
                 if not _accepted_type(content_type):
-                    return answer(_json(415, "content type must be application/x-www-form-urlencoded or "
-                                             "application/json"))
+                    return answer(
+                        _json(415, "content type must be application/x-www-form-urlencoded or application/json")
+                    )
                 try:
                     content = request.content
                     if content.is_eof():  # the whole body has arrived (most calls): taken as it is
@@ -213,7 +221,7 @@ class Receiver:
                     return answer(_unavailable(settings, "queue is above its high-water mark"))
                 try:  # who may post (ingest.auth): before anything is queued; the kept target has no token
                     target = auth.check(request, body, path_token=path_token)
-                    if type(target) is not str:  # only a signature check can decide
+                    if not isinstance(target, str):  # only a signature check can decide
                         target = await target
                 except Refused as refused:
                     return answer(_json(refused.status, refused.reason, **refused.headers))

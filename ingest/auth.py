@@ -87,8 +87,12 @@ class Authenticator:
         self.verifier: Verifier | None = None
         if "signature" in methods:
             keys = keys or KeyCache(dns_txt(settings.dns_server), settings.signature_key_ttl)
-            self.verifier = Verifier(keys, max_age=settings.signature_max_age, hosts=settings.public_hosts,
-                                     account=settings.copernica_account_id)
+            self.verifier = Verifier(
+                keys,
+                max_age=settings.signature_max_age,
+                hosts=settings.public_hosts,
+                account=settings.copernica_account_id,
+            )
         self._allowed = _networks(settings.allowed_networks)
         self._proxies = _networks(settings.trusted_proxies) or ()
         self._last_logged: dict[str, tuple[float, int]] = {}
@@ -104,8 +108,9 @@ class Authenticator:
         if self.verifier is not None and settings.public_hosts is None:
             log.warning("INGEST_PUBLIC_HOSTS is unset: the Host of signed calls is not checked")
 
-    def check(self, request: web.BaseRequest, body: bytes, *, path_token: bool = False
-              ) -> str | Coroutine[Any, Any, str]:
+    def check(
+        self, request: web.BaseRequest, body: bytes, *, path_token: bool = False
+    ) -> str | Coroutine[Any, Any, str]:
         """The request target to keep (token removed) if the call may post; else raise Refused.
         `path_token`: the target's last path segment is a token (`/copernica/<token>`).
 
@@ -126,16 +131,18 @@ class Authenticator:
         self._refuse(request, failure or Refused(401, "no_credentials", self._wanted()))
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _signed(self, verifier: Verifier, request: web.BaseRequest, body: bytes, target: str,
-                      failure: Refused | None) -> str:
+    async def _signed(
+        self, verifier: Verifier, request: web.BaseRequest, body: bytes, target: str, failure: Refused | None
+    ) -> str:
         try:
             await verifier.verify(request.method, request.raw_path, request.headers, body)
             return target
         except SignatureError as exc:
             failure = failure or Refused(exc.status, exc.code, exc.reason)
         except KeyUnavailable:
-            failure = failure or Refused(503, "key_unavailable", "signing key cannot be fetched now",
-                                         {"Retry-After": self._retry_after})
+            failure = failure or Refused(
+                503, "key_unavailable", "signing key cannot be fetched now", {"Retry-After": self._retry_after}
+            )
         self._refuse(request, failure)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -179,8 +186,9 @@ class Authenticator:
         if now - last >= LOG_EVERY:
             more = f" ({suppressed} more since last logged)" if suppressed else ""
             # The target is not logged: its query or path may hold a token.
-            log.warning("refused %s from %s: %d %s%s", request.method, request.remote, refused.status,
-                        refused.reason, more)
+            log.warning(
+                "refused %s from %s: %d %s%s", request.method, request.remote, refused.status, refused.reason, more
+            )
             self._last_logged[refused.code] = (now, 0)
         else:
             self._last_logged[refused.code] = (last, suppressed + 1)

@@ -54,12 +54,12 @@ class _Outcome(asyncio.Future):
 
     __slots__ = ()
 
-    def cancel(self, msg: Any = None) -> bool:
+    def cancel(self, msg: Any = None) -> bool:  # noqa: ARG002 - asyncio passes msg by keyword
         return False
 
 
 class _Batch:
-    __slots__ = ("items", "done")
+    __slots__ = ("done", "items")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.items: list[Any] = []

@@ -88,22 +88,24 @@ class _Refusal(asyncio.Protocol):
     def eof_received(self) -> bool:
         return False  # the sender is done: close
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:  # noqa: ARG002 - asyncio.Protocol's signature
         if self._timer is not None:
             self._timer.cancel()
 
 
 def refusal_answer(retry_after: int) -> bytes:
     body = json.dumps({"status": "unavailable", "reason": "too many connections"}).encode()
-    head = ("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\n"
-            f"Content-Length: {len(body)}\r\nRetry-After: {retry_after}\r\nConnection: close\r\n\r\n")
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\nRetry-After: {retry_after}\r\nConnection: close\r\n\r\n"
+    )
     return head.encode() + body
 
 
 class _Watch:
     """One connection's head timer."""
 
-    __slots__ = ("handler", "transport", "opened", "timer")
+    __slots__ = ("handler", "opened", "timer", "transport")
 
     def __init__(self, handler: RequestHandler, transport: asyncio.Transport, opened: float) -> None:
         self.handler = handler
@@ -115,8 +117,9 @@ class _Watch:
 class GuardedServer(web.Server):
     """`web.Server` with a head timeout and a cap on open connections (see the module docstring)."""
 
-    def __init__(self, handler: Any, *, head_timeout: float, max_connections: int, retry_after: int,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, handler: Any, *, head_timeout: float, max_connections: int, retry_after: int, **kwargs: Any
+    ) -> None:
         super().__init__(handler, **kwargs)
         self.head_timeout = head_timeout
         self.max_connections = max_connections

@@ -43,8 +43,12 @@ class HighWater:
         self.estimated_calls = jobs * self.average_batch
         over = self.estimated_calls > self.max_calls
         if over != self.over:
-            log.warning("queue %s the high-water mark: about %d calls queued (mark %d)",
-                        "above" if over else "back under", self.estimated_calls, self.max_calls)
+            log.warning(
+                "queue %s the high-water mark: about %d calls queued (mark %d)",
+                "above" if over else "back under",
+                self.estimated_calls,
+                self.max_calls,
+            )
         self.over = over
 
     async def _run(self) -> None:

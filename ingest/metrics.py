@@ -59,46 +59,60 @@ GCCollector(registry=REGISTRY)
 ANSWERS: Counter[int] = Counter()
 
 EVENTS_ACCEPTED = PromCounter(
-    f"{PREFIX}_events_accepted", "Webhook calls durably queued in Redis (each answered 200).",
-    registry=REGISTRY)
+    f"{PREFIX}_events_accepted", "Webhook calls durably queued in Redis (each answered 200).", registry=REGISTRY
+)
 BATCH_SIZE = Histogram(
-    f"{PREFIX}_batch_size", "Calls per group-commit batch written to Redis as one RQ job.",
-    buckets=BATCH_SIZE_BUCKETS, registry=REGISTRY)
+    f"{PREFIX}_batch_size",
+    "Calls per group-commit batch written to Redis as one RQ job.",
+    buckets=BATCH_SIZE_BUCKETS,
+    registry=REGISTRY,
+)
 ENQUEUE_SECONDS = Histogram(
-    f"{PREFIX}_enqueue_seconds", "Seconds one batch took to be written to Redis (one script call).",
-    buckets=ENQUEUE_SECONDS_BUCKETS, registry=REGISTRY)
+    f"{PREFIX}_enqueue_seconds",
+    "Seconds one batch took to be written to Redis (one script call).",
+    buckets=ENQUEUE_SECONDS_BUCKETS,
+    registry=REGISTRY,
+)
 ENQUEUE_FAILURES = PromCounter(
-    f"{PREFIX}_enqueue_failed_batches", "Batches Redis did not take (their calls were answered 503).",
-    registry=REGISTRY)
+    f"{PREFIX}_enqueue_failed_batches", "Batches Redis did not take (their calls were answered 503).", registry=REGISTRY
+)
 REFUSED_CONNECTIONS = PromCounter(
     f"{PREFIX}_connections_refused",
     "Connections answered 503 and closed at once: INGEST_MAX_CONNECTIONS were open (ingest.connections).",
-    registry=REGISTRY)
+    registry=REGISTRY,
+)
 HEAD_TIMEOUTS = PromCounter(
     f"{PREFIX}_head_timeouts",
     "Connections closed because a request's line and headers took longer than INGEST_HEAD_TIMEOUT.",
-    registry=REGISTRY)
+    registry=REGISTRY,
+)
 PENDING = Gauge(
-    f"{PREFIX}_pending_calls", "Calls of this process waiting for their batch's Redis write.",
-    registry=REGISTRY)
+    f"{PREFIX}_pending_calls", "Calls of this process waiting for their batch's Redis write.", registry=REGISTRY
+)
 QUEUE_DEPTH = Gauge(
-    f"{PREFIX}_queue_depth", "RQ jobs (batches of calls) waiting in INGEST_QUEUE; NaN when Redis does not answer.",
-    registry=REGISTRY)
+    f"{PREFIX}_queue_depth",
+    "RQ jobs (batches of calls) waiting in INGEST_QUEUE; NaN when Redis does not answer.",
+    registry=REGISTRY,
+)
 QUEUE_OLDEST_AGE = Gauge(
     f"{PREFIX}_queue_oldest_age_seconds",
     "Age of the oldest queued job (0 when the queue is empty); NaN when Redis does not answer.",
-    registry=REGISTRY)
+    registry=REGISTRY,
+)
 FAILED_JOBS = Gauge(
-    f"{PREFIX}_failed_jobs", "Jobs resting in RQ's failed registry of INGEST_QUEUE; NaN when Redis does not answer.",
-    registry=REGISTRY)
+    f"{PREFIX}_failed_jobs",
+    "Jobs resting in RQ's failed registry of INGEST_QUEUE; NaN when Redis does not answer.",
+    registry=REGISTRY,
+)
 
 
 class _Answers(Collector):
     """`copernica_ingest_requests_total{status}` from the plain counts kept by the receiver."""
 
     def collect(self) -> Iterator[Metric]:
-        family = CounterMetricFamily(f"{PREFIX}_requests", "Answers to POST /copernica by HTTP status.",
-                                     labels=["status"])
+        family = CounterMetricFamily(
+            f"{PREFIX}_requests", "Answers to POST /copernica by HTTP status.", labels=["status"]
+        )
         for status, count in sorted(ANSWERS.items()):
             family.add_metric([str(status)], count)
         yield family
@@ -108,8 +122,9 @@ class _Refusals(Collector):
     """`copernica_ingest_refused_total{reason}` from `ingest.auth.REFUSALS`, when that module exists."""
 
     def collect(self) -> Iterator[Metric]:
-        family = CounterMetricFamily(f"{PREFIX}_refused", "Calls refused before queueing, by reason.",
-                                     labels=["reason"])
+        family = CounterMetricFamily(
+            f"{PREFIX}_refused", "Calls refused before queueing, by reason.", labels=["reason"]
+        )
         for reason, count in sorted(refusals().items()):
             family.add_metric([reason], count)
         yield family
@@ -154,7 +169,7 @@ async def read_queue(connection: aredis.Redis, queue: str, *, now: float | None 
     if head is not None:
         enqueued = await connection.hget(job_key(head.decode()), "enqueued_at")
         if enqueued:
-            started = utcparse(enqueued.decode()).timestamp()
+            started = utcparse(enqueued.decode()).timestamp()  # type: ignore[union-attr]  # redis-py: bytes | str
             age = max(0.0, (time.time() if now is None else now) - started)
     return int(depth), age, int(failed)
 
@@ -180,8 +195,9 @@ def exposition(accept: str | None) -> tuple[bytes, str]:
     return encoder(REGISTRY), content_type
 
 
-def handler(connection: aredis.Redis, queue: str, pending: Callable[[], int],
-            timeout: float = SCRAPE_REDIS_TIMEOUT) -> Handler:
+def handler(
+    connection: aredis.Redis, queue: str, pending: Callable[[], int], timeout: float = SCRAPE_REDIS_TIMEOUT
+) -> Handler:
     """GET /metrics for one receiver app: its pending calls and the queue gauges are read at
     scrape time (`connection` is the app's asyncio Redis client)."""
 

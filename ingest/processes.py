@@ -74,5 +74,5 @@ class StopSignals:
         signal.signal(signal.SIGTERM, self._catch)
         signal.signal(signal.SIGINT, self._catch)
 
-    def _catch(self, signum: int, frame: object) -> None:
+    def _catch(self, _signum: int, _frame: object) -> None:
         self.caught = True

@@ -63,17 +63,16 @@ def _client_options(settings: Settings, timeout: float | None, *, for_asyncio: b
 
 def redis_client(settings: Settings, *, timeout: float | None = None) -> redis.Redis:
     """A synchronous client that fails fast (used by commands and tests)."""
-    settings.require("redis_url")
-    return redis.Redis.from_url(settings.redis_url, **_client_options(settings, timeout))
+    return redis.Redis.from_url(settings.required("redis_url"), **_client_options(settings, timeout))
 
 
 class BatchQueue:
     """Writes batches of raw calls to the RQ queue from the event loop."""
 
     def __init__(self, settings: Settings) -> None:
-        settings.require("redis_url")
+        url = settings.required("redis_url")
         self.settings = settings
-        self.connection = aredis.Redis.from_url(settings.redis_url, **_client_options(settings, None, for_asyncio=True))
+        self.connection = aredis.Redis.from_url(url, **_client_options(settings, None, for_asyncio=True))
         self._sync = redis_client(settings)
         self.queue = Queue(settings.queue, connection=self._sync)
         self.retry = Retry(max=settings.job_retries, interval=retry_intervals(settings.job_retries))
@@ -82,14 +81,21 @@ class BatchQueue:
         # redis-py's pool costs more per checkout than the whole write. They have no socket
         # timeout of their own (it costs a task per send): `enqueue` bounds the whole write.
         self._connections = aredis.ConnectionPool.from_url(
-            settings.redis_url, **{**_client_options(settings, None, for_asyncio=True), "socket_timeout": None})
+            url, **{**_client_options(settings, None, for_asyncio=True), "socket_timeout": None}
+        )
         self._idle: list[aredis.connection.AbstractConnection] = []
 
     def template(self) -> JobTemplate:
         """Built at the first batch (it asks Redis its version: run it off the event loop)."""
         if self._template is None:
-            self._template = JobTemplate(self.queue, JOB_FUNCTION, timeout=JOB_TIMEOUT, result_ttl=RESULT_TTL,
-                                         failure_ttl=FAILURE_TTL, retry=self.retry)
+            self._template = JobTemplate(
+                self.queue,
+                JOB_FUNCTION,
+                timeout=JOB_TIMEOUT,
+                result_ttl=RESULT_TTL,
+                failure_ttl=FAILURE_TTL,
+                retry=self.retry,
+            )
         return self._template
 
     def _pack(self, template: JobTemplate, calls: list[dict[str, Any]]) -> tuple[str, bytes]:

@@ -33,8 +33,14 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     return uvloop.new_event_loop
 
 
-def serve(settings: Settings, *, processes: int = 1, host: str | None = None, port: int | None = None,
-          reuse_port: bool = False) -> int:
+def serve(
+    settings: Settings,
+    *,
+    processes: int = 1,
+    host: str | None = None,
+    port: int | None = None,
+    reuse_port: bool = False,
+) -> int:
     host = host or settings.host
     port = port if port is not None else settings.port
     if processes < 1:
@@ -55,16 +61,22 @@ async def _serve(settings: Settings, host: str, port: int, reuse_port: bool) -> 
         loop.add_signal_handler(signum, stop.set)
     receiver = Receiver(settings)
     server = GuardedServer(
-        receiver.handle, **receiver.server_options(), access_log=None,
+        receiver.handle,
+        **receiver.server_options(),
+        access_log=None,
         # Hostile input (issues 6, 14): a request head not finished within INGEST_HEAD_TIMEOUT is
         # closed, and past INGEST_MAX_CONNECTIONS a new connection gets 503 (ingest.connections); an
         # idle keep-alive connection is closed after keepalive_timeout (longer than nginx's upstream
         # keepalive, so nginx never reuses a closing connection); a stalled body gets 408 after
         # INGEST_BODY_TIMEOUT (app.py); oversized request lines, headers or header counts get
         # aiohttp's 400. No access log: targets may hold a token.
-        head_timeout=settings.head_timeout, max_connections=descriptor_room(settings.max_connections),
+        head_timeout=settings.head_timeout,
+        max_connections=descriptor_room(settings.max_connections),
         retry_after=settings.retry_after,
-        keepalive_timeout=75, max_line_size=8190, max_field_size=8190, max_headers=128,
+        keepalive_timeout=75,
+        max_line_size=8190,
+        max_field_size=8190,
+        max_headers=128,
     )
     runner = web.ServerRunner(server, shutdown_timeout=SHUTDOWN_SECONDS)
     await runner.setup()

@@ -190,8 +190,16 @@ class KeyCache:
     remembered for `refetch_after` seconds; at most `max_keys` keys are kept.
     """
 
-    def __init__(self, resolve: Resolve, ttl: float, *, refetch_after: float = 30.0, max_lookups: int = 8,
-                 max_keys: int = 64, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        resolve: Resolve,
+        ttl: float,
+        *,
+        refetch_after: float = 30.0,
+        max_lookups: int = 8,
+        max_keys: int = 64,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._resolve = resolve
         self._ttl = ttl
         self._refetch_after = refetch_after
@@ -249,9 +257,11 @@ def _unwrap(found: rsa.RSAPublicKey | SignatureError) -> rsa.RSAPublicKey:
 
 # --- the verification -------------------------------------------------------------------------
 
+
 def account_matches(sent: str, expected: str) -> bool:
     """X-Copernica-ID varies by source: account-1234, account_1234, Account_1234; a bare number
     in the setting means the account of that number."""
+
     def canonical(value: str) -> str:
         return value.strip().lower().replace("_", "-")
 
@@ -270,8 +280,15 @@ def host_matches(sent: str, hosts: tuple[str, ...]) -> bool:
 class Verifier:
     """Checks one signed call, cheapest checks first; raises SignatureError or KeyUnavailable."""
 
-    def __init__(self, keys: KeyCache, *, max_age: float, hosts: tuple[str, ...] | None = None,
-                 account: str | None = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        keys: KeyCache,
+        *,
+        max_age: float,
+        hosts: tuple[str, ...] | None = None,
+        account: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.keys = keys
         self._max_age = max_age
         self._hosts = hosts
@@ -288,8 +305,9 @@ class Verifier:
         names = params.get("headers", "").lower().split()
         missing = [n for n in REQUIRED_SIGNED if n not in names]
         if missing or ("X-Nonce" in headers and "x-nonce" not in names):
-            raise SignatureError("unsigned_headers",
-                                 "the signature must cover (request-target) host date x-copernica-id digest x-nonce")
+            raise SignatureError(
+                "unsigned_headers", "the signature must cover (request-target) host date x-copernica-id digest x-nonce"
+            )
         self._check_date(headers.get("Date", ""))
         self._check_origin(headers)
         check_digest(headers.get("Digest"), body)

@@ -43,7 +43,7 @@ def name_in_path(raw_path: str) -> str | None:
     path = raw_path.partition("?")[0]
     for prefix in _PREFIXES:
         if path.startswith(prefix):
-            name = path[len(prefix):]
+            name = path[len(prefix) :]
             return name if NAME.fullmatch(name) else None
     return None
 
@@ -56,7 +56,8 @@ def read_file(path: str | Path) -> tuple[str, bytes]:
     if not valid_name(name):
         raise VerificationError(
             f"{name or str(path)!r} is not a verification file name (smtpeter-<letters, digits, _ or -, "
-            "at most 64>.txt)")
+            "at most 64>.txt)"
+        )
     try:
         with path.open("rb") as handle:
             content = handle.read(MAX_BYTES + 1)

@@ -7,8 +7,9 @@ import psycopg
 from workers.storage import store
 
 
-def store_and_assert_nothing_vanished(db: psycopg.Connection, events: list, origins: list,
-                                      rejects: list) -> tuple[set[str], set[str]]:
+def store_and_assert_nothing_vanished(
+    db: psycopg.Connection, events: list, origins: list, rejects: list
+) -> tuple[set[str], set[str]]:
     """Store parsed calls for real; every event is then a row, or its call a kept reject.
     Returns the stored event keys and the kept call keys."""
     with store.connect(db.info.dsn) as conn:

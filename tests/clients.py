@@ -14,8 +14,9 @@ from ingest.queueing import BatchQueue
 
 
 @asynccontextmanager
-async def receiver_client(settings: Settings, *, queue: BatchQueue | None = None,
-                          auth: Authenticator | None = None) -> AsyncIterator[TestClient]:
+async def receiver_client(
+    settings: Settings, *, queue: BatchQueue | None = None, auth: Authenticator | None = None
+) -> AsyncIterator[TestClient]:
     """A test client of a started receiver; on exit the server stops first, then the receiver
     writes what it holds (the order `ingest serve` follows)."""
     async with Receiver(settings, queue=queue, auth=auth) as receiver:

@@ -64,8 +64,7 @@ def migrated_database_url(postgres: EmbeddedPostgres | None) -> str:
 def database_url(migrated_database_url: str) -> str:
     """A migrated database whose data tables are empty at the start of the test."""
     with psycopg.connect(migrated_database_url, autocommit=True) as conn:
-        present = [t for t in DATA_TABLES
-                   if conn.execute("SELECT to_regclass(%s)", (t,)).fetchone()[0] is not None]
+        present = [t for t in DATA_TABLES if conn.execute("SELECT to_regclass(%s)", (t,)).fetchone()[0] is not None]
         if present:
             conn.execute(f"TRUNCATE {', '.join(present)} RESTART IDENTITY")
     return migrated_database_url
@@ -93,10 +92,11 @@ def redis_conn(redis_url: str) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
-def settings(redis_url: str, database_url: str, redis_conn: redis.Redis) -> Settings:
+def settings(redis_url: str, database_url: str, redis_conn: redis.Redis) -> Settings:  # noqa: ARG001 - an emptied queue
     """Settings pointing at the real servers, with empty queue and tables; no auth (tests/test_auth.py has it)."""
-    return Settings.from_env({"REDIS_URL": redis_url, "DATABASE_URL": database_url, "INGEST_AUTH": "none"},
-                             dotenv=False)
+    return Settings.from_env(
+        {"REDIS_URL": redis_url, "DATABASE_URL": database_url, "INGEST_AUTH": "none"}, dotenv=False
+    )
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from dns.rdtypes.ANY.TXT import TXT
 
 def split_txt(value: str | bytes, size: int = 255) -> list[bytes]:
     raw = value.encode() if isinstance(value, str) else value
-    return [raw[i:i + size] for i in range(0, len(raw), size)] or [b""]
+    return [raw[i : i + size] for i in range(0, len(raw), size)] or [b""]
 
 
 class DnsServer:
@@ -84,4 +84,3 @@ class DnsServer:
                 rrset.add(TXT(dns.rdataclass.IN, dns.rdatatype.TXT, split_txt(value)), ttl=60)
             response.answer.append(rrset)
         return response.to_wire(max_size=65535)
-

@@ -34,33 +34,126 @@ ZONE = zoneinfo.ZoneInfo("Europe/Amsterdam")
 
 # copernica.md, section 3, in file order.
 COLUMNS: dict[str, tuple[str, ...]] = {
-    "cdm-attempts": ("id", "time", "mailingid", "profileid", "subprofileid", "databaseid", "collectionid",
-                     "senderdomain", "templateid", "tags", "email"),
-    "cdm-delivery": ("id", "time", "attempts", "email", "tags", "senderdomain", "profile", "subprofile",
-                     "template"),
-    "cdm-impression": ("id", "time", "ip", "header", "email", "tags", "countrycode", "countryname", "regioncode",
-                       "city", "senderdomain", "profile", "subprofile", "template"),
-    "cdm-click": ("id", "senderdomain", "time", "linkinfo", "ip", "header", "email", "tags", "countrycode",
-                  "countryname", "regioncode", "city", "profile", "subprofile", "template"),
-    "cdm-error": ("id", "time", "type", "status", "description", "code", "email", "tags", "senderdomain",
-                  "profile", "subprofile", "template"),
-    "pom-deliveries": ("id", "time", "attempts", "email", "tags", "senderdomain", "groupid", "profile",
-                       "subprofile", "template", "document"),
-    "pom-clicks": ("id", "time", "ip", "header", "email", "tags", "countrycode", "countryname", "regioncode", "city",
-                   "linkinfo", "senderdomain", "groupid", "profile", "subprofile", "template", "document"),
+    "cdm-attempts": (
+        "id",
+        "time",
+        "mailingid",
+        "profileid",
+        "subprofileid",
+        "databaseid",
+        "collectionid",
+        "senderdomain",
+        "templateid",
+        "tags",
+        "email",
+    ),
+    "cdm-delivery": ("id", "time", "attempts", "email", "tags", "senderdomain", "profile", "subprofile", "template"),
+    "cdm-impression": (
+        "id",
+        "time",
+        "ip",
+        "header",
+        "email",
+        "tags",
+        "countrycode",
+        "countryname",
+        "regioncode",
+        "city",
+        "senderdomain",
+        "profile",
+        "subprofile",
+        "template",
+    ),
+    "cdm-click": (
+        "id",
+        "senderdomain",
+        "time",
+        "linkinfo",
+        "ip",
+        "header",
+        "email",
+        "tags",
+        "countrycode",
+        "countryname",
+        "regioncode",
+        "city",
+        "profile",
+        "subprofile",
+        "template",
+    ),
+    "cdm-error": (
+        "id",
+        "time",
+        "type",
+        "status",
+        "description",
+        "code",
+        "email",
+        "tags",
+        "senderdomain",
+        "profile",
+        "subprofile",
+        "template",
+    ),
+    "pom-deliveries": (
+        "id",
+        "time",
+        "attempts",
+        "email",
+        "tags",
+        "senderdomain",
+        "groupid",
+        "profile",
+        "subprofile",
+        "template",
+        "document",
+    ),
+    "pom-clicks": (
+        "id",
+        "time",
+        "ip",
+        "header",
+        "email",
+        "tags",
+        "countrycode",
+        "countryname",
+        "regioncode",
+        "city",
+        "linkinfo",
+        "senderdomain",
+        "groupid",
+        "profile",
+        "subprofile",
+        "template",
+        "document",
+    ),
 }
 COLUMNS["pom-delivery"] = COLUMNS["pom-deliveries"]  # some pages name the file so
 # The webhook `type` of each log, for tests that send the same events as webhooks.
-WEBHOOK_TYPE = {"cdm-impression": "open", "cdm-click": "click", "cdm-delivery": "delivery", "cdm-error": "failure",
-                "pom-clicks": "click", "pom-deliveries": "delivery"}
+WEBHOOK_TYPE = {
+    "cdm-impression": "open",
+    "cdm-click": "click",
+    "cdm-delivery": "delivery",
+    "cdm-error": "failure",
+    "pom-clicks": "click",
+    "pom-deliveries": "delivery",
+}
 
 
 def local_time(unix: int, zone: zoneinfo.ZoneInfo = ZONE) -> str:
     return datetime.fromtimestamp(unix, zone).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def make_records(log_type: str, day: date, count: int, *, seed: int = 0, start_hour: int = 8,
-                 zone: zoneinfo.ZoneInfo = ZONE, step: int = 7) -> list[dict]:
+def make_records(
+    log_type: str,
+    day: date,
+    count: int,
+    *,
+    seed: int = 0,
+    start_hour: int = 8,
+    zone: zoneinfo.ZoneInfo = ZONE,
+    step: int = 7,
+) -> list[dict]:
     """`count` plausible records of `log_type` on `day` (Amsterdam time), one every `step`
     seconds; `time` written in `zone` (a logfile in another zone than Copernica's)."""
     base = int(datetime(day.year, day.month, day.day, start_hour, tzinfo=ZONE).timestamp())
@@ -68,14 +161,35 @@ def make_records(log_type: str, day: date, count: int, *, seed: int = 0, start_h
     for n in range(count):
         unix = base + step * n
         values = {
-            "id": f"m{seed}x{log_type[4:]}{n:06d}", "time": local_time(unix, zone), "_unix": unix,
-            "ip": f"192.0.2.{n % 250 + 1}", "header": "Mozilla/5.0 (X11)", "email": f"user{n}@example.com",
-            "tags": "news;weekly", "countrycode": "NL", "countryname": "Netherlands", "regioncode": "NH",
-            "city": "Amsterdam", "senderdomain": "mail.example.com", "profile": str(1000 + n), "subprofile": "",
-            "template": "17", "linkinfo": str(500 + n % 9), "attempts": "1", "type": "hard",
-            "status": "5.1.1", "description": "user unknown", "code": "550", "mailingid": "42",
-            "profileid": str(1000 + n), "subprofileid": "", "databaseid": "3", "collectionid": "",
-            "templateid": "17", "groupid": "5", "document": "9",
+            "id": f"m{seed}x{log_type[4:]}{n:06d}",
+            "time": local_time(unix, zone),
+            "_unix": unix,
+            "ip": f"192.0.2.{n % 250 + 1}",
+            "header": "Mozilla/5.0 (X11)",
+            "email": f"user{n}@example.com",
+            "tags": "news;weekly",
+            "countrycode": "NL",
+            "countryname": "Netherlands",
+            "regioncode": "NH",
+            "city": "Amsterdam",
+            "senderdomain": "mail.example.com",
+            "profile": str(1000 + n),
+            "subprofile": "",
+            "template": "17",
+            "linkinfo": str(500 + n % 9),
+            "attempts": "1",
+            "type": "hard",
+            "status": "5.1.1",
+            "description": "user unknown",
+            "code": "550",
+            "mailingid": "42",
+            "profileid": str(1000 + n),
+            "subprofileid": "",
+            "databaseid": "3",
+            "collectionid": "",
+            "templateid": "17",
+            "groupid": "5",
+            "document": "9",
         }
         records.append({c: values[c] for c in COLUMNS[log_type]} | {"_unix": unix})
     return records
@@ -83,8 +197,14 @@ def make_records(log_type: str, day: date, count: int, *, seed: int = 0, start_h
 
 def webhook_fields(log_type: str, record: dict) -> dict[str, Any]:
     """The webhook Copernica would have posted for the same event."""
-    fields = {"id": record["id"], "type": WEBHOOK_TYPE[log_type], "time": str(record["_unix"]),
-              "timestamp": local_time(record["_unix"]), "recipient": record["email"], "tags": record.get("tags", "")}
+    fields = {
+        "id": record["id"],
+        "type": WEBHOOK_TYPE[log_type],
+        "time": str(record["_unix"]),
+        "timestamp": local_time(record["_unix"]),
+        "recipient": record["email"],
+        "tags": record.get("tags", ""),
+    }
     if "ip" in record:
         fields["ip"] = record["ip"]
         fields["useragent"] = record["header"]
@@ -134,8 +254,13 @@ class FakeWebhooks:
 
     def add_webhook(self, handler: str, trigger: str, **extra: Any) -> int:
         webhook_id = next(self._webhook_ids)
-        self.webhooks[webhook_id] = {"ID": str(webhook_id), "handler": handler, "trigger": trigger,
-                                     "callers": extra.pop("callers", ["ms", "publisher"]), **extra}
+        self.webhooks[webhook_id] = {
+            "ID": str(webhook_id),
+            "handler": handler,
+            "trigger": trigger,
+            "callers": extra.pop("callers", ["ms", "publisher"]),
+            **extra,
+        }
         return webhook_id
 
     def webhook_hits(self) -> list[Hit]:
@@ -168,9 +293,10 @@ class FakeWebhooks:
         if start < 0 or not 0 < limit <= 1000:
             return web.json_response({"error": {"message": "start/limit out of range"}}, status=400)
         items = [self.webhooks[k] for k in sorted(self.webhooks)]
-        page = items[start:start + min(limit, self.webhook_page_limit)]
-        return web.json_response({"start": start, "limit": limit, "count": len(page), "total": len(items),
-                                  "data": page})
+        page = items[start : start + min(limit, self.webhook_page_limit)]
+        return web.json_response(
+            {"start": start, "limit": limit, "count": len(page), "total": len(items), "data": page}
+        )
 
     async def create_webhook(self, request: web.Request) -> web.StreamResponse:
         refused = await self._webhook_gate(request)
@@ -184,8 +310,9 @@ class FakeWebhooks:
         problem = _webhook_problem(body)
         if problem:
             return web.json_response({"error": {"message": problem}}, status=400)
-        webhook_id = self.add_webhook(body["handler"], body["trigger"],
-                                      **{k: v for k, v in body.items() if k not in ("handler", "trigger")})
+        webhook_id = self.add_webhook(
+            body["handler"], body["trigger"], **{k: v for k, v in body.items() if k not in ("handler", "trigger")}
+        )
         return web.Response(headers={"X-Created": str(webhook_id), "Location": f"{request.url}/{webhook_id}"})
 
     async def delete_webhook(self, request: web.Request) -> web.StreamResponse:
@@ -368,8 +495,15 @@ class FakeCopernica(FakeWebhooks):
             return self._valid.get(jwt, 0) > time.time()
 
     def _hit(self, request: web.Request) -> None:
-        self.hits.append(Hit(request.method, request.path, dict(request.query), time.monotonic(),
-                             request.headers.get("Authorization")))
+        self.hits.append(
+            Hit(
+                request.method,
+                request.path,
+                dict(request.query),
+                time.monotonic(),
+                request.headers.get("Authorization"),
+            )
+        )
 
     async def logfiles(self, request: web.Request) -> web.StreamResponse:
         self._hit(request)
@@ -382,13 +516,17 @@ class FakeCopernica(FakeWebhooks):
         if not day and not kind:
             items: list[str] = sorted({f.day.isoformat() for f in self.files.values()})
         else:
-            items = sorted(f.name for f in self.files.values()
-                           if (not day or f.day.isoformat() == day) and (not kind or f.log_type == kind))
+            items = sorted(
+                f.name
+                for f in self.files.values()
+                if (not day or f.day.isoformat() == day) and (not kind or f.log_type == kind)
+            )
         if self.paged:
             start = int(request.query.get("start", 0))
-            page = items[start:start + 2]
-            return web.json_response({"start": start, "limit": 2, "count": len(page), "total": len(items),
-                                      "data": page})
+            page = items[start : start + 2]
+            return web.json_response(
+                {"start": start, "limit": 2, "count": len(page), "total": len(items), "data": page}
+            )
         return web.json_response(items)
 
     async def logfile(self, request: web.Request) -> web.StreamResponse:
@@ -408,7 +546,7 @@ class FakeCopernica(FakeWebhooks):
         resp.content_length = len(body)
         await resp.prepare(request)
         for start in range(0, len(body), self.chunk_size):
-            await resp.write(body[start:start + self.chunk_size])
+            await resp.write(body[start : start + self.chunk_size])
             if self.chunk_delay:
                 await asyncio.sleep(self.chunk_delay)
         await resp.write_eof()
@@ -471,8 +609,11 @@ class FakeCopernica(FakeWebhooks):
         return f"{self.url}/authenticate"
 
     def env(self) -> dict[str, str]:
-        return {"COPERNICA_ACCESS_TOKEN": self.token, "COPERNICA_API_URL": self.api_url,
-                "COPERNICA_AUTH_URL": self.auth_url}
+        return {
+            "COPERNICA_ACCESS_TOKEN": self.token,
+            "COPERNICA_API_URL": self.api_url,
+            "COPERNICA_AUTH_URL": self.auth_url,
+        }
 
 
 def days(first: date, count: int) -> Iterable[date]:

@@ -31,11 +31,27 @@ UNSUBSCRIBE = "u8731"  # an unsubscribe webhook's own id (not a message id)
 
 # Every normalised column and its value when a payload does not fill it.
 NORMALISED: dict[str, Any] = {
-    "event_type": None, "copernica_type": None, "occurred_at": OCCURRED, "message_id": None,
-    "recipient": None, "ip": None, "user_agent": None, "url": None, "link_id": None, "mailing_id": None,
-    "profile_id": None, "subprofile_id": None, "database_id": None, "collection_id": None,
-    "template_id": None, "tags": None, "smtp_code": None, "smtp_status": None, "description": None,
-    "account": None, "source": None,
+    "event_type": None,
+    "copernica_type": None,
+    "occurred_at": OCCURRED,
+    "message_id": None,
+    "recipient": None,
+    "ip": None,
+    "user_agent": None,
+    "url": None,
+    "link_id": None,
+    "mailing_id": None,
+    "profile_id": None,
+    "subprofile_id": None,
+    "database_id": None,
+    "collection_id": None,
+    "template_id": None,
+    "tags": None,
+    "smtp_code": None,
+    "smtp_status": None,
+    "description": None,
+    "account": None,
+    "source": None,
 }
 
 
@@ -51,8 +67,15 @@ class Case:
 
 
 def _message(kind: str, **more: Any) -> dict[str, Any]:
-    return {"id": MESSAGE, "type": kind, "timestamp": LOCAL, "time": str(TIME), "recipient": "a@example.com",
-            "tags": "news;weekly", **more}
+    return {
+        "id": MESSAGE,
+        "type": kind,
+        "timestamp": LOCAL,
+        "time": str(TIME),
+        "recipient": "a@example.com",
+        "tags": "news;weekly",
+        **more,
+    }
 
 
 def _numbers(fields: dict[str, Any], *names: str) -> dict[str, Any]:
@@ -68,10 +91,16 @@ def _numbers(fields: dict[str, Any], *names: str) -> dict[str, Any]:
 
 _BASE = {"message_id": MESSAGE, "recipient": "a@example.com", "tags": ["news", "weekly"]}
 _PROFILE_FORM = {
-    "timestamp": LOCAL, "time": str(TIME), "profile": "1001", "database": "5",
-    "created": "2026-01-02 03:04:05", "modified": LOCAL, "id": "1001",
+    "timestamp": LOCAL,
+    "time": str(TIME),
+    "profile": "1001",
+    "database": "5",
+    "created": "2026-01-02 03:04:05",
+    "modified": LOCAL,
+    "id": "1001",
     "parameters": {"mail": "a@example.com", "campaign": "x"},
-    "fields": {"name": "Ann", "city": "Utrecht"}, "interests": ["music", "books"],
+    "fields": {"name": "Ann", "city": "Utrecht"},
+    "interests": ["music", "books"],
 }
 _SUB_FORM = {**_PROFILE_FORM, "subprofile": "2002", "collection": "7"}
 _PROFILE_COLS = {"profile_id": 1001, "database_id": 5}
@@ -83,6 +112,7 @@ def _case(name: str, form: dict[str, Any], expected: dict[str, Any], *numeric: s
 
 
 # --- returned messages (a bounce webhook's `mime`), built with the stdlib as mail servers send them ---
+
 
 def _original(size: int = 20_000) -> EmailMessage:
     """The newsletter that came back (large: returned messages carry it whole)."""
@@ -130,94 +160,312 @@ def report(report_type: str, fields: list[dict[str, str]], *, part_type: str, **
 
 def dsn(status: str = "5.1.1", **headers: str) -> str:
     """A delivery-status notification (a real bounce) for a@example.com."""
-    return report("delivery-status", [
-        {"Reporting-MTA": "dns; mx.example.net", "Arrival-Date": "Thu, 26 Nov 2026 13:00:01 +0100"},
-        {"Final-Recipient": "rfc822; a@example.com", "Action": "failed", "Status": f"{status} (bad mailbox)",
-         "Diagnostic-Code": f"smtp; 550 {status} user unknown"},
-    ], part_type="message/delivery-status", **headers)
+    return report(
+        "delivery-status",
+        [
+            {"Reporting-MTA": "dns; mx.example.net", "Arrival-Date": "Thu, 26 Nov 2026 13:00:01 +0100"},
+            {
+                "Final-Recipient": "rfc822; a@example.com",
+                "Action": "failed",
+                "Status": f"{status} (bad mailbox)",
+                "Diagnostic-Code": f"smtp; 550 {status} user unknown",
+            },
+        ],
+        part_type="message/delivery-status",
+        **headers,
+    )
 
 
 def read_receipt() -> str:
-    return report("disposition-notification", [
-        {"Reporting-UA": "mail.example.net", "Final-Recipient": "rfc822; a@example.com",
-         "Original-Message-ID": "<1@example.com>", "Disposition": "manual-action/MDN-sent-manually; displayed"},
-    ], part_type="message/disposition-notification")
+    return report(
+        "disposition-notification",
+        [
+            {
+                "Reporting-UA": "mail.example.net",
+                "Final-Recipient": "rfc822; a@example.com",
+                "Original-Message-ID": "<1@example.com>",
+                "Disposition": "manual-action/MDN-sent-manually; displayed",
+            },
+        ],
+        part_type="message/disposition-notification",
+    )
 
 
 WEBHOOK_CASES: list[Case] = [
-    _case("open", _message("open", ip="192.0.2.1", useragent="Mozilla/5.0", referer="https://mail.example",
-                           profile="1001", mailing="42"),
-          {**_BASE, "event_type": "opened", "copernica_type": "open", "ip": "192.0.2.1",
-           "user_agent": "Mozilla/5.0", "profile_id": 1001, "mailing_id": 42}, "profile", "mailing"),
-    _case("click", _message("click", ip="2001:db8::1", original="https://example.com/a?b=c&d=e",
-                            useragent="Mozilla/5.0", referer="", profile="1001", mailing="42"),
-          {**_BASE, "event_type": "clicked", "copernica_type": "click", "ip": "2001:db8::1",
-           "url": "https://example.com/a?b=c&d=e", "user_agent": "Mozilla/5.0", "profile_id": 1001,
-           "mailing_id": 42}, "profile", "mailing"),
+    _case(
+        "open",
+        _message(
+            "open",
+            ip="192.0.2.1",
+            useragent="Mozilla/5.0",
+            referer="https://mail.example",
+            profile="1001",
+            mailing="42",
+        ),
+        {
+            **_BASE,
+            "event_type": "opened",
+            "copernica_type": "open",
+            "ip": "192.0.2.1",
+            "user_agent": "Mozilla/5.0",
+            "profile_id": 1001,
+            "mailing_id": 42,
+        },
+        "profile",
+        "mailing",
+    ),
+    _case(
+        "click",
+        _message(
+            "click",
+            ip="2001:db8::1",
+            original="https://example.com/a?b=c&d=e",
+            useragent="Mozilla/5.0",
+            referer="",
+            profile="1001",
+            mailing="42",
+        ),
+        {
+            **_BASE,
+            "event_type": "clicked",
+            "copernica_type": "click",
+            "ip": "2001:db8::1",
+            "url": "https://example.com/a?b=c&d=e",
+            "user_agent": "Mozilla/5.0",
+            "profile_id": 1001,
+            "mailing_id": 42,
+        },
+        "profile",
+        "mailing",
+    ),
     _case("delivery", _message("delivery"), {**_BASE, "event_type": "delivered", "copernica_type": "delivery"}),
-    _case("failure", _message("failure", action="failure", state="rcpt", code="550", extended="5.1.1",
-                              description="mailbox unknown", profile="1001", mailing="42"),
-          {**_BASE, "event_type": "failed", "copernica_type": "failure", "smtp_code": 550, "smtp_status": "5.1.1",
-           "description": "mailbox unknown", "profile_id": 1001, "mailing_id": 42}, "profile", "mailing"),
-    _case("failure-bounce", _message("failure", action="failed", state="bounce", code="552",
-                                     description="over quota"),
-          {**_BASE, "event_type": "bounced", "copernica_type": "failure", "smtp_code": 552,
-           "description": "over quota"}),
-    _case("bounce", _message("bounce", envelope="MAIL FROM:<b@example.net>",
-                             mime="From: MAILER-DAEMON\r\nSubject: failure\r\n\r\n" + "x" * 100_000),
-          {**_BASE, "event_type": "bounced", "copernica_type": "bounce"}),
-    _case("unsubscribe", {"id": UNSUBSCRIBE, "type": "unsubscribe", "timestamp": LOCAL, "time": str(TIME),
-                          "database": "5", "profile": "1001", "mailing": "42"},
-          {"event_type": "unsubscribed", "copernica_type": "unsubscribe", "database_id": 5,
-           "profile_id": 1001, "mailing_id": 42}, "database", "profile", "mailing"),
-    _case("profile-create", {"type": "create", **_PROFILE_FORM},
-          {"event_type": "profile_created", "copernica_type": "create", **_PROFILE_COLS}, "profile", "database"),
-    _case("profile-update", {"type": "update", **_PROFILE_FORM},
-          {"event_type": "profile_updated", "copernica_type": "update", **_PROFILE_COLS}, "profile", "database"),
-    _case("subprofile-create", {"type": "create", **_SUB_FORM},
-          {"event_type": "profile_created", "copernica_type": "create", **_SUB_COLS},
-          "profile", "database", "subprofile", "collection"),
-    _case("subprofile-update-action", {"action": "update", **_SUB_FORM},
-          {"event_type": "profile_updated", "copernica_type": "update", **_SUB_COLS}, "subprofile"),
-    _case("profile-delete", {"type": "delete", "timestamp": LOCAL, "time": str(TIME), "profile": "1001",
-                             "database": "5"},
-          {"event_type": "profile_deleted", "copernica_type": "delete", **_PROFILE_COLS}, "profile"),
-    _case("subprofile-delete", {"type": "delete", "timestamp": LOCAL, "time": str(TIME), "profile": "1001",
-                                "database": "5", "subprofile": "2002", "collection": "7"},
-          {"event_type": "profile_deleted", "copernica_type": "delete", **_SUB_COLS}, "collection"),
+    _case(
+        "failure",
+        _message(
+            "failure",
+            action="failure",
+            state="rcpt",
+            code="550",
+            extended="5.1.1",
+            description="mailbox unknown",
+            profile="1001",
+            mailing="42",
+        ),
+        {
+            **_BASE,
+            "event_type": "failed",
+            "copernica_type": "failure",
+            "smtp_code": 550,
+            "smtp_status": "5.1.1",
+            "description": "mailbox unknown",
+            "profile_id": 1001,
+            "mailing_id": 42,
+        },
+        "profile",
+        "mailing",
+    ),
+    _case(
+        "failure-bounce",
+        _message("failure", action="failed", state="bounce", code="552", description="over quota"),
+        {**_BASE, "event_type": "bounced", "copernica_type": "failure", "smtp_code": 552, "description": "over quota"},
+    ),
+    _case(
+        "bounce",
+        _message(
+            "bounce",
+            envelope="MAIL FROM:<b@example.net>",
+            mime="From: MAILER-DAEMON\r\nSubject: failure\r\n\r\n" + "x" * 100_000,
+        ),
+        {**_BASE, "event_type": "bounced", "copernica_type": "bounce"},
+    ),
+    _case(
+        "unsubscribe",
+        {
+            "id": UNSUBSCRIBE,
+            "type": "unsubscribe",
+            "timestamp": LOCAL,
+            "time": str(TIME),
+            "database": "5",
+            "profile": "1001",
+            "mailing": "42",
+        },
+        {
+            "event_type": "unsubscribed",
+            "copernica_type": "unsubscribe",
+            "database_id": 5,
+            "profile_id": 1001,
+            "mailing_id": 42,
+        },
+        "database",
+        "profile",
+        "mailing",
+    ),
+    _case(
+        "profile-create",
+        {"type": "create", **_PROFILE_FORM},
+        {"event_type": "profile_created", "copernica_type": "create", **_PROFILE_COLS},
+        "profile",
+        "database",
+    ),
+    _case(
+        "profile-update",
+        {"type": "update", **_PROFILE_FORM},
+        {"event_type": "profile_updated", "copernica_type": "update", **_PROFILE_COLS},
+        "profile",
+        "database",
+    ),
+    _case(
+        "subprofile-create",
+        {"type": "create", **_SUB_FORM},
+        {"event_type": "profile_created", "copernica_type": "create", **_SUB_COLS},
+        "profile",
+        "database",
+        "subprofile",
+        "collection",
+    ),
+    _case(
+        "subprofile-update-action",
+        {"action": "update", **_SUB_FORM},
+        {"event_type": "profile_updated", "copernica_type": "update", **_SUB_COLS},
+        "subprofile",
+    ),
+    _case(
+        "profile-delete",
+        {"type": "delete", "timestamp": LOCAL, "time": str(TIME), "profile": "1001", "database": "5"},
+        {"event_type": "profile_deleted", "copernica_type": "delete", **_PROFILE_COLS},
+        "profile",
+    ),
+    _case(
+        "subprofile-delete",
+        {
+            "type": "delete",
+            "timestamp": LOCAL,
+            "time": str(TIME),
+            "profile": "1001",
+            "database": "5",
+            "subprofile": "2002",
+            "collection": "7",
+        },
+        {"event_type": "profile_deleted", "copernica_type": "delete", **_SUB_COLS},
+        "collection",
+    ),
     # 2017 "feedback" names: no type field; the fields say what it is.
-    _case("legacy-click", {"id": MESSAGE, "recipient": "a@example.com", "ip": "192.0.2.1", "time": str(TIME),
-                           "original": "https://example.com/", "useragent": "Mozilla/5.0", "referer": "",
-                           "tags": "news;weekly"},
-          {**_BASE, "event_type": "clicked", "copernica_type": "", "ip": "192.0.2.1", "url": "https://example.com/",
-           "user_agent": "Mozilla/5.0"}),
-    _case("legacy-bounce", {"id": MESSAGE, "recipient": "a@example.com", "mailfrom": "b@example.net",
-                            "rcptto": "a@example.com", "mime": "From: x\r\n\r\nbody", "tags": "news;weekly",
-                            "time": str(TIME)},
-          {**_BASE, "event_type": "bounced", "copernica_type": ""}),
-    _case("bounce-out-of-office", _message("bounce", envelope="MAIL FROM:<b@example.net>", mime=out_of_office()),
-          {**_BASE, "event_type": "autoresponded", "copernica_type": "bounce"}),
-    _case("bounce-dsn", _message("bounce", envelope="MAIL FROM:<b@example.net>",
-                                 mime=dsn(auto_submitted="auto-replied")),
-          {**_BASE, "event_type": "bounced", "copernica_type": "bounce", "smtp_status": "5.1.1"}),
-    _case("legacy-bounce-vacation", {"id": MESSAGE, "recipient": "a@example.com", "mailfrom": "b@example.net",
-                                     "rcptto": "a@example.com", "tags": "news;weekly", "time": str(TIME),
-                                     "mime": reply("Vacation", "On holiday.", x_autoreply="yes")},
-          {**_BASE, "event_type": "autoresponded", "copernica_type": ""}),
-    _case("legacy-open", {"id": MESSAGE, "recipient": "a@example.com", "ip": "192.0.2.1", "time": str(TIME),
-                          "useragent": "Mozilla/5.0", "referer": "https://mail.example", "tags": "news;weekly"},
-          {**_BASE, "event_type": "opened", "copernica_type": "", "ip": "192.0.2.1", "user_agent": "Mozilla/5.0"}),
+    _case(
+        "legacy-click",
+        {
+            "id": MESSAGE,
+            "recipient": "a@example.com",
+            "ip": "192.0.2.1",
+            "time": str(TIME),
+            "original": "https://example.com/",
+            "useragent": "Mozilla/5.0",
+            "referer": "",
+            "tags": "news;weekly",
+        },
+        {
+            **_BASE,
+            "event_type": "clicked",
+            "copernica_type": "",
+            "ip": "192.0.2.1",
+            "url": "https://example.com/",
+            "user_agent": "Mozilla/5.0",
+        },
+    ),
+    _case(
+        "legacy-bounce",
+        {
+            "id": MESSAGE,
+            "recipient": "a@example.com",
+            "mailfrom": "b@example.net",
+            "rcptto": "a@example.com",
+            "mime": "From: x\r\n\r\nbody",
+            "tags": "news;weekly",
+            "time": str(TIME),
+        },
+        {**_BASE, "event_type": "bounced", "copernica_type": ""},
+    ),
+    _case(
+        "bounce-out-of-office",
+        _message("bounce", envelope="MAIL FROM:<b@example.net>", mime=out_of_office()),
+        {**_BASE, "event_type": "autoresponded", "copernica_type": "bounce"},
+    ),
+    _case(
+        "bounce-dsn",
+        _message("bounce", envelope="MAIL FROM:<b@example.net>", mime=dsn(auto_submitted="auto-replied")),
+        {**_BASE, "event_type": "bounced", "copernica_type": "bounce", "smtp_status": "5.1.1"},
+    ),
+    _case(
+        "legacy-bounce-vacation",
+        {
+            "id": MESSAGE,
+            "recipient": "a@example.com",
+            "mailfrom": "b@example.net",
+            "rcptto": "a@example.com",
+            "tags": "news;weekly",
+            "time": str(TIME),
+            "mime": reply("Vacation", "On holiday.", x_autoreply="yes"),
+        },
+        {**_BASE, "event_type": "autoresponded", "copernica_type": ""},
+    ),
+    _case(
+        "legacy-open",
+        {
+            "id": MESSAGE,
+            "recipient": "a@example.com",
+            "ip": "192.0.2.1",
+            "time": str(TIME),
+            "useragent": "Mozilla/5.0",
+            "referer": "https://mail.example",
+            "tags": "news;weekly",
+        },
+        {**_BASE, "event_type": "opened", "copernica_type": "", "ip": "192.0.2.1", "user_agent": "Mozilla/5.0"},
+    ),
     # no time field: it happened when it was received
-    _case("legacy-failure", {"id": MESSAGE, "recipient": "a@example.com", "state": "rcpt", "code": "550",
-                             "extended": "5.1.1", "description": "mailbox unknown", "tags": "news;weekly"},
-          {**_BASE, "event_type": "failed", "copernica_type": "", "smtp_code": 550, "smtp_status": "5.1.1",
-           "description": "mailbox unknown", "occurred_at": datetime.fromtimestamp(RECEIVED, UTC)}),
-    _case("legacy-failure-bounce", {"id": MESSAGE, "recipient": "a@example.com", "state": "bounce",
-                                    "code": "552", "description": "over quota", "tags": "news;weekly"},
-          {**_BASE, "event_type": "bounced", "copernica_type": "", "smtp_code": 552, "description": "over quota",
-           "occurred_at": datetime.fromtimestamp(RECEIVED, UTC)}),
-    _case("unknown-type", _message("complaint-v2", something="new", nested={"a": "1"}),
-          {**_BASE, "event_type": "unknown", "copernica_type": "complaint-v2"}),
+    _case(
+        "legacy-failure",
+        {
+            "id": MESSAGE,
+            "recipient": "a@example.com",
+            "state": "rcpt",
+            "code": "550",
+            "extended": "5.1.1",
+            "description": "mailbox unknown",
+            "tags": "news;weekly",
+        },
+        {
+            **_BASE,
+            "event_type": "failed",
+            "copernica_type": "",
+            "smtp_code": 550,
+            "smtp_status": "5.1.1",
+            "description": "mailbox unknown",
+            "occurred_at": datetime.fromtimestamp(RECEIVED, UTC),
+        },
+    ),
+    _case(
+        "legacy-failure-bounce",
+        {
+            "id": MESSAGE,
+            "recipient": "a@example.com",
+            "state": "bounce",
+            "code": "552",
+            "description": "over quota",
+            "tags": "news;weekly",
+        },
+        {
+            **_BASE,
+            "event_type": "bounced",
+            "copernica_type": "",
+            "smtp_code": 552,
+            "description": "over quota",
+            "occurred_at": datetime.fromtimestamp(RECEIVED, UTC),
+        },
+    ),
+    _case(
+        "unknown-type",
+        _message("complaint-v2", something="new", nested={"a": "1"}),
+        {**_BASE, "event_type": "unknown", "copernica_type": "complaint-v2"},
+    ),
 ]
 
 
@@ -239,13 +487,15 @@ def encode_form(fields: dict[str, Any]) -> bytes:
     return "&".join(f"{quote_plus(k, safe='[]')}={quote_plus(v)}" for k, v in pairs).encode()
 
 
-def envelope(body: bytes, content_type: str, account: str | None = "account-1234",
-             received_at: float = RECEIVED) -> Envelope:
+def envelope(
+    body: bytes, content_type: str, account: str | None = "account-1234", received_at: float = RECEIVED
+) -> Envelope:
     headers = {"content-type": content_type}
     if account is not None:
         headers["x-copernica-id"] = account
-    return Envelope(body=body, content_type=content_type, received_at=received_at, remote="198.51.100.7",
-                    headers=headers)
+    return Envelope(
+        body=body, content_type=content_type, received_at=received_at, remote="198.51.100.7", headers=headers
+    )
 
 
 def wire(case: Case, encoding: str, **kwargs: Any) -> Envelope:
@@ -257,30 +507,78 @@ def wire(case: Case, encoding: str, **kwargs: Any) -> Envelope:
 # --- logfiles -----------------------------------------------------------------------------------
 
 VALUES: dict[str, str] = {
-    "id": MESSAGE, "time": LOCAL, "ip": "192.0.2.1", "header": "Mozilla/5.0 (X11)", "email": "a@example.com",
-    "tags": "news;weekly", "countrycode": "NL", "countryname": "Netherlands", "regioncode": "NH",
-    "city": "Amsterdam", "senderdomain": "news.example.com", "profile": "1001", "subprofile": "2002",
-    "template": "77", "mailingid": "42", "profileid": "1001", "subprofileid": "2002", "databaseid": "5",
-    "collectionid": "7", "templateid": "77", "groupid": "3", "document": "9", "documentid": "9",
-    "linkinfo": "991", "type": "error", "status": "5.1.1", "description": "mailbox, \"unknown\"\nline 2",
-    "code": "550", "attempts": "1", "attempt": "2", "mail": "From: a@example.com\r\nSubject: spam?\r\n\r\nreport",
+    "id": MESSAGE,
+    "time": LOCAL,
+    "ip": "192.0.2.1",
+    "header": "Mozilla/5.0 (X11)",
+    "email": "a@example.com",
+    "tags": "news;weekly",
+    "countrycode": "NL",
+    "countryname": "Netherlands",
+    "regioncode": "NH",
+    "city": "Amsterdam",
+    "senderdomain": "news.example.com",
+    "profile": "1001",
+    "subprofile": "2002",
+    "template": "77",
+    "mailingid": "42",
+    "profileid": "1001",
+    "subprofileid": "2002",
+    "databaseid": "5",
+    "collectionid": "7",
+    "templateid": "77",
+    "groupid": "3",
+    "document": "9",
+    "documentid": "9",
+    "linkinfo": "991",
+    "type": "error",
+    "status": "5.1.1",
+    "description": 'mailbox, "unknown"\nline 2',
+    "code": "550",
+    "attempts": "1",
+    "attempt": "2",
+    "mail": "From: a@example.com\r\nSubject: spam?\r\n\r\nreport",
     "content": "<p>x</p>",
-    "response": "HTTP 500", "recipient": "https://hooks.example/",
+    "response": "HTTP 500",
+    "recipient": "https://hooks.example/",
 }
 COLUMN_EXPECTED: dict[str, tuple[str, Any]] = {
-    "id": ("message_id", MESSAGE), "ip": ("ip", "192.0.2.1"), "header": ("user_agent", "Mozilla/5.0 (X11)"),
-    "email": ("recipient", "a@example.com"), "tags": ("tags", ["news", "weekly"]),
-    "profile": ("profile_id", 1001), "subprofile": ("subprofile_id", 2002), "template": ("template_id", 77),
-    "mailingid": ("mailing_id", 42), "profileid": ("profile_id", 1001), "subprofileid": ("subprofile_id", 2002),
-    "databaseid": ("database_id", 5), "collectionid": ("collection_id", 7), "templateid": ("template_id", 77),
-    "linkinfo": ("link_id", "991"), "status": ("smtp_status", "5.1.1"),
-    "description": ("description", "mailbox, \"unknown\"\nline 2"), "code": ("smtp_code", 550),
+    "id": ("message_id", MESSAGE),
+    "ip": ("ip", "192.0.2.1"),
+    "header": ("user_agent", "Mozilla/5.0 (X11)"),
+    "email": ("recipient", "a@example.com"),
+    "tags": ("tags", ["news", "weekly"]),
+    "profile": ("profile_id", 1001),
+    "subprofile": ("subprofile_id", 2002),
+    "template": ("template_id", 77),
+    "mailingid": ("mailing_id", 42),
+    "profileid": ("profile_id", 1001),
+    "subprofileid": ("subprofile_id", 2002),
+    "databaseid": ("database_id", 5),
+    "collectionid": ("collection_id", 7),
+    "templateid": ("template_id", 77),
+    "linkinfo": ("link_id", "991"),
+    "status": ("smtp_status", "5.1.1"),
+    "description": ("description", 'mailbox, "unknown"\nline 2'),
+    "code": ("smtp_code", 550),
 }
 LOG_EVENT_TYPES: dict[str, str] = {
-    "attempts": "sent", "delivery": "delivered", "deliveries": "delivered", "impression": "opened",
-    "impressions": "opened", "click": "clicked", "clicks": "clicked", "clicks-old": "clicked", "error": "failed",
-    "errors": "failed", "retry": "deferred", "retries": "deferred", "unsubscribe": "unsubscribed",
-    "unsubscribes": "unsubscribed", "abuse": "complained", "abuses": "complained",
+    "attempts": "sent",
+    "delivery": "delivered",
+    "deliveries": "delivered",
+    "impression": "opened",
+    "impressions": "opened",
+    "click": "clicked",
+    "clicks": "clicked",
+    "clicks-old": "clicked",
+    "error": "failed",
+    "errors": "failed",
+    "retry": "deferred",
+    "retries": "deferred",
+    "unsubscribe": "unsubscribed",
+    "unsubscribes": "unsubscribed",
+    "abuse": "complained",
+    "abuses": "complained",
 }
 EVENT_LOGS = [name for name in LOG_COLUMNS if name != "feedback-loop-errors"]
 
@@ -290,8 +588,12 @@ def log_record(log_type: str, **overrides: str) -> dict[str, str]:
 
 
 def log_expected(log_type: str, record: dict[str, str]) -> dict[str, Any]:
-    expected = {**NORMALISED, "source": "logfile", "copernica_type": log_type,
-                "event_type": LOG_EVENT_TYPES[log_type.split("-", 1)[1]]}
+    expected = {
+        **NORMALISED,
+        "source": "logfile",
+        "copernica_type": log_type,
+        "event_type": LOG_EVENT_TYPES[log_type.split("-", 1)[1]],
+    }
     for name, value in record.items():
         if name in COLUMN_EXPECTED and value == VALUES[name]:
             column, typed = COLUMN_EXPECTED[name]

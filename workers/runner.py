@@ -43,11 +43,11 @@ class StoreWorker(HeartbeatWorker):
 
 
 def make_worker(settings: Settings, name: str | None = None) -> StoreWorker:
-    settings.require("redis_url")
-    connection = redis.Redis.from_url(settings.redis_url)
+    connection = redis.Redis.from_url(settings.required("redis_url"))
     queue = Queue(settings.queue, connection=connection)
-    return StoreWorker([queue], connection=connection, name=name, maintenance_interval=MAINTENANCE_INTERVAL,
-                       worker_ttl=WORKER_TTL)
+    return StoreWorker(
+        [queue], connection=connection, name=name, maintenance_interval=MAINTENANCE_INTERVAL, worker_ttl=WORKER_TTL
+    )
 
 
 def run_worker(settings: Settings, *, burst: bool = False, name: str | None = None) -> int:

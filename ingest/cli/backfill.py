@@ -62,6 +62,7 @@ def _handler(func: Callable[[Settings, argparse.Namespace], int]) -> Callable[[S
 
 # --- argument checks --------------------------------------------------------------------------
 
+
 def parse_day(text: str, option: str) -> date:
     if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text.strip()):
         raise BadInput(f"{option} {text!r} is not a date (YYYY-MM-DD)")
@@ -113,12 +114,13 @@ def _positive(text: str) -> float:
 
 # --- the pieces every command needs ---------------------------------------------------------------
 
+
 def _connect(settings: Settings) -> psycopg.Connection:
     from workers.storage import store
+    from workers.storage.queries import scalar
 
-    settings.require("database_url")
-    conn = store.connect(settings.database_url)
-    present = conn.execute("SELECT to_regclass('backfill_files') IS NOT NULL").fetchone()[0]
+    conn = store.connect(settings.required("database_url"))
+    present = scalar(conn, "SELECT to_regclass('backfill_files') IS NOT NULL")
     conn.rollback()
     if not present:
         conn.close()
@@ -172,7 +174,7 @@ class _Bar:
         rate = self.count / max(1e-6, time.monotonic() - self.started)
         self.progress.update(self.task, records=self.count, rate=rate)
 
-    def file_finished(self, result: FileResult) -> None:
+    def file_finished(self, result: FileResult) -> None:  # noqa: ARG002 - Reporter's signature
         self.progress.advance(self.task)
 
 
@@ -190,14 +192,25 @@ def _progress() -> Iterator[_Bar]:
 
     console = Console(stderr=True)
     progress = Progress(
-        TextColumn("{task.description}", style="bold"), BarColumn(), MofNCompleteColumn(), TextColumn("files"),
-        TextColumn("{task.fields[records]:,} records"), TextColumn("{task.fields[rate]:,.0f}/s"),
-        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-        console=console, transient=False, disable=not console.is_terminal,
+        TextColumn("{task.description}", style="bold"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("files"),
+        TextColumn("{task.fields[records]:,} records"),
+        TextColumn("{task.fields[rate]:,.0f}/s"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+        disable=not console.is_terminal,
     )
     # Log lines go above the bar instead of through it.
-    handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.StreamHandler)
-                and getattr(h, "stream", None) in (sys.stderr, sys.__stderr__)]
+    handlers = [
+        h
+        for h in logging.getLogger().handlers
+        if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) in (sys.stderr, sys.__stderr__)
+    ]
     with progress:
         olds = [h.setStream(sys.stderr) for h in handlers] if console.is_terminal else []
         try:
@@ -224,15 +237,32 @@ def _summary_table(summary: RunSummary, title: str) -> int:
     skipped = len(summary.files) - len(shown)
     table = Table(title=title, title_justify="left")
     for column in ("file", "type", "date", "records", "stored", "duplicates", "rejected", "status"):
-        table.add_column(column, justify="right" if column in ("records", "stored", "duplicates", "rejected")
-                         else "left")
+        table.add_column(
+            column, justify="right" if column in ("records", "stored", "duplicates", "rejected") else "left"
+        )
     for f in shown:
         status = f.status if f.status != "failed" else "[red]failed[/red]"
-        table.add_row(f.name, f.log_type, str(f.log_date or ""), f"{f.records:,}", f"{f.stored:,}",
-                      f"{f.duplicates:,}", f"{f.rejected:,}" if not f.rejected else f"[yellow]{f.rejected:,}[/yellow]",
-                      status)
-    table.add_row("total", "", "", f"{summary.total('records'):,}", f"{summary.total('stored'):,}",
-                  f"{summary.total('duplicates'):,}", f"{summary.total('rejected'):,}", "", style="bold")
+        table.add_row(
+            f.name,
+            f.log_type,
+            str(f.log_date or ""),
+            f"{f.records:,}",
+            f"{f.stored:,}",
+            f"{f.duplicates:,}",
+            f"{f.rejected:,}" if not f.rejected else f"[yellow]{f.rejected:,}[/yellow]",
+            status,
+        )
+    table.add_row(
+        "total",
+        "",
+        "",
+        f"{summary.total('records'):,}",
+        f"{summary.total('stored'):,}",
+        f"{summary.total('duplicates'):,}",
+        f"{summary.total('rejected'):,}",
+        "",
+        style="bold",
+    )
     console.print(table)
     if skipped:
         console.print(f"{skipped} file(s) already complete, skipped (use --force to read them again)")
@@ -240,8 +270,11 @@ def _summary_table(summary: RunSummary, title: str) -> int:
         console.print(f"{summary.retries} request(s) retried")
     rejected = summary.total("rejected")
     if rejected:
-        console.print(f"[yellow]{rejected:,} record(s) could not be read; they are in rejected_events "
-                      "(target = file:line)[/yellow]", highlight=False)
+        console.print(
+            f"[yellow]{rejected:,} record(s) could not be read; they are in rejected_events "
+            "(target = file:line)[/yellow]",
+            highlight=False,
+        )
     for f in summary.failed:
         console.print(f"[red]failed[/red] {f.name}: {f.error}", highlight=False, markup=True)
     if summary.stopped:
@@ -251,6 +284,7 @@ def _summary_table(summary: RunSummary, title: str) -> int:
 
 
 # --- commands -------------------------------------------------------------------------------------
+
 
 @_handler
 def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
@@ -277,8 +311,15 @@ def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
         conn = _connect(settings)
         try:
             with _progress() as bar:
-                run = Run(conn, tz, stop=stop, reporter=bar, batch_size=args.batch_size,  # type: ignore[arg-type]
-                          client=client, fmt=fmt)
+                run = Run(
+                    conn,
+                    tz,
+                    stop=stop,
+                    reporter=bar,
+                    batch_size=args.batch_size,
+                    client=client,
+                    fmt=fmt,
+                )
                 if args.follow:
                     summary = follow(run, types, interval=args.interval, max_polls=args.max_polls)
                 else:
@@ -304,8 +345,10 @@ def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
         conn = _connect(settings)
         try:
             with _progress() as bar:
-                summary = import_files(Run(conn, tz, stop=stop, reporter=bar,  # type: ignore[arg-type]
-                                           batch_size=args.batch_size), planned)
+                summary = import_files(
+                    Run(conn, tz, stop=stop, reporter=bar, batch_size=args.batch_size),
+                    planned,
+                )
         finally:
             conn.close()
     return _summary_table(summary, "import")
@@ -327,8 +370,15 @@ def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
         conn = _connect(settings)
         try:
             with _progress() as bar:
-                run = Run(conn, tz, stop=stop, reporter=bar, batch_size=args.batch_size,  # type: ignore[arg-type]
-                          client=client, fmt=fmt)
+                run = Run(
+                    conn,
+                    tz,
+                    stop=stop,
+                    reporter=bar,
+                    batch_size=args.batch_size,
+                    client=client,
+                    fmt=fmt,
+                )
                 counts, summary = reconcile(run, day, types)
         finally:
             conn.close()
@@ -337,19 +387,42 @@ def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         import orjson
 
-        print(orjson.dumps({"date": day.isoformat(), "missing": missing, "failed_files": failed,
-                            "stopped": summary.stopped,
-                            "types": [{"type": c.log_type, "files": c.files, "in_logfiles": c.events,
-                                       "already_stored": c.already, "added": c.added, "rejected": c.rejected,
-                                       "failed_files": c.failed} for c in counts]}).decode())
+        print(
+            orjson.dumps(
+                {
+                    "date": day.isoformat(),
+                    "missing": missing,
+                    "failed_files": failed,
+                    "stopped": summary.stopped,
+                    "types": [
+                        {
+                            "type": c.log_type,
+                            "files": c.files,
+                            "in_logfiles": c.events,
+                            "already_stored": c.already,
+                            "added": c.added,
+                            "rejected": c.rejected,
+                            "failed_files": c.failed,
+                        }
+                        for c in counts
+                    ],
+                }
+            ).decode()
+        )
     else:
         table = Table(title=f"reconcile {day}", title_justify="left")
         for column in ("type", "files", "in logfiles", "already stored", "added", "rejected", "failed files"):
             table.add_column(column, justify="left" if column == "type" else "right")
         for c in counts:
-            table.add_row(c.log_type, str(c.files), f"{c.events:,}", f"{c.already:,}",
-                          f"[bold red]{c.added:,}[/bold red]" if c.added else "0", f"{c.rejected:,}",
-                          f"[red]{c.failed}[/red]" if c.failed else "0")
+            table.add_row(
+                c.log_type,
+                str(c.files),
+                f"{c.events:,}",
+                f"{c.already:,}",
+                f"[bold red]{c.added:,}[/bold red]" if c.added else "0",
+                f"{c.rejected:,}",
+                f"[red]{c.failed}[/red]" if c.failed else "0",
+            )
         console = _out()
         console.print(table)
         for f in summary.failed:
@@ -365,48 +438,72 @@ def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
 
 # --- parser ---------------------------------------------------------------------------------------
 
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `backfill`, `import` and `reconcile` to the `ingest` command line."""
-    backfill = sub.add_parser("backfill", help="store missed events from Copernica's logfiles (REST API)",
-                              description=(
-        "Download Copernica's logfiles per date and type through the REST API (COPERNICA_ACCESS_TOKEN) and "
-        "store their events once each, beside those the webhooks brought. Resumable: completed files are "
-        "skipped on a rerun. --follow polls today's files instead."))
+    backfill = sub.add_parser(
+        "backfill",
+        help="store missed events from Copernica's logfiles (REST API)",
+        description=(
+            "Download Copernica's logfiles per date and type through the REST API (COPERNICA_ACCESS_TOKEN) and "
+            "store their events once each, beside those the webhooks brought. Resumable: completed files are "
+            "skipped on a rerun. --follow polls today's files instead."
+        ),
+    )
     backfill.add_argument("--since", metavar="YYYY-MM-DD", help="first day to backfill")
     backfill.add_argument("--until", metavar="YYYY-MM-DD", help="last day (default: today, Copernica's zone)")
-    backfill.add_argument("--types", metavar="T1,T2",
-                          help="log types, comma-separated (default: every cdm-*/pom-* event log the day lists)")
+    backfill.add_argument(
+        "--types",
+        metavar="T1,T2",
+        help="log types, comma-separated (default: every cdm-*/pom-* event log the day lists)",
+    )
     backfill.add_argument("--format", default="json", metavar="json|csv|xml", help="download format (default json)")
     backfill.add_argument("--force", action="store_true", help="read completed files again too")
-    backfill.add_argument("--follow", action="store_true",
-                          help="poll today's files and store what is new, until Ctrl-C/SIGTERM")
-    backfill.add_argument("--interval", type=_positive, default=60.0, metavar="S",
-                          help="seconds between polls with --follow (default 60)")
+    backfill.add_argument(
+        "--follow", action="store_true", help="poll today's files and store what is new, until Ctrl-C/SIGTERM"
+    )
+    backfill.add_argument(
+        "--interval", type=_positive, default=60.0, metavar="S", help="seconds between polls with --follow (default 60)"
+    )
     backfill.add_argument("--max-polls", type=int, default=None, help=argparse.SUPPRESS)
-    backfill.add_argument("--batch-size", type=int, default=5000, metavar="N",
-                          help="events stored per transaction (default 5000)")
+    backfill.add_argument(
+        "--batch-size", type=int, default=5000, metavar="N", help="events stored per transaction (default 5000)"
+    )
     _timezone_option(backfill)
     backfill.set_defaults(handler=cmd_backfill)
 
-    imp = sub.add_parser("import", help="store events from logfiles downloaded by hand", description=(
-        "Read logfiles downloaded from the Copernica dashboard (CSV with or without header, JSON, XML; .gz too) "
-        "and store their events. The log type comes from the file name (cdm-click.2026-11-25.log...) or --type."))
+    imp = sub.add_parser(
+        "import",
+        help="store events from logfiles downloaded by hand",
+        description=(
+            "Read logfiles downloaded from the Copernica dashboard (CSV with or without header, JSON, XML; .gz too) "
+            "and store their events. The log type comes from the file name (cdm-click.2026-11-25.log...) or --type."
+        ),
+    )
     imp.add_argument("paths", nargs="+", metavar="PATH", help="logfiles to import")
     imp.add_argument("--type", metavar="TYPE", help="log type of every file (e.g. cdm-click)")
     imp.add_argument("--format", metavar="json|csv|xml", help="format of every file (default: by extension or content)")
-    imp.add_argument("--batch-size", type=int, default=5000, metavar="N",
-                     help="events stored per transaction (default 5000)")
+    imp.add_argument(
+        "--batch-size", type=int, default=5000, metavar="N", help="events stored per transaction (default 5000)"
+    )
     _timezone_option(imp)
     imp.set_defaults(handler=cmd_import)
 
-    rec = sub.add_parser("reconcile", help="check a day against Copernica's logfiles; store what is missing",
-                         description=(
-        "Read every logfile of a day again and report per log type: events the logfiles hold, how many were "
-        "already stored (webhooks, earlier runs), how many were missing and are now added. "
-        "Exit code 1 when anything had been missing or a file could not be fetched."))
+    rec = sub.add_parser(
+        "reconcile",
+        help="check a day against Copernica's logfiles; store what is missing",
+        description=(
+            "Read every logfile of a day again and report per log type: events the logfiles hold, how many were "
+            "already stored (webhooks, earlier runs), how many were missing and are now added. "
+            "Exit code 1 when anything had been missing or a file could not be fetched."
+        ),
+    )
     rec.add_argument("--date", required=True, metavar="YYYY-MM-DD", help="the day to check")
-    rec.add_argument("--types", metavar="T1,T2",
-                     help="log types, comma-separated (default: every cdm-*/pom-* event log the day lists)")
+    rec.add_argument(
+        "--types",
+        metavar="T1,T2",
+        help="log types, comma-separated (default: every cdm-*/pom-* event log the day lists)",
+    )
     rec.add_argument("--format", default="json", metavar="json|csv|xml", help="download format (default json)")
     rec.add_argument("--batch-size", type=int, default=5000, metavar="N", help=argparse.SUPPRESS)
     rec.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -415,6 +512,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _timezone_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--timezone", metavar="ZONE", help=(
-        "zone of the logfiles' times for this run (default: COPERNICA_TIMEZONE). Before a file is stored its "
-        "first records are checked against stored webhooks; a file in another zone is refused, naming the zone"))
+    parser.add_argument(
+        "--timezone",
+        metavar="ZONE",
+        help=(
+            "zone of the logfiles' times for this run (default: COPERNICA_TIMEZONE). Before a file is stored its "
+            "first records are checked against stored webhooks; a file in another zone is refused, naming the zone"
+        ),
+    )

@@ -20,14 +20,15 @@ from ingest.cli.base import EXIT_FAILURE, fail, one_target
 log = logging.getLogger("ingest.cli.jobs")
 
 
-
 def register(subparsers: Any) -> None:
     """Add `requeue-failed` to the `ingest` parser."""
     requeue = subparsers.add_parser(
-        "requeue-failed", help="put failed store jobs back on the queue",
+        "requeue-failed",
+        help="put failed store jobs back on the queue",
         description="Move jobs from RQ's failed registry of INGEST_QUEUE back to the queue, so a worker "
-                    "stores their calls. A requeued job that fails again rests in the registry again "
-                    "(its retries were used up).")
+        "stores their calls. A requeued job that fails again rests in the registry again "
+        "(its retries were used up).",
+    )
     requeue.add_argument("--id", metavar="ID", help="requeue the failed job with this id")
     requeue.add_argument("--all", action="store_true", help="requeue every failed job")
     requeue.set_defaults(handler=cmd_requeue_failed)

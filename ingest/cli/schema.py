@@ -21,27 +21,29 @@ if TYPE_CHECKING:
 log = logging.getLogger("ingest.cli.schema")
 
 
-
 def register(subparsers: Any) -> None:
     """Add `migrate` and `prune` to the `ingest` parser."""
-    migrate = subparsers.add_parser("migrate", help="create or upgrade the PostgreSQL schema", description=(
-        "Apply pending schema migrations. Idempotent: a second run changes nothing."))
+    migrate = subparsers.add_parser(
+        "migrate",
+        help="create or upgrade the PostgreSQL schema",
+        description=("Apply pending schema migrations. Idempotent: a second run changes nothing."),
+    )
     migrate.set_defaults(handler=cmd_migrate)
     prune = subparsers.add_parser(
-        "prune", help="drop the monthly partitions of events older than an age",
+        "prune",
+        help="drop the monthly partitions of events older than an age",
         description="Drop (detach, then drop) every monthly partition of events whose whole month is older "
-                    "than --older-than. No rows are deleted one by one: a month partly inside the period stays.")
-    prune.add_argument("--older-than", required=True, metavar="AGE",
-                       help="days or weeks, e.g. 90d or 13w")
+        "than --older-than. No rows are deleted one by one: a month partly inside the period stays.",
+    )
+    prune.add_argument("--older-than", required=True, metavar="AGE", help="days or weeks, e.g. 90d or 13w")
     prune.add_argument("--dry-run", action="store_true", help="list what would be dropped, drop nothing")
     prune.set_defaults(handler=cmd_prune)
 
 
-def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+def cmd_migrate(settings: Settings, _args: argparse.Namespace) -> int:
     from workers.storage.schema import apply_migrations
 
-    settings.require("database_url")
-    done = apply_migrations(settings.database_url)
+    done = apply_migrations(settings.required("database_url"))
     if done:
         for migration in done:
             print(f"applied {migration.version:04d}_{migration.name}")
@@ -76,8 +78,9 @@ def cmd_prune(settings: Settings, args: argparse.Namespace) -> int:
     except RetentionError as exc:
         print(f"ingest: prune --older-than: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    settings.require("database_url")
-    with psycopg.connect(settings.database_url, autocommit=True, application_name="copernica-ingest prune") as conn:
+    with psycopg.connect(
+        settings.required("database_url"), autocommit=True, application_name="copernica-ingest prune"
+    ) as conn:
         try:
             result = prune(conn, age, dry_run=args.dry_run)
         except RetentionError as exc:
@@ -87,11 +90,12 @@ def cmd_prune(settings: Settings, args: argparse.Namespace) -> int:
     verb = "would drop" if args.dry_run else "dropped"
     for month in result.moved_months:
         print(f"moved rows of {month:%Y-%m} out of events_default into their partition")
-    print(f"{verb} {len(result.dropped)} partition(s) whose month ended by {cutoff}; "
-          f"{len(result.kept)} kept")
+    print(f"{verb} {len(result.dropped)} partition(s) whose month ended by {cutoff}; {len(result.kept)} kept")
     for part in result.dropped:
         print(_line(part))
     if result.default_rows:
-        print(f"events_default holds {result.default_rows:,} rows outside the month partitions; "
-              "prune does not delete them")
+        print(
+            f"events_default holds {result.default_rows:,} rows outside the month partitions; "
+            "prune does not delete them"
+        )
     return 0

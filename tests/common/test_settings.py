@@ -22,21 +22,32 @@ def test_defaults() -> None:
 
 
 def test_casts() -> None:
-    s = Settings.from_env({"INGEST_PORT": "9000", "INGEST_MAX_BODY_BYTES": "2048", "REDIS_URL": "redis://h:1/2",
-                           "DATABASE_URL": "postgresql://u@h/db", "INGEST_REDIS_TIMEOUT": "0.5"}, dotenv=False)
+    s = Settings.from_env(
+        {
+            "INGEST_PORT": "9000",
+            "INGEST_MAX_BODY_BYTES": "2048",
+            "REDIS_URL": "redis://h:1/2",
+            "DATABASE_URL": "postgresql://u@h/db",
+            "INGEST_REDIS_TIMEOUT": "0.5",
+        },
+        dotenv=False,
+    )
     assert (s.port, s.max_body_bytes, s.redis_timeout) == (9000, 2048, 0.5)
     assert s.redis_url == "redis://h:1/2"
 
 
-@pytest.mark.parametrize(("var", "value", "says"), [
-    ("INGEST_PORT", "eighty", "must be a whole number"),
-    ("INGEST_PORT", "70000", "port number"),
-    ("INGEST_MAX_BODY_BYTES", "0", "positive"),
-    ("REDIS_URL", "localhost:6379", "redis://"),
-    ("DATABASE_URL", "mysql://x", "postgresql://"),
-    ("COPERNICA_TIMEZONE", "Nowhere/Town", "time zone"),
-    ("INGEST_LOG_LEVEL", "LOUD", "one of"),
-])
+@pytest.mark.parametrize(
+    ("var", "value", "says"),
+    [
+        ("INGEST_PORT", "eighty", "must be a whole number"),
+        ("INGEST_PORT", "70000", "port number"),
+        ("INGEST_MAX_BODY_BYTES", "0", "positive"),
+        ("REDIS_URL", "localhost:6379", "redis://"),
+        ("DATABASE_URL", "mysql://x", "postgresql://"),
+        ("COPERNICA_TIMEZONE", "Nowhere/Town", "time zone"),
+        ("INGEST_LOG_LEVEL", "LOUD", "one of"),
+    ],
+)
 def test_bad_value_names_the_setting(var: str, value: str, says: str) -> None:
     with pytest.raises(SettingsError) as info:
         Settings.from_env({var: value}, dotenv=False)
@@ -58,6 +69,13 @@ def test_dotenv_is_read_and_environment_wins(tmp_path: Path, monkeypatch: pytest
 def test_require_names_the_missing_setting() -> None:
     with pytest.raises(SettingsError, match="DATABASE_URL is not set"):
         Settings.from_env({}, dotenv=False).require("database_url")
+
+
+def test_required_is_the_value_or_the_same_message() -> None:
+    url = "redis://localhost:6379/0"
+    assert Settings.from_env({"REDIS_URL": url}, dotenv=False).required("redis_url") == url
+    with pytest.raises(SettingsError, match="DATABASE_URL is not set"):
+        Settings.from_env({"REDIS_URL": url}, dotenv=False).required("database_url")
 
 
 README = ROOT / "README.md"
@@ -100,8 +118,7 @@ def test_every_setting_is_declared_once_with_its_parts() -> None:
         if default is not None:  # the default survives its own cast, as it would if written out
             assert cast(str(default)) == default, var
     assert {"COPERNICA_ACCESS_TOKEN", "INGEST_TOKENS"} == SECRETS
-    shown = repr(Settings.from_env({"INGEST_TOKENS": "t" * 20, "COPERNICA_ACCESS_TOKEN": "secret-token"},
-                                   dotenv=False))
+    shown = repr(Settings.from_env({"INGEST_TOKENS": "t" * 20, "COPERNICA_ACCESS_TOKEN": "secret-token"}, dotenv=False))
     assert "t" * 20 not in shown and "secret-token" not in shown
 
 

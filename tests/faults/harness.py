@@ -24,8 +24,15 @@ from workers.storage.schema import apply_migrations
 
 def body(tag: str, n: int) -> bytes:
     """Event n of a stream: an open whose message id is `message_id(tag, n)`."""
-    return webhook_body("open", id=message_id(tag, n), time=BASE_TIME + n, recipient=f"u{n}@example.com",
-                        ip=f"192.0.2.{n % 250 + 1}", useragent="Mozilla/5.0", tags="fault;test")
+    return webhook_body(
+        "open",
+        id=message_id(tag, n),
+        time=BASE_TIME + n,
+        recipient=f"u{n}@example.com",
+        ip=f"192.0.2.{n % 250 + 1}",
+        useragent="Mozilla/5.0",
+        tags="fault;test",
+    )
 
 
 def message_id(tag: str, n: int) -> str:
@@ -94,13 +101,15 @@ class Stream:
         next_n = iter(range(self.count))
         timeout = aiohttp.ClientTimeout(total=10)
         async with aiohttp.ClientSession(timeout=timeout) as session:
+
             async def worker() -> None:
                 for n in next_n:
                     if self.stopping.is_set():
                         return
                     try:
-                        async with session.post(self.url, data=body(self.tag, n),
-                                                headers={"Content-Type": FORM}) as resp:
+                        async with session.post(
+                            self.url, data=body(self.tag, n), headers={"Content-Type": FORM}
+                        ) as resp:
                             await resp.read()
                             self.statuses[n] = resp.status
                     except (TimeoutError, aiohttp.ClientError, OSError):
@@ -141,4 +150,3 @@ def assert_stored_exactly_once(database_url: str, stream: Stream) -> None:
     assert len(ids) == len(set(ids)), "an event was stored twice"
     missing = stream.accepted() - set(ids)
     assert not missing, f"{len(missing)} acknowledged events not stored, e.g. {sorted(missing)[:3]}"
-

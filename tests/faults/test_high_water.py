@@ -18,8 +18,10 @@ pytestmark = pytest.mark.faults
 
 
 async def post_one(url: str, n: int, tag: str) -> tuple[int, dict[str, str]]:
-    async with aiohttp.ClientSession() as session, session.post(
-            url, data=body(tag, n), headers={"Content-Type": FORM}) as resp:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, data=body(tag, n), headers={"Content-Type": FORM}) as resp,
+    ):
         return resp.status, dict(resp.headers) | {"_body": await resp.text()}
 
 

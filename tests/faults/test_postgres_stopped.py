@@ -30,6 +30,8 @@ def test_postgres_down_for_30_seconds(tmp_path: Path) -> None:
             assert up_at - down_at > 500, "the stream should have gone on while PostgreSQL was down"
             assert set(stream.statuses.values()) == {200}  # the receiver never noticed
             waited = wait_for(lambda: len(stored_ids(srv.postgres.url, "pg")) >= stream.count, timeout=180)
-            print(f"{up_at - down_at} calls taken while PostgreSQL was down; all stored {waited:.0f} s after "
-                  "the stream ended")
+            print(
+                f"{up_at - down_at} calls taken while PostgreSQL was down; all stored {waited:.0f} s after "
+                "the stream ended"
+            )
         assert_stored_exactly_once(srv.postgres.url, stream)

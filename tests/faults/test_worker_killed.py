@@ -28,8 +28,11 @@ def test_worker_killed_repeatedly(tmp_path: Path) -> None:
                 while stream.thread.is_alive() and kills < 6:
                     # Kill while it is storing: once rows are arriving.
                     before = db.execute("SELECT count(*) FROM events").fetchone()[0]
-                    wait_for(lambda b=before: db.execute("SELECT count(*) FROM events").fetchone()[0] > b,
-                             timeout=60, interval=0.05)
+                    wait_for(
+                        lambda b=before: db.execute("SELECT count(*) FROM events").fetchone()[0] > b,
+                        timeout=60,
+                        interval=0.05,
+                    )
                     worker.kill()
                     kills += 1
                     worker = Process(["worker"], srv.env).start()
@@ -62,12 +65,14 @@ def diagnose(srv, stream: Stream) -> str:
     conn = redis.Redis.from_url(srv.valkey.url)
     queue = Queue("copernica", connection=conn)
     missing = stream.accepted() - set(stored_ids(srv))
-    return (f"{len(missing)} acknowledged events not stored (e.g. {sorted(missing)[:3]}); queue {queue.count}, "
-            f"started {StartedJobRegistry(queue=queue).get_job_ids()}, "
-            f"scheduled {ScheduledJobRegistry(queue=queue).count}, "
-            f"failed {FailedJobRegistry(queue=queue).count}, borrowed {conn.smembers(coalesce.REGISTRY)}, "
-            f"intermediate {conn.lrange('rq:queue:copernica:intermediate', 0, -1)}, "
-            f"workers {[w.decode() for w in conn.smembers('rq:workers')]}")
+    return (
+        f"{len(missing)} acknowledged events not stored (e.g. {sorted(missing)[:3]}); queue {queue.count}, "
+        f"started {StartedJobRegistry(queue=queue).get_job_ids()}, "
+        f"scheduled {ScheduledJobRegistry(queue=queue).count}, "
+        f"failed {FailedJobRegistry(queue=queue).count}, borrowed {conn.smembers(coalesce.REGISTRY)}, "
+        f"intermediate {conn.lrange('rq:queue:copernica:intermediate', 0, -1)}, "
+        f"workers {[w.decode() for w in conn.smembers('rq:workers')]}"
+    )
 
 
 def stored_ids(srv) -> list[str]:

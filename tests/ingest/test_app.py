@@ -36,9 +36,19 @@ async def client(settings: Settings) -> AsyncIterator[TestClient]:
 
 
 async def test_post_form_is_queued_with_envelope(client: TestClient, redis_conn: redis.Redis) -> None:
-    resp = await client.post("/copernica?x=1", data=OPEN, headers={
-        "Content-Type": FORM, "X-Copernica-ID": "account-1234", "Digest": "SHA-256=abc", "X-Nonce": "n1",
-        "Signature": 'keyId="k"', "Date": "Sun, 05 Jan 2014 21:31:40 GMT", "X-Other": "dropped"})
+    resp = await client.post(
+        "/copernica?x=1",
+        data=OPEN,
+        headers={
+            "Content-Type": FORM,
+            "X-Copernica-ID": "account-1234",
+            "Digest": "SHA-256=abc",
+            "X-Nonce": "n1",
+            "Signature": 'keyId="k"',
+            "Date": "Sun, 05 Jan 2014 21:31:40 GMT",
+            "X-Other": "dropped",
+        },
+    )
     assert resp.status == 200
     assert await resp.json() == {"status": "queued"}
     [call] = queued_calls(redis_conn)
@@ -92,8 +102,12 @@ async def test_too_large_chunked_body_arriving_whole_is_413(client: TestClient, 
     body = b"a=" + b"x" * 1500
     chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
     reader, writer = await asyncio.open_connection(client.host, client.port)
-    writer.write(b"POST /copernica HTTP/1.1\r\nHost: t\r\nContent-Type: " + FORM.encode()
-                 + b"\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + chunked)  # one write
+    writer.write(
+        b"POST /copernica HTTP/1.1\r\nHost: t\r\nContent-Type: "
+        + FORM.encode()
+        + b"\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        + chunked
+    )  # one write
     await writer.drain()
     answer = await reader.read()
     writer.close()
@@ -102,7 +116,8 @@ async def test_too_large_chunked_body_arriving_whole_is_413(client: TestClient, 
     assert queued_calls(redis_conn) == []
 
 
-async def test_empty_is_400(client: TestClient, redis_conn: redis.Redis) -> None:
+@pytest.mark.usefixtures("redis_conn")
+async def test_empty_is_400(client: TestClient) -> None:
     resp = await client.post("/copernica", data=b"", headers={"Content-Type": FORM})
     assert resp.status == 400
     assert await resp.json() == {"status": "error", "reason": "empty body"}

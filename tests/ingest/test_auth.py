@@ -43,10 +43,16 @@ def dns(key: rsa.RSAPrivateKey):
 @pytest.fixture
 def make_client(settings: Settings, dns: DnsServer):
     """`async with make_client(INGEST_AUTH=..., ...) as client` - the app with these settings."""
+
     @asynccontextmanager
     async def make(keys: KeyCache | None = None, **env: str) -> AsyncIterator[TestClient]:
-        values = {**settings.to_env(), "INGEST_AUTH": "signature,token", "INGEST_TOKENS": f"{TOKEN},{NEXT_TOKEN}",
-                  "INGEST_DNS_SERVER": dns.address, **env}
+        values = {
+            **settings.to_env(),
+            "INGEST_AUTH": "signature,token",
+            "INGEST_TOKENS": f"{TOKEN},{NEXT_TOKEN}",
+            "INGEST_DNS_SERVER": dns.address,
+            **env,
+        }
         conf = Settings.from_env(values, dotenv=False)
         auth = Authenticator(conf, keys=keys) if keys is not None else None
         async with receiver_client(conf, auth=auth) as client:  # as `ingest serve` runs it: no access log
@@ -60,6 +66,7 @@ async def post(client: TestClient, path: str = "/copernica", body: bytes = BODY,
 
 
 # --- signatures -------------------------------------------------------------------------------
+
 
 async def test_signed_call_is_queued_and_key_cached(make_client, key, dns: DnsServer, redis_conn: redis.Redis) -> None:
     async with make_client(INGEST_PUBLIC_HOSTS="events.example.com", COPERNICA_ACCOUNT_ID="1234") as client:
@@ -78,7 +85,7 @@ TAMPERED = {
     "signed header": lambda key: (BODY, {**sign(key), "X-Copernica-ID": "account-666"}),
     "old date": lambda key: (BODY, sign(key, date=1_700_000_000)),
     "keyId domain": lambda key: (BODY, sign(key, key_id="one._domainkey.copernica.com.evil.example")),
-    "wrong key": lambda key: (BODY, sign(new_key())),
+    "wrong key": lambda _key: (BODY, sign(new_key())),
     "unknown keyId": lambda key: (BODY, sign(key, key_id="two._domainkey.copernica.com")),
     "digest": lambda key: (BODY, sign(key, digest="SHA-256=" + "A" * 43 + "=")),
 }
@@ -131,6 +138,7 @@ async def test_dns_down_is_503_not_queued(make_client, key, dns: DnsServer, redi
 
 # --- tokens -----------------------------------------------------------------------------------
 
+
 async def test_token_in_query_or_path_is_stripped(make_client, redis_conn: redis.Redis, caplog) -> None:
     caplog.set_level(logging.DEBUG)
     async with make_client(INGEST_AUTH="token") as client:
@@ -138,8 +146,12 @@ async def test_token_in_query_or_path_is_stripped(make_client, redis_conn: redis
         assert (await post(client, f"/copernica?a=1&token={NEXT_TOKEN}&b=%20x")).status == 200
         assert (await post(client, f"/copernica/{TOKEN}")).status == 200
         assert (await post(client, f"/copernica/{NEXT_TOKEN}?c=3")).status == 200
-        for wrong in (f"/copernica?token={TOKEN}x", "/copernica/nope-nope-nope-nope", "/copernica?token=",
-                      "/copernica"):
+        for wrong in (
+            f"/copernica?token={TOKEN}x",
+            "/copernica/nope-nope-nope-nope",
+            "/copernica?token=",
+            "/copernica",
+        ):
             resp = await post(client, wrong)
             assert resp.status == 401, wrong
             assert TOKEN not in await resp.text()
@@ -163,13 +175,16 @@ def test_tokens_are_secret_in_settings() -> None:
         Authenticator(Settings.from_env({"INGEST_AUTH": "token"}, dotenv=False))
 
 
-@pytest.mark.parametrize("target,kept,found", [
-    ("/copernica", "/copernica", []),
-    ("/copernica?x=1", "/copernica?x=1", []),
-    ("/copernica?token=a%2Bb", "/copernica", ["a+b"]),
-    ("/copernica?tok%65n=abc&z", "/copernica?z", ["abc"]),
-    ("/copernica/abc?token=d&e=f", "/copernica?e=f", ["abc", "d"]),
-])
+@pytest.mark.parametrize(
+    "target,kept,found",
+    [
+        ("/copernica", "/copernica", []),
+        ("/copernica?x=1", "/copernica?x=1", []),
+        ("/copernica?token=a%2Bb", "/copernica", ["a+b"]),
+        ("/copernica?tok%65n=abc&z", "/copernica?z", ["abc"]),
+        ("/copernica/abc?token=d&e=f", "/copernica?e=f", ["abc", "d"]),
+    ],
+)
 def test_strip_token(target: str, kept: str, found: list[str]) -> None:
     assert strip_token(target, target.startswith("/copernica/")) == (kept, found)
 
@@ -187,6 +202,7 @@ def test_strip_token_never_fails(target: str, path_token: bool) -> None:
 
 # --- none, stacking, networks -----------------------------------------------------------------
 
+
 async def test_none_accepts_anyone(make_client, redis_conn) -> None:
     async with make_client(INGEST_AUTH="none") as client:
         assert (await post(client)).status == 200
@@ -202,8 +218,9 @@ async def test_methods_stack(make_client, key, redis_conn) -> None:
         assert resp.status == 401
         assert (await resp.json())["reason"] == "credentials required (signature or token)"
         # a wrong token does not spoil a good signature, nor the reverse
-        assert (await post(client, "/copernica?token=wrong", headers=sign(key, target="/copernica?token=wrong"))
-                ).status == 200
+        assert (
+            await post(client, "/copernica?token=wrong", headers=sign(key, target="/copernica?token=wrong"))
+        ).status == 200
         forged = BODY.replace(b"open", b"opex")
         assert (await post(client, f"/copernica?token={TOKEN}", body=forged, headers=sign(key))).status == 200
     async with make_client(INGEST_AUTH="token") as client:
@@ -219,8 +236,11 @@ async def test_allowed_networks_and_trusted_proxies(make_client, redis_conn) -> 
         assert resp.status == 403
     async with make_client(INGEST_AUTH="none", INGEST_ALLOWED_NETWORKS="127.0.0.0/8,::1") as client:
         assert (await post(client)).status == 200
-    async with make_client(INGEST_AUTH="none", INGEST_ALLOWED_NETWORKS="145.255.128.0/21",
-                           INGEST_TRUSTED_PROXIES="127.0.0.1,::1,192.168.0.0/16") as client:
+    async with make_client(
+        INGEST_AUTH="none",
+        INGEST_ALLOWED_NETWORKS="145.255.128.0/21",
+        INGEST_TRUSTED_PROXIES="127.0.0.1,::1,192.168.0.0/16",
+    ) as client:
         assert (await post(client, headers={"X-Forwarded-For": "145.255.130.7"})).status == 200
         assert (await post(client, headers={"X-Forwarded-For": "145.255.130.7, 192.168.1.1"})).status == 200
         # the caller writes its own X-Forwarded-For: only the hop our proxy added counts

@@ -236,8 +236,9 @@ async def release_all(writer: HeldWriter, tasks: list[asyncio.Future]) -> None:
 
 async def test_gathering_stops_at_overlap_min() -> None:
     writer = HeldWriter()
-    committer = GroupCommitter(writer, max_batch=100, max_pending=1000, max_in_flight=1, overlap_min=16,
-                               gather_seconds=30)
+    committer = GroupCommitter(
+        writer, max_batch=100, max_pending=1000, max_in_flight=1, overlap_min=16, gather_seconds=30
+    )
     tasks = await trickle(committer, 40)
     assert writer.started[0] == list(range(16))
     await release_all(writer, tasks)
@@ -246,8 +247,7 @@ async def test_gathering_stops_at_overlap_min() -> None:
 
 async def test_gathering_stops_after_gather_seconds() -> None:
     writer = HeldWriter()
-    committer = GroupCommitter(writer, max_batch=10_000, max_pending=10_000, overlap_min=10_000,
-                               gather_seconds=0.001)
+    committer = GroupCommitter(writer, max_batch=10_000, max_pending=10_000, overlap_min=10_000, gather_seconds=0.001)
     tasks = await trickle(committer, 3000)  # thousands of loop iterations take longer than 1 ms
     assert 0 < len(writer.started[0]) < 3000
     await release_all(writer, tasks)

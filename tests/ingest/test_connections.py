@@ -22,8 +22,14 @@ from tests.processes import ingest_env, receiver
 HEAD_TIMEOUT = 2.0
 MARGIN = 2.5  # the bound's slack on a busy two-core machine
 TRICKLERS = 50
-POST = (b"POST /copernica HTTP/1.1\r\nHost: t\r\nContent-Type: " + FORM.encode()
-        + b"\r\nContent-Length: " + str(len(OPEN)).encode() + b"\r\n\r\n" + OPEN)
+POST = (
+    b"POST /copernica HTTP/1.1\r\nHost: t\r\nContent-Type: "
+    + FORM.encode()
+    + b"\r\nContent-Length: "
+    + str(len(OPEN)).encode()
+    + b"\r\n\r\n"
+    + OPEN
+)
 
 
 def receiver_pid(base_url: str) -> int:
@@ -63,8 +69,9 @@ async def trickle(host: str, port: int, *, first: bytes = b"") -> tuple[float, f
             writer.write(first)
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
             assert head.startswith(b"HTTP/1.1 200"), head
-            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
-                              if line.lower().startswith(b"content-length")))
+            length = int(
+                next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+            )
             await reader.readexactly(length)
         started = time.monotonic()
         writer.write(b"POST /copernica HTTP/1.1\r\nX-Slow: ")

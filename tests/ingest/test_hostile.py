@@ -57,7 +57,7 @@ HOSTILE_BODIES: dict[str, tuple[bytes, str]] = {
 
 
 @pytest.fixture
-def base(redis_url: str, database_url: str, redis_conn: redis.Redis) -> Iterator[str]:
+def base(redis_url: str, database_url: str, redis_conn: redis.Redis) -> Iterator[str]:  # noqa: ARG001 - an emptied queue
     env = ingest_env(redis_url, database_url, INGEST_MAX_BODY_BYTES=str(LIMIT), INGEST_BODY_TIMEOUT="1")
     with receiver(env) as url:
         yield url
@@ -88,8 +88,13 @@ def exchange(base: str, data: bytes, **kwargs: float | bytes) -> bytes:
 
 
 def post(base: str, body: bytes, content_type: str, *headers: bytes) -> int:
-    head = (b"POST /copernica HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Type: " + content_type.encode()
-            + b"\r\nContent-Length: %d\r\n" % len(body) + b"".join(h + b"\r\n" for h in headers) + b"\r\n")
+    head = (
+        b"POST /copernica HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Type: "
+        + content_type.encode()
+        + b"\r\nContent-Length: %d\r\n" % len(body)
+        + b"".join(h + b"\r\n" for h in headers)
+        + b"\r\n"
+    )
     line = exchange(base, head + body)
     return int(line.split()[1])
 
@@ -98,8 +103,9 @@ def alive(base: str) -> bool:
     return exchange(base, b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").endswith(b"200 OK")
 
 
-def test_hostile_bodies_are_queued_and_contained_by_the_worker(base: str, redis_conn: redis.Redis,
-                                                                db: psycopg.Connection) -> None:
+def test_hostile_bodies_are_queued_and_contained_by_the_worker(
+    base: str, redis_conn: redis.Redis, db: psycopg.Connection
+) -> None:
     for name, (body, content_type) in HOSTILE_BODIES.items():
         assert post(base, body, content_type) == 200, name
     assert alive(base)
@@ -109,15 +115,24 @@ def test_hostile_bodies_are_queued_and_contained_by_the_worker(base: str, redis_
     events, origins, rejects = parse_calls(calls, TZ)  # nothing escapes: every call is one or the other
     assert len(events) + len(rejects) == len(calls)
     assert time.monotonic() - started < 10  # contained, not followed
-    stored_keys, kept = store_and_assert_nothing_vanished(db, events, origins, rejects)
+    _stored_keys, kept = store_and_assert_nothing_vanished(db, events, origins, rejects)
     for reject in rejects:
         assert store.call_key(reject.envelope) in kept
 
 
 def test_hostile_headers_are_kept_or_refused(base: str, redis_conn: redis.Redis) -> None:
     body = webhook_body("open", id="h")
-    assert post(base, body, FORM, b"X-Copernica-ID: \xff\xfe\xc3\x28", b"Digest: " + b"=" * 8000,
-                b"Signature: keyId=\"\xe2\x82\xac\"") == 200
+    assert (
+        post(
+            base,
+            body,
+            FORM,
+            b"X-Copernica-ID: \xff\xfe\xc3\x28",
+            b"Digest: " + b"=" * 8000,
+            b'Signature: keyId="\xe2\x82\xac"',
+        )
+        == 200
+    )
     assert post(base, body, FORM, b"X-Nonce: \x7f") == 400  # a control character: aiohttp refuses the call
     [call] = queued_calls(redis_conn)
     assert call["headers"]["x-copernica-id"] == "\xff\xfe\xc3\x28"  # kept byte for byte (latin-1)
@@ -126,22 +141,23 @@ def test_hostile_headers_are_kept_or_refused(base: str, redis_conn: redis.Redis)
 
 
 MALFORMED_HTTP: dict[str, bytes] = {
-    "header flood": b"POST /copernica HTTP/1.1\r\nHost: t\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(500))
-                    + b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+    "header flood": b"POST /copernica HTTP/1.1\r\nHost: t\r\n"
+    + b"".join(b"X-H%d: v\r\n" % i for i in range(500))
+    + b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
     "huge header": b"POST /copernica HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n",
     "huge request line": b"POST /copernica?" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: t\r\n\r\n",
     "bad chunk size": b"POST /copernica HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
-                      b"Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+    b"Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
     "length and chunked": b"POST /copernica HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
-                          b"Transfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n",
+    b"Transfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n",
     "negative length": b"POST /copernica HTTP/1.1\r\nHost: t\r\nContent-Length: -1\r\n\r\n{}",
     "nul in header": b"POST /copernica HTTP/1.1\r\nHost: t\r\nX-A: a\x00b\r\nContent-Length: 2\r\n\r\n{}",
     "tls to plain port": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 64,
     "not http": b"\x00\xff\r\n\r\n",
     "bad gzip": b"POST /copernica HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
-                b"Content-Encoding: gzip\r\nContent-Length: 5\r\n\r\nhello",
+    b"Content-Encoding: gzip\r\nContent-Length: 5\r\n\r\nhello",
     "bad deflate": b"POST /copernica HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
-                   b"Content-Encoding: deflate\r\nContent-Length: 5\r\n\r\nhello",
+    b"Content-Encoding: deflate\r\nContent-Length: 5\r\n\r\nhello",
 }
 
 

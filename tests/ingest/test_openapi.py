@@ -21,8 +21,7 @@ from tests.processes import ingest_env, receiver
 
 TOKEN = "openapi-token-0123456789"
 EXAMPLES = 20
-QUICK = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
-                 suppress_health_check=list(HealthCheck))
+QUICK = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +41,10 @@ def token_url(redis_url: str, migrated_database_url: str) -> Iterator[str]:
 class TokenAuth:
     """The `token` security scheme, for schemathesis: it also sends calls without it (expecting 401)."""
 
-    def get(self, case: Any, context: Any) -> str:
+    def get(self, _case: Any, _context: Any) -> str:
         return TOKEN
 
-    def set(self, case: Any, data: str, context: Any) -> None:
+    def set(self, case: Any, data: str, _context: Any) -> None:
         case.query = {**(case.query or {}), "token": data}
 
 
@@ -78,8 +77,14 @@ def validate(case: Any) -> None:
 
 def test_receiver_keeps_to_its_description(open_url: str) -> None:
     ran = run_schemathesis(open_url, validate)
-    assert {"POST /copernica", "POST /copernica/{token}", "GET /copernica", "GET /readyz",
-            "GET /copernica/{token}", "GET /{file}"} <= set(ran)
+    assert {
+        "POST /copernica",
+        "POST /copernica/{token}",
+        "GET /copernica",
+        "GET /readyz",
+        "GET /copernica/{token}",
+        "GET /{file}",
+    } <= set(ran)
 
 
 def test_served_verification_file_keeps_to_its_description(open_url: str, redis_url: str) -> None:
@@ -105,5 +110,7 @@ def test_document_follows_the_settings() -> None:
     post = doc["paths"]["/copernica"]["post"]
     assert post["security"] == [{"signature": []}, {"token": []}]
     assert {"200", "400", "401", "403", "408", "413", "415", "503"} <= set(post["responses"])
-    assert "security" not in openapi.build(Settings.from_env({"INGEST_AUTH": "none"}, dotenv=False)
-                                           )["paths"]["/copernica"]["post"]
+    assert (
+        "security"
+        not in openapi.build(Settings.from_env({"INGEST_AUTH": "none"}, dotenv=False))["paths"]["/copernica"]["post"]
+    )

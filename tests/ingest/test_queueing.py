@@ -26,9 +26,18 @@ pytestmark = pytest.mark.rq_contract
 
 
 def calls(count: int, start: int = 0) -> list[dict]:
-    return [wire(f"id=m{n}&type=open&time={1795694401 + n}".encode(), "application/x-www-form-urlencoded",
-                 1795694401.0 + n, "192.0.2.7", "POST", "/copernica", {"x-copernica-id": "7"})
-            for n in range(start, start + count)]
+    return [
+        wire(
+            f"id=m{n}&type=open&time={1795694401 + n}".encode(),
+            "application/x-www-form-urlencoded",
+            1795694401.0 + n,
+            "192.0.2.7",
+            "POST",
+            "/copernica",
+            {"x-copernica-id": "7"},
+        )
+        for n in range(start, start + count)
+    ]
 
 
 def enqueue(settings: Settings, *batches: list[dict]) -> list[str]:
@@ -46,9 +55,15 @@ def test_the_job_is_the_one_rq_writes(settings: Settings, redis_conn: redis.Redi
     batch = calls(3)
     [ours] = enqueue(settings, batch)
     queue = BatchQueue(settings)
-    theirs = queue.queue.enqueue_call(JOB_FUNCTION, args=(pack_calls(batch),), timeout=JOB_TIMEOUT,
-                                      result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL, retry=queue.retry,
-                                      description="store_packed(3 calls)").id
+    theirs = queue.queue.enqueue_call(
+        JOB_FUNCTION,
+        args=(pack_calls(batch),),
+        timeout=JOB_TIMEOUT,
+        result_ttl=RESULT_TTL,
+        failure_ttl=FAILURE_TTL,
+        retry=queue.retry,
+        description="store_packed(3 calls)",
+    ).id
     mine, rqs = redis_conn.hgetall(f"rq:job:{ours}"), redis_conn.hgetall(f"rq:job:{theirs}")
     assert mine.keys() == rqs.keys()
     varying = {b"created_at", b"enqueued_at", b"data"}
@@ -134,7 +149,7 @@ def test_a_hung_redis_times_out_then_writes_resume(redis_url: str, redis_conn: r
 class _OddQueue(Queue):
     """A queue whose enqueue also does `extra` on the pipeline it was given: as a later RQ might."""
 
-    extra: Callable[[Any, Job], None] = staticmethod(lambda pipeline, job: None)
+    extra: Callable[[Any, Job], None] = staticmethod(lambda _pipeline, _job: None)
 
     def enqueue_call(self, *args: Any, pipeline: Any = None, **kwargs: Any) -> Job:
         job = super().enqueue_call(*args, pipeline=pipeline, **kwargs)
@@ -142,28 +157,45 @@ class _OddQueue(Queue):
         return job
 
 
-@pytest.mark.parametrize(("extra", "refusal"), [
-    (lambda pipe, job: pipe.hget(job.key, "status"), "called hget"),  # a read: its answer never comes
-    (lambda pipe, job: pipe.execute(), "called execute"),
-    (lambda pipe, job: pipe.sadd(f"rq:dependents:{job.id}", "x"), "cannot place that key"),
-    (lambda pipe, job: pipe.hset(job.key, "parent", f"rq:job:{job.id}"), "derived from the job id"),
-    (lambda pipe, job: pipe.hset(job.key, "last_heartbeat", utcformat(job.created_at)), "freeze it"),
-    (lambda pipe, job: pipe.hset(job.key, mapping={"x": 1}, items=["y", 2]), "with \\['items'\\]"),
-], ids=["read", "execute", "derived-key", "derived-value", "frozen-time", "unknown-option"])
-def test_the_template_refuses_what_it_cannot_place(redis_conn: redis.Redis, extra: Callable[[Any, Job], None],
-                                                   refusal: str, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("extra", "refusal"),
+    [
+        (lambda pipe, job: pipe.hget(job.key, "status"), "called hget"),  # a read: its answer never comes
+        (lambda pipe, _job: pipe.execute(), "called execute"),
+        (lambda pipe, job: pipe.sadd(f"rq:dependents:{job.id}", "x"), "cannot place that key"),
+        (lambda pipe, job: pipe.hset(job.key, "parent", f"rq:job:{job.id}"), "derived from the job id"),
+        (lambda pipe, job: pipe.hset(job.key, "last_heartbeat", utcformat(job.created_at)), "freeze it"),
+        (lambda pipe, job: pipe.hset(job.key, mapping={"x": 1}, items=["y", 2]), "with \\['items'\\]"),
+    ],
+    ids=["read", "execute", "derived-key", "derived-value", "frozen-time", "unknown-option"],
+)
+def test_the_template_refuses_what_it_cannot_place(
+    redis_conn: redis.Redis, extra: Callable[[Any, Job], None], refusal: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(_OddQueue, "extra", staticmethod(extra))
     queue = _OddQueue("copernica", connection=redis_conn)
     with pytest.raises(TemplateError, match=refusal):
-        JobTemplate(queue, JOB_FUNCTION, timeout=JOB_TIMEOUT, result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL,
-                    retry=Retry(max=2, interval=[5, 10]))
+        JobTemplate(
+            queue,
+            JOB_FUNCTION,
+            timeout=JOB_TIMEOUT,
+            result_ttl=RESULT_TTL,
+            failure_ttl=FAILURE_TTL,
+            retry=Retry(max=2, interval=[5, 10]),
+        )
     assert redis_conn.keys("rq:*") == []  # nothing was written meanwhile
 
 
 def test_the_template_builds_when_rq_does_nothing_odd(redis_conn: redis.Redis) -> None:
     """The control for the refusals above: the same queue class, nothing extra."""
-    template = JobTemplate(_OddQueue("copernica", connection=redis_conn), JOB_FUNCTION, timeout=JOB_TIMEOUT,
-                           result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL, retry=Retry(max=2, interval=[5, 10]))
+    template = JobTemplate(
+        _OddQueue("copernica", connection=redis_conn),
+        JOB_FUNCTION,
+        timeout=JOB_TIMEOUT,
+        result_ttl=RESULT_TTL,
+        failure_ttl=FAILURE_TTL,
+        retry=Retry(max=2, interval=[5, 10]),
+    )
     job_id, command = template.pack(pack_calls(calls(1)), b"store_packed(1 calls)")
     connection = redis_conn.connection_pool.make_connection()
     connection.send_packed_command([command])
@@ -174,6 +206,7 @@ def test_the_template_builds_when_rq_does_nothing_odd(redis_conn: redis.Redis) -
 
 def test_the_asyncio_client_gets_an_asyncio_retry(settings: Settings) -> None:
     """redis-py >= 8.2 warns when an asyncio client is given the synchronous Retry."""
+
     async def go() -> None:
         queue = BatchQueue(settings)
         await queue.close()

@@ -45,6 +45,7 @@ def socket_inodes(pid: int) -> set[str]:
 
 async def post_many(url: str, count: int) -> list[int]:
     """Each call on a new connection, so the kernel spreads them over the listeners."""
+
     async def one(n: int) -> int:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
             body = webhook_body("open", id=f"m{n}", time=str(1795694401 + n))
@@ -56,8 +57,21 @@ async def post_many(url: str, count: int) -> list[int]:
 
 
 def start(env: dict[str, str], port: int, processes: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "ingest", "serve", "--host", "127.0.0.1", "--port", str(port),
-                             "--processes", str(processes)], env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ingest",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--processes",
+            str(processes),
+        ],
+        env=env,
+    )
     assert wait_for_port(port, proc, timeout=30)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and len(listening_inodes(port)) < processes:
@@ -65,8 +79,9 @@ def start(env: dict[str, str], port: int, processes: int) -> subprocess.Popen:
     return proc
 
 
-def test_n_processes_share_the_port_and_stop_together(redis_url: str, database_url: str,
-                                                       redis_conn: redis.Redis) -> None:
+def test_n_processes_share_the_port_and_stop_together(
+    redis_url: str, database_url: str, redis_conn: redis.Redis
+) -> None:
     port = free_port()
     proc = start(ingest_env(redis_url, database_url), port, 3)
     try:

@@ -48,10 +48,20 @@ def dkim_record(key: rsa.RSAPrivateKey, sep: str = "; ") -> str:
     return sep.join(["v=DKIM1", "k=rsa", f"p={base64.b64encode(der).decode()}"])
 
 
-def sign(key: rsa.RSAPrivateKey, body: bytes = BODY, *, target: str = "/copernica", method: str = "POST",
-         host: str = "events.example.com", key_id: str = KEY_ID, signed: str = SIGNED, date: float | None = None,
-         account: str = "account-1234", content_type: str = "application/json",
-         digest: str | None = None) -> dict[str, str]:
+def sign(
+    key: rsa.RSAPrivateKey,
+    body: bytes = BODY,
+    *,
+    target: str = "/copernica",
+    method: str = "POST",
+    host: str = "events.example.com",
+    key_id: str = KEY_ID,
+    signed: str = SIGNED,
+    date: float | None = None,
+    account: str = "account-1234",
+    content_type: str = "application/json",
+    digest: str | None = None,
+) -> dict[str, str]:
     """The headers of a call Copernica signed (the body is sent as is)."""
     headers = {
         "Host": host,
@@ -70,8 +80,9 @@ def sign(key: rsa.RSAPrivateKey, body: bytes = BODY, *, target: str = "/copernic
             value = next(v for k, v in headers.items() if k.lower() == name)
             lines.append(f"{name}: {value.strip()}")
     signature = key.sign("\n".join(lines).encode(), padding.PKCS1v15(), hashes.SHA256())
-    headers["Signature"] = (f'keyId="{key_id}",algorithm="rsa-sha256",headers="{signed}",'
-                            f'signature="{base64.b64encode(signature).decode()}"')
+    headers["Signature"] = (
+        f'keyId="{key_id}",algorithm="rsa-sha256",headers="{signed}",signature="{base64.b64encode(signature).decode()}"'
+    )
     return headers
 
 
@@ -115,10 +126,15 @@ def verify(v: Verifier, headers: dict[str, str], body: bytes = BODY, target: str
 
 # --- header formats ---------------------------------------------------------------------------
 
+
 def test_parse_signature_header() -> None:
     params = parse_signature('keyId="a.copernica.com", algorithm="rsa-sha256",headers="date digest",signature="x=="')
-    assert params == {"keyId": "a.copernica.com", "algorithm": "rsa-sha256", "headers": "date digest",
-                      "signature": "x=="}
+    assert params == {
+        "keyId": "a.copernica.com",
+        "algorithm": "rsa-sha256",
+        "headers": "date digest",
+        "signature": "x==",
+    }
 
 
 @pytest.mark.parametrize("value", ["", "keyId=a", 'keyId="a" junk', 'keyId="a",,', '"a"', "\xff"])
@@ -128,8 +144,16 @@ def test_malformed_signature_header(value: str) -> None:
     assert caught.value.code == "malformed_signature"
 
 
-@pytest.mark.parametrize("name,algorithm", [("SHA-256", hashlib.sha256), ("sha-256", hashlib.sha256),
-                                            ("SHA-512", hashlib.sha512), ("SHA", hashlib.sha1), ("MD5", hashlib.md5)])
+@pytest.mark.parametrize(
+    "name,algorithm",
+    [
+        ("SHA-256", hashlib.sha256),
+        ("sha-256", hashlib.sha256),
+        ("SHA-512", hashlib.sha512),
+        ("SHA", hashlib.sha1),
+        ("MD5", hashlib.md5),
+    ],
+)
 def test_digest_algorithms_case_insensitive(name: str, algorithm) -> None:
     check_digest(f"{name}={base64.b64encode(algorithm(BODY).digest()).decode()}", BODY)
     with pytest.raises(SignatureError, match="does not match"):
@@ -151,14 +175,16 @@ def test_digest_several_and_unknown() -> None:
 def test_signing_string() -> None:
     headers = CIMultiDict({"Host": "h", "Date": " d ", "X-A": "1"})
     headers.add("X-A", "2")
-    text = signing_string(["(request-target)", "host", "date", "x-a"], "POST", "/copernica?a=%20b",
-                          CIMultiDictProxy(headers))
+    text = signing_string(
+        ["(request-target)", "host", "date", "x-a"], "POST", "/copernica?a=%20b", CIMultiDictProxy(headers)
+    )
     assert text == b"(request-target): post /copernica?a=%20b\nhost: h\ndate: d\nx-a: 1, 2"
     with pytest.raises(SignatureError):
         signing_string(["x-missing"], "POST", "/", CIMultiDictProxy(headers))
 
 
 # --- keys -------------------------------------------------------------------------------------
+
 
 def test_dkim_record_multi_string_any_spacing(key: rsa.RSAPrivateKey) -> None:
     want = key.public_key().public_numbers()
@@ -168,10 +194,19 @@ def test_dkim_record_multi_string_any_spacing(key: rsa.RSAPrivateKey) -> None:
 
 
 def test_dkim_record_without_usable_key(key: rsa.RSAPrivateKey) -> None:
-    ed = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    for records in ([], [[b"v=spf1 -all"]], [[b"v=DKIM1; k=rsa; p="]], [[b"v=DKIM1; p=!!!"]],
-                    [[b"v=DKIM1; p=" + base64.b64encode(ed)]], [[b"v=DKIM2; " + dkim_record(key).encode()[9:]]]):
+    ed = (
+        ed25519.Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    for records in (
+        [],
+        [[b"v=spf1 -all"]],
+        [[b"v=DKIM1; k=rsa; p="]],
+        [[b"v=DKIM1; p=!!!"]],
+        [[b"v=DKIM1; p=" + base64.b64encode(ed)]],
+        [[b"v=DKIM2; " + dkim_record(key).encode()[9:]]],
+    ):
         with pytest.raises(SignatureError) as caught:
             parse_dkim_key(records)
         assert caught.value.code == "unknown_key"
@@ -239,6 +274,7 @@ def test_dns_txt_from_a_real_server(key: rsa.RSAPrivateKey) -> None:
 
 # --- the verification -------------------------------------------------------------------------
 
+
 def test_valid_signature(key: rsa.RSAPrivateKey) -> None:
     dns = FakeDns({KEY_ID: [dkim_record(key)]})
     verify(verifier(dns, hosts=("events.example.com",), account="1234"), sign(key))
@@ -268,8 +304,10 @@ def test_tampering_is_refused(key: rsa.RSAPrivateKey, other_key: rsa.RSAPrivateK
     assert _refused(v, sign(key, key_id="two.copernica.com")).code == "unknown_key"
     assert _refused(v, sign(key, signed="(request-target) host date digest x-nonce")).code == "unsigned_headers"
     assert _refused(v, sign(key, signed="(request-target) host date x-copernica-id digest")).code == "unsigned_headers"
-    assert _refused(v, {**sign(key), "Signature": sign(key)["Signature"].replace("rsa-sha256", "hmac-sha256")}
-                    ).code == "bad_algorithm"
+    assert (
+        _refused(v, {**sign(key), "Signature": sign(key)["Signature"].replace("rsa-sha256", "hmac-sha256")}).code
+        == "bad_algorithm"
+    )
 
 
 def test_host_and_account_checks(key: rsa.RSAPrivateKey) -> None:
@@ -298,18 +336,27 @@ def test_rotated_key_verifies_after_one_refetch(key: rsa.RSAPrivateKey, other_ke
 
 _signature_values = st.one_of(
     st.text(max_size=300),
-    st.builds(lambda k, h, sig: f'keyId="{k}",algorithm="rsa-sha256",headers="{h}",signature="{sig}"',
-              st.sampled_from([KEY_ID, "x.copernica.com", "copernica.com", ""]) | st.text(max_size=30),
-              st.sampled_from([SIGNED, "(request-target) host date x-copernica-id digest"]) | st.text(max_size=60),
-              st.text(max_size=60)),
+    st.builds(
+        lambda k, h, sig: f'keyId="{k}",algorithm="rsa-sha256",headers="{h}",signature="{sig}"',
+        st.sampled_from([KEY_ID, "x.copernica.com", "copernica.com", ""]) | st.text(max_size=30),
+        st.sampled_from([SIGNED, "(request-target) host date x-copernica-id digest"]) | st.text(max_size=60),
+        st.text(max_size=60),
+    ),
 )
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
-@given(signature=_signature_values, digest=st.text(max_size=100), date=st.text(max_size=40),
-       host=st.text(max_size=20), body=st.binary(max_size=100), target=st.text(max_size=40))
-def test_any_header_values_end_in_signature_error(signature: str, digest: str, date: str, host: str, body: bytes,
-                                                 target: str) -> None:
+@given(
+    signature=_signature_values,
+    digest=st.text(max_size=100),
+    date=st.text(max_size=40),
+    host=st.text(max_size=20),
+    body=st.binary(max_size=100),
+    target=st.text(max_size=40),
+)
+def test_any_header_values_end_in_signature_error(
+    signature: str, digest: str, date: str, host: str, body: bytes, target: str
+) -> None:
     """Whatever a caller sends, verification refuses with SignatureError and nothing else escapes."""
     dns = FakeDns({KEY_ID: [dkim_record(_FUZZ_KEY)]})
     headers = {"Signature": signature, "Digest": digest, "Date": date, "Host": host, "X-Copernica-ID": "a"}

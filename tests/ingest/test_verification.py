@@ -91,8 +91,9 @@ def open_receiver(env: dict[str, str]) -> Iterator[str]:
         yield url
 
 
-def test_stored_file_is_served_by_a_running_receiver(open_receiver: str, env: dict[str, str], tmp_path: Path,
-                                                      redis_conn: redis.Redis, settings: Settings) -> None:
+def test_stored_file_is_served_by_a_running_receiver(
+    open_receiver: str, env: dict[str, str], tmp_path: Path, redis_conn: redis.Redis, settings: Settings
+) -> None:
     name = "smtpeter-Ab3_x-9.txt"
     assert_not_found(open_receiver, name)  # the receiver runs before the file is stored
     done = verify_url(env, str(write(tmp_path / "downloads", name)))  # a path: only the base name counts
@@ -117,41 +118,52 @@ def test_storing_again_replaces_the_file(open_receiver: str, env: dict[str, str]
     assert_served(open_receiver, name, b"second")
 
 
-@pytest.mark.parametrize("auth", [
-    {"INGEST_AUTH": "token", "INGEST_TOKENS": TOKEN},
-    {"INGEST_AUTH": "signature"},
-    {"INGEST_AUTH": "signature,token", "INGEST_TOKENS": TOKEN},
-], ids=lambda auth: auth["INGEST_AUTH"])
-def test_served_without_credentials_whatever_the_auth(settings: Settings, tmp_path: Path, auth: dict[str, str],
-                                                      redis_conn: redis.Redis) -> None:
+@pytest.mark.parametrize(
+    "auth",
+    [
+        {"INGEST_AUTH": "token", "INGEST_TOKENS": TOKEN},
+        {"INGEST_AUTH": "signature"},
+        {"INGEST_AUTH": "signature,token", "INGEST_TOKENS": TOKEN},
+    ],
+    ids=lambda auth: auth["INGEST_AUTH"],
+)
+def test_served_without_credentials_whatever_the_auth(
+    settings: Settings, tmp_path: Path, auth: dict[str, str], redis_conn: redis.Redis
+) -> None:
     env = ingest_env(settings.redis_url, settings.database_url, **auth)
     name = "smtpeter-signed1.txt"
     with receiver(env) as url:
         assert verify_url(env, str(write(tmp_path, name))).returncode == 0
         assert_served(url, name, CONTENT)
         # The webhook itself still wants credentials.
-        refused = call(f"{url}/copernica", "POST", webhook_body("open"),
-                       **{"Content-Type": "application/x-www-form-urlencoded"})
+        refused = call(
+            f"{url}/copernica", "POST", webhook_body("open"), **{"Content-Type": "application/x-www-form-urlencoded"}
+        )
         assert refused.status == 401
     assert queue_length(redis_conn, settings) == 0
 
 
-@pytest.mark.parametrize("argument, make", [
-    ("../x", lambda d: write(d, "x")),
-    ("smtpeter-a.html", lambda d: write(d, "smtpeter-a.html")),
-    ("smtpeter-a.txt.exe", lambda d: write(d, "smtpeter-a.txt.exe")),
-    ("smtpeter-.txt", lambda d: write(d, "smtpeter-.txt")),
-    ("smtpeter-a (1).txt", lambda d: write(d, "smtpeter-a (1).txt")),
-    ("smtpeter-a.b.txt", lambda d: write(d, "smtpeter-a.b.txt")),
-    ("SMTPETER-a.txt", lambda d: write(d, "SMTPETER-a.txt")),
-    ("smtpeter-" + "a" * 65 + ".txt", lambda d: write(d, "smtpeter-" + "a" * 65 + ".txt")),
-    ("smtpeter-big.txt", lambda d: write(d, "smtpeter-big.txt", b"x" * (verification.MAX_BYTES + 1))),
-    ("smtpeter-missing.txt", lambda d: None),
-    ("smtpeter-dir.txt", lambda d: (d / "smtpeter-dir.txt").mkdir()),
-    ("smtpeter-dir.txt/", lambda d: (d / "smtpeter-dir.txt").mkdir()),
-], ids=lambda value: value if isinstance(value, str) else "")
-def test_refused_files_store_nothing(env: dict[str, str], tmp_path: Path, redis_conn: redis.Redis,
-                                     argument: str, make) -> None:
+@pytest.mark.parametrize(
+    "argument, make",
+    [
+        ("../x", lambda d: write(d, "x")),
+        ("smtpeter-a.html", lambda d: write(d, "smtpeter-a.html")),
+        ("smtpeter-a.txt.exe", lambda d: write(d, "smtpeter-a.txt.exe")),
+        ("smtpeter-.txt", lambda d: write(d, "smtpeter-.txt")),
+        ("smtpeter-a (1).txt", lambda d: write(d, "smtpeter-a (1).txt")),
+        ("smtpeter-a.b.txt", lambda d: write(d, "smtpeter-a.b.txt")),
+        ("SMTPETER-a.txt", lambda d: write(d, "SMTPETER-a.txt")),
+        ("smtpeter-" + "a" * 65 + ".txt", lambda d: write(d, "smtpeter-" + "a" * 65 + ".txt")),
+        ("smtpeter-big.txt", lambda d: write(d, "smtpeter-big.txt", b"x" * (verification.MAX_BYTES + 1))),
+        ("smtpeter-missing.txt", lambda _d: None),
+        ("smtpeter-dir.txt", lambda d: (d / "smtpeter-dir.txt").mkdir()),
+        ("smtpeter-dir.txt/", lambda d: (d / "smtpeter-dir.txt").mkdir()),
+    ],
+    ids=lambda value: value if isinstance(value, str) else "",
+)
+def test_refused_files_store_nothing(
+    env: dict[str, str], tmp_path: Path, redis_conn: redis.Redis, argument: str, make
+) -> None:
     work = tmp_path / "work"
     work.mkdir()
     make(work)
@@ -205,8 +217,7 @@ def test_unreachable_redis_is_one_line(tmp_path: Path, settings: Settings) -> No
 
 
 async def test_redis_down_while_serving_is_503(settings: Settings) -> None:
-    down = Settings.from_env({**settings.to_env(), "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"},
-                             dotenv=False)
+    down = Settings.from_env({**settings.to_env(), "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}, dotenv=False)
     async with receiver_client(down) as client:
         for path in ("/smtpeter-a.txt", "/copernica/smtpeter-a.txt"):
             resp = await client.get(path)

@@ -18,8 +18,15 @@ pytestmark = pytest.mark.rq_contract
 
 
 def call(n: int) -> dict:
-    return wire(f"id=m{n}&type=open&time={1795694401 + n}".encode(), "application/x-www-form-urlencoded",
-                1795694401.0 + n, "127.0.0.1", "POST", "/copernica", {})
+    return wire(
+        f"id=m{n}&type=open&time={1795694401 + n}".encode(),
+        "application/x-www-form-urlencoded",
+        1795694401.0 + n,
+        "127.0.0.1",
+        "POST",
+        "/copernica",
+        {},
+    )
 
 
 def enqueue_batches(redis_url: str, sizes: list[int]) -> list[str]:

@@ -28,8 +28,11 @@ def envelope(body: bytes, content_type: str, n: int = 0) -> dict:
 
 def test_parse_calls_keeps_every_call() -> None:
     good = [envelope(body, ct, i) for i, (_f, body, ct) in enumerate(calls(18))]
-    bad = [envelope(b"\xff", "application/x-www-form-urlencoded"), envelope(b"[]", "application/json"),
-           {"body": 5, "received_at": "never"}]
+    bad = [
+        envelope(b"\xff", "application/x-www-form-urlencoded"),
+        envelope(b"[]", "application/json"),
+        {"body": 5, "received_at": "never"},
+    ]
     events, origins, rejects = parse_calls(good + bad, "Europe/Amsterdam")
     assert len(events) == 18 and len(origins) == 18 and len(rejects) == 3
     assert {r.reason.split(":")[0] for r in rejects} >= {"form body is not valid UTF-8", "malformed envelope"}
@@ -88,7 +91,7 @@ def test_retry_intervals_grow_and_are_capped() -> None:
 
 def test_the_cyclic_gc_is_off_during_a_job_and_back_after(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[bool] = []
-    monkeypatch.setattr(jobs, "_store_batch", lambda calls: seen.append(gc.isenabled()) or {})
+    monkeypatch.setattr(jobs, "_store_batch", lambda _calls: seen.append(gc.isenabled()) or {})
     assert gc.isenabled()
     jobs.store_batch([])
     assert seen == [False] and gc.isenabled()
@@ -117,9 +120,12 @@ def _queue_batches(settings: Settings, batches: int, size: int) -> list[str]:
     async def go() -> list[str]:
         queue = BatchQueue(settings)
         try:
-            return [await queue.enqueue([envelope(body, ct, n) for n, (_f, body, ct) in
-                                         enumerate(bodies[start:start + size], start)])
-                    for start in range(0, batches * size, size)]
+            return [
+                await queue.enqueue(
+                    [envelope(body, ct, n) for n, (_f, body, ct) in enumerate(bodies[start : start + size], start)]
+                )
+                for start in range(0, batches * size, size)
+            ]
         finally:
             await queue.close()
 
@@ -130,8 +136,10 @@ def _queue_batches(settings: Settings, batches: int, size: int) -> list[str]:
 def worker_settings(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
     """What `jobs` reads, with transactions of 90 calls (with queued jobs of 10 calls: the job's
     own and the 8 borrowed by the first round trip); the worker's connection made afresh."""
-    conf = Settings.from_env({"REDIS_URL": settings.redis_url, "DATABASE_URL": settings.database_url,
-                              "INGEST_WORKER_BATCH": "90"}, dotenv=False)
+    conf = Settings.from_env(
+        {"REDIS_URL": settings.redis_url, "DATABASE_URL": settings.database_url, "INGEST_WORKER_BATCH": "90"},
+        dotenv=False,
+    )
     monkeypatch.setattr(jobs, "_settings", conf)
     monkeypatch.setattr(jobs, "_conn", None)
     return conf
@@ -147,8 +155,9 @@ def _left_over(redis_conn: redis.Redis) -> tuple[list[str], list[bytes]]:
     return Queue("copernica", connection=redis_conn).get_job_ids(), redis_conn.keys("ingest:borrowed*")
 
 
-def test_a_job_goes_on_while_the_queue_holds_more(worker_settings: Settings, redis_conn: redis.Redis,
-                                                  db: psycopg.Connection) -> None:
+def test_a_job_goes_on_while_the_queue_holds_more(
+    worker_settings: Settings, redis_conn: redis.Redis, db: psycopg.Connection
+) -> None:
     ids = _queue_batches(worker_settings, batches=30, size=10)  # 300 calls, transactions of 90
     job = _perform_first(redis_conn, ids)
     result = job.perform()
@@ -158,8 +167,10 @@ def test_a_job_goes_on_while_the_queue_holds_more(worker_settings: Settings, red
     assert not any(redis_conn.exists(f"rq:job:{job_id}") for job_id in ids[1:])
 
 
-def test_a_job_stops_going_on_after_job_seconds(worker_settings: Settings, redis_conn: redis.Redis,
-                                                db: psycopg.Connection, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.usefixtures("db")
+def test_a_job_stops_going_on_after_job_seconds(
+    worker_settings: Settings, redis_conn: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(jobs, "JOB_SECONDS", 0.0)
     ids = _queue_batches(worker_settings, batches=12, size=10)
     result = _perform_first(redis_conn, ids).perform()
@@ -168,8 +179,8 @@ def test_a_job_stops_going_on_after_job_seconds(worker_settings: Settings, redis
 
 
 def test_a_failed_later_transaction_gives_back_its_batches_and_those_borrowed_ahead(
-        worker_settings: Settings, redis_conn: redis.Redis, db: psycopg.Connection,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    worker_settings: Settings, redis_conn: redis.Redis, db: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ids = _queue_batches(worker_settings, batches=20, size=10)
     real = store.store_chunks
     transactions: list[int] = []

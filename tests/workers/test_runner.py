@@ -36,8 +36,15 @@ IDLE_WORKERS = 8
 
 
 def call(n: int) -> dict:
-    return wire(f"id=r{n}&type=open&time={1795694401 + n}".encode(), "application/x-www-form-urlencoded",
-                1795694401.0 + n, "127.0.0.1", "POST", "/copernica", {})
+    return wire(
+        f"id=r{n}&type=open&time={1795694401 + n}".encode(),
+        "application/x-www-form-urlencoded",
+        1795694401.0 + n,
+        "127.0.0.1",
+        "POST",
+        "/copernica",
+        {},
+    )
 
 
 def enqueue(settings: Settings, *batches: list[dict]) -> list[str]:
@@ -52,8 +59,13 @@ def enqueue(settings: Settings, *batches: list[dict]) -> list[str]:
 
 
 def worker_process(env: dict[str, str], *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "ingest", "worker", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "ingest", "worker", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def poll(predicate, timeout: float, interval: float = 0.01) -> float:
@@ -71,8 +83,9 @@ def started(registry: StartedJobRegistry, job_id: str) -> bool:
     return any(entry.split(":")[0] == job_id for entry in registry.get_job_ids(cleanup=False))
 
 
-def test_burst_workers_exit_once_the_queue_is_empty(settings: Settings, redis_conn: redis.Redis,
-                                                    db: psycopg.Connection) -> None:
+def test_burst_workers_exit_once_the_queue_is_empty(
+    settings: Settings, redis_conn: redis.Redis, db: psycopg.Connection
+) -> None:
     """RQ's pub/sub thread waited up to 60 s at exit, about one run in five: 20 runs in a row
     each exit within 2 s of their last job leaving Redis."""
     env = ingest_env(settings.redis_url, settings.database_url, INGEST_LOG_LEVEL="INFO")  # as run: it shifts the race
@@ -81,8 +94,10 @@ def test_burst_workers_exit_once_the_queue_is_empty(settings: Settings, redis_co
         [job_id] = enqueue(settings, [call(run * 50 + i) for i in range(50)])
         proc = worker_process(env, "--burst")
         try:
-            poll(lambda j=job_id: not redis_conn.exists(f"rq:job:{j}") and not redis_conn.llen("rq:queue:copernica"),
-                 timeout=30)
+            poll(
+                lambda j=job_id: not redis_conn.exists(f"rq:job:{j}") and not redis_conn.llen("rq:queue:copernica"),
+                timeout=30,
+            )
             emptied = time.monotonic()
             proc.wait(timeout=90)
             lingered.append(time.monotonic() - emptied)
@@ -105,8 +120,11 @@ def test_idle_workers_exit_promptly_on_sigterm(settings: Settings, redis_conn: r
         # Subscribed to their command channels (the thread whose stop used to hang), then idle: at
         # their blocking wait on the queue, for a while.
         poll(lambda: len(redis_conn.pubsub_channels("rq:pubsub:idle-*")) == IDLE_WORKERS, timeout=30, interval=0.05)
-        poll(lambda: all(redis_conn.hget(f"rq:worker:idle-{n}", "state") == b"idle" for n in range(IDLE_WORKERS)),
-             timeout=30, interval=0.05)
+        poll(
+            lambda: all(redis_conn.hget(f"rq:worker:idle-{n}", "state") == b"idle" for n in range(IDLE_WORKERS)),
+            timeout=30,
+            interval=0.05,
+        )
         time.sleep(1)
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
@@ -138,8 +156,9 @@ def in_process_worker(settings: Settings) -> Iterator[runner.StoreWorker]:
 
 
 @pytest.mark.parametrize("beating", [True, False], ids=["heartbeat", "no-heartbeat"])
-def test_the_heartbeat_keeps_a_long_job_alive(in_process_worker: runner.StoreWorker, redis_conn: redis.Redis,
-                                              beating: bool) -> None:
+def test_the_heartbeat_keeps_a_long_job_alive(
+    in_process_worker: runner.StoreWorker, redis_conn: redis.Redis, beating: bool
+) -> None:
     """A job running past `abandoned_after` stays in RQ's started registry while its worker
     beats; without the beat (the control) RQ would call it abandoned once that TTL lapsed."""
     worker = in_process_worker
@@ -168,18 +187,22 @@ def test_the_heartbeat_keeps_a_long_job_alive(in_process_worker: runner.StoreWor
     assert Job.fetch(job.id, connection=redis_conn).get_status() == JobStatus.FINISHED
 
 
-def test_a_dead_workers_job_and_borrowed_batches_come_back(settings: Settings, redis_conn: redis.Redis,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_dead_workers_job_and_borrowed_batches_come_back(
+    settings: Settings, redis_conn: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A worker killed mid-job: once its heartbeat and its lease lapse, the next maintenance
     round (any worker's) retries its job (RQ's back-off) and requeues the batches it borrowed."""
     monkeypatch.setattr(coalesce, "LEASE_SECONDS", 2)
     queue = Queue("copernica", connection=redis_conn)
     job = queue.enqueue("time.sleep", 60, retry=Retry(max=2, interval=[30]))
-    script = ("from common.settings import Settings; from workers import runner; "
-              "runner.StoreWorker.abandoned_after = 2; runner.StoreWorker.heartbeat_interval = 0.2; "
-              "runner.make_worker(Settings.from_env(dotenv=False)).work(burst=True)")
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT,
-                            env=ingest_env(settings.redis_url, settings.database_url))
+    script = (
+        "from common.settings import Settings; from workers import runner; "
+        "runner.StoreWorker.abandoned_after = 2; runner.StoreWorker.heartbeat_interval = 0.2; "
+        "runner.make_worker(Settings.from_env(dotenv=False)).work(burst=True)"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=ROOT, env=ingest_env(settings.redis_url, settings.database_url)
+    )
     registry = StartedJobRegistry(queue=queue)
     try:
         poll(lambda: started(registry, job.id), timeout=30, interval=0.05)

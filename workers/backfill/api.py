@@ -34,7 +34,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import Message
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 import orjson
 
@@ -42,6 +42,8 @@ if TYPE_CHECKING:
     from common.settings import Settings
 
 log = logging.getLogger("workers.backfill.api")
+
+_T = TypeVar("_T")
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 UNDONE_STATUSES = frozenset({429, 503})  # rate limit, load balancer: the request did nothing
@@ -83,7 +85,7 @@ class RetryPolicy:
     def backoff(self, attempt: int, retry_after: float | None) -> float:
         """Delay before retry number `attempt` (0-based): "equal jitter" exponential back-off,
         and never less than what the server asked for in Retry-After."""
-        delay = min(self.max_delay, self.base_delay * (2 ** attempt))
+        delay = min(self.max_delay, self.base_delay * (2**attempt))
         delay = delay / 2 + random.uniform(0, delay / 2)
         if retry_after is not None:
             delay = max(delay, min(retry_after, self.max_retry_after))
@@ -159,6 +161,20 @@ def parse_auth_answer(body: bytes) -> tuple[str, float | None]:
     return value.strip(), expires_in
 
 
+_UNSURE = "; it may have been carried out all the same: check before trying again"
+
+
+def _raise_unless_retryable(what: str, status: int, detail: str, *, idempotent: bool) -> None:
+    """An HTTP error answer worth another try returns; the others raise (401 and 403 as AuthError)."""
+    if status in (401, 403):
+        message = f"{what}: Copernica refused the credentials (HTTP {status}{detail})"
+        raise AuthError(message, status) from None  # raised while the HTTPError is handled: not its context
+    if status not in RETRY_STATUSES:
+        raise ApiError(f"{what}: HTTP {status}{detail}", status) from None
+    if not idempotent and status not in UNDONE_STATUSES:
+        raise ApiError(f"{what}: HTTP {status}{detail}{_UNSURE}", status) from None
+
+
 class CopernicaClient:
     """Copernica REST API v4. Thread-compatible but not meant to be shared across threads."""
 
@@ -208,7 +224,7 @@ class CopernicaClient:
     def _authenticate(self) -> None:
         body = urllib.parse.urlencode({"access_token": self._token}).encode()
         answer = self._with_retries(
-            "POST", self.auth_url, "authenticate",
+            "authenticate",
             lambda: self._open("POST", self.auth_url, body, {"Content-Type": "application/x-www-form-urlencoded"}),
             lambda resp: resp.read(1 << 20),
             authenticated=False,
@@ -225,7 +241,7 @@ class CopernicaClient:
 
     def _open(self, method: str, url: str, body: bytes | None, headers: dict[str, str]) -> http.client.HTTPResponse:
         request = urllib.request.Request(url, data=body, method=method, headers={"User-Agent": USER_AGENT, **headers})
-        return urllib.request.urlopen(request, timeout=self.timeout)  # noqa: S310 - URLs come from settings
+        return urllib.request.urlopen(request, timeout=self.timeout)  # URLs come from settings (bandit S310)
 
     def _wait(self, seconds: float) -> None:
         if self.stop.wait(seconds):
@@ -233,19 +249,16 @@ class CopernicaClient:
 
     def _with_retries(
         self,
-        method: str,
-        url: str,
         what: str,
         send: Callable[[], http.client.HTTPResponse],
-        consume: Callable[[http.client.HTTPResponse], object],
+        consume: Callable[[http.client.HTTPResponse], _T],
         *,
         authenticated: bool = True,
         on_retry: Callable[[], None] | None = None,
         idempotent: bool = True,
-    ) -> object:
+    ) -> _T:
         """Send a request and consume its answer, retrying transient failures. `consume` runs
         inside the retry loop, so a connection dropped mid-body retries the whole request."""
-        unsure = "; it may have been carried out all the same: check before trying again"
         renewed = False
         attempt = 0
         while True:
@@ -265,19 +278,13 @@ class CopernicaClient:
                     renewed = True
                     self._bearer(renew=True)
                     continue
-                if status in (401, 403):
-                    message = f"{what}: Copernica refused the credentials (HTTP {status}{detail})"
-                    raise AuthError(message, status) from None
-                if status not in RETRY_STATUSES:
-                    raise ApiError(f"{what}: HTTP {status}{detail}", status) from None
-                if not idempotent and status not in UNDONE_STATUSES:
-                    raise ApiError(f"{what}: HTTP {status}{detail}{unsure}", status) from None
+                _raise_unless_retryable(what, status, detail, idempotent=idempotent)
                 problem = f"HTTP {status}"
             except (urllib.error.URLError, http.client.HTTPException, OSError, _Truncated) as exc:
                 status = None
                 problem = self.scrub(_describe(exc))
                 if not idempotent and not _never_sent(exc):
-                    raise ApiError(f"{what}: {problem}{unsure}") from None
+                    raise ApiError(f"{what}: {problem}{_UNSURE}") from None
             if attempt >= self.policy.retries:
                 raise RetriesExhausted(f"{what}: {problem}, still failing after {attempt} retries", status)
             delay = self.policy.backoff(attempt, retry_after)
@@ -296,17 +303,24 @@ class CopernicaClient:
         text = " ".join(self.scrub(text).split())[:200]
         return f": {text}" if text else ""
 
-    def _get(self, path: str, params: dict[str, str | int] | None, what: str,
-             consume: Callable[[http.client.HTTPResponse], object], on_retry: Callable[[], None] | None = None,
-             ) -> object:
+    def _get(
+        self,
+        path: str,
+        params: dict[str, str | int] | None,
+        what: str,
+        consume: Callable[[http.client.HTTPResponse], _T],
+        on_retry: Callable[[], None] | None = None,
+    ) -> _T:
         url = f"{self.api_url}/{path.lstrip('/')}"
         if params:
             url += "?" + urllib.parse.urlencode(params)
         return self._with_retries(
-            "GET", url, what,
-            lambda: self._open("GET", url, None, {"Authorization": f"Bearer {self._bearer()}",
-                                                  "Accept-Encoding": "gzip"}),
-            consume, on_retry=on_retry,
+            what,
+            lambda: self._open(
+                "GET", url, None, {"Authorization": f"Bearer {self._bearer()}", "Accept-Encoding": "gzip"}
+            ),
+            consume,
+            on_retry=on_retry,
         )
 
     def get_json(self, path: str, params: dict[str, str | int] | None = None) -> object:
@@ -337,8 +351,7 @@ class CopernicaClient:
                 return found
             params = {**params, "start": len(found), "limit": PAGE_LIMIT}
 
-    def send_json(self, method: str, path: str, payload: object | None = None, *,
-                  idempotent: bool = True) -> Answer:
+    def send_json(self, method: str, path: str, payload: object | None = None, *, idempotent: bool = True) -> Answer:
         """`method` on `path` with an optional JSON body; the (small) answer read whole.
         `idempotent=False` for calls that create something (see the module's docstring)."""
         url = f"{self.api_url}/{path.lstrip('/')}"
@@ -348,10 +361,11 @@ class CopernicaClient:
         def consume(resp: http.client.HTTPResponse) -> Answer:
             return Answer(resp.status, resp.headers, _read_all(resp, 1 << 20))
 
-        return self._with_retries(  # type: ignore[return-value]
-            method, url, f"{method} /{path.lstrip('/')}",
+        return self._with_retries(
+            f"{method} /{path.lstrip('/')}",
             lambda: self._open(method, url, body, {"Authorization": f"Bearer {self._bearer()}", **extra}),
-            consume, idempotent=idempotent,
+            consume,
+            idempotent=idempotent,
         )
 
     # --- logfiles -----------------------------------------------------------------------------
@@ -417,7 +431,7 @@ class CopernicaClient:
             dest.flush()
             return total
 
-        return self._get(path, params, f"GET /logfile/{name}/{fmt}", consume, on_retry=restart)  # type: ignore[return-value]
+        return self._get(path, params, f"GET /logfile/{name}/{fmt}", consume, on_retry=restart)
 
 
 class _Truncated(Exception):
@@ -444,8 +458,13 @@ def client_from_settings(settings: Settings, stop: threading.Event | None = None
     if not settings.copernica_access_token:
         raise SettingsError("COPERNICA_ACCESS_TOKEN is not set (a REST API access token from the Copernica dashboard)")
     policy = RetryPolicy(retries=settings.copernica_retries, base_delay=settings.copernica_retry_delay)
-    return CopernicaClient(settings.copernica_access_token, settings.copernica_api_url,
-                           settings.copernica_auth_url, policy=policy, stop=stop)
+    return CopernicaClient(
+        settings.copernica_access_token,
+        settings.copernica_api_url,
+        settings.copernica_auth_url,
+        policy=policy,
+        stop=stop,
+    )
 
 
 def _never_sent(exc: BaseException) -> bool:

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 import psycopg
 
@@ -38,6 +38,7 @@ from workers.events.logfiles import LOG_COLUMNS, log_type_from_name, read_record
 from workers.events.model import Event, from_logfile, is_event_log
 from workers.events.parsing import Unparseable
 from workers.storage import store
+from workers.storage.queries import one
 
 if TYPE_CHECKING:
     from workers.backfill.api import CopernicaClient
@@ -94,8 +95,9 @@ def date_from_name(name: str) -> date | None:
 
 # --- progress ---------------------------------------------------------------------------------
 
-class Reporter:
-    """Progress callbacks of a run; the base class reports nothing (the CLI draws a bar)."""
+
+class Reporter(Protocol):
+    """Progress callbacks of a run (the CLI draws a bar; `Silent` reports nothing)."""
 
     def add_files(self, count: int) -> None:
         """`count` more files are planned."""
@@ -110,6 +112,22 @@ class Reporter:
         """A file is done, skipped or failed."""
 
 
+class Silent:
+    """The Reporter of a run nobody watches."""
+
+    def add_files(self, count: int) -> None:
+        pass
+
+    def file_started(self, name: str) -> None:
+        pass
+
+    def records(self, count: int) -> None:
+        pass
+
+    def file_finished(self, result: FileResult) -> None:
+        pass
+
+
 @dataclass(slots=True)
 class Run:
     """What the steps of one run (backfill, import, --follow, reconcile) share."""
@@ -117,7 +135,7 @@ class Run:
     conn: psycopg.Connection
     tz: str  # the zone logfile times are read in: COPERNICA_TIMEZONE or --timezone
     stop: threading.Event = field(default_factory=threading.Event)
-    reporter: Reporter = field(default_factory=Reporter)
+    reporter: Reporter = field(default_factory=Silent)
     batch_size: int = BATCH_SIZE
     client: CopernicaClient | None = None  # REST runs
     fmt: str = "json"  # download format of REST runs
@@ -164,6 +182,7 @@ class RunSummary:
 
 # --- the backfill_files table -----------------------------------------------------------------
 
+
 @dataclass(frozen=True, slots=True)
 class FileRow:
     id: int
@@ -181,13 +200,22 @@ def find_file(conn: psycopg.Connection, origin: str, name: str) -> FileRow | Non
     return FileRow(*row) if row else None
 
 
-def begin_file(conn: psycopg.Connection, origin: str, name: str, log_type: str, fmt: str,
-               log_date: date | None, *, reset: bool = True) -> FileRow:
+def begin_file(
+    conn: psycopg.Connection,
+    origin: str,
+    name: str,
+    log_type: str,
+    fmt: str,
+    log_date: date | None,
+    *,
+    reset: bool = True,
+) -> FileRow:
     """Create or restart a file's progress row (committed before any batch is stored).
     `reset` zeroes the counts (a new attempt reads the file from its start)."""
     counts = ", records = 0, stored = 0, duplicates = 0, rejected = 0" if reset else ""
     with conn.transaction():
-        row = conn.execute(
+        row = one(
+            conn,
             "INSERT INTO backfill_files (origin, name, log_type, format, log_date, attempts)"
             " VALUES (%s, %s, %s, %s, %s, 1)"
             " ON CONFLICT (origin, name) DO UPDATE SET attempts = backfill_files.attempts + 1,"
@@ -195,7 +223,7 @@ def begin_file(conn: psycopg.Connection, origin: str, name: str, log_type: str, 
             f" completed_at = NULL, last_error = NULL{counts}"
             " RETURNING id, started_at, completed_at, follow_cursor",
             (origin, name, log_type, fmt, log_date),
-        ).fetchone()
+        )
     return FileRow(*row)
 
 
@@ -224,6 +252,7 @@ def fail_file(conn: psycopg.Connection, file_id: int, error: str) -> None:
 
 # --- one file's records into the store --------------------------------------------------------
 
+
 class _Origins(Sequence[Envelope]):
     """The raw record each event came from, made into an Envelope only when the store needs it
     (an event PostgreSQL refuses is kept as a reject with its record)."""
@@ -235,7 +264,7 @@ class _Origins(Sequence[Envelope]):
     def __len__(self) -> int:
         return len(self._raws)
 
-    def __getitem__(self, index):  # type: ignore[override]
+    def __getitem__(self, index):
         if isinstance(index, slice):
             return [self._make(*item) for item in self._raws[index]]
         return self._make(*self._raws[index])
@@ -332,7 +361,7 @@ def store_records(
 
     `after` (unix seconds) skips the head of the file up to the first event later than that:
     what `?from=` does on the server, for a whole file downloaded again (CSV, `--follow`)."""
-    conn, tz, reporter, stop = run.conn, run.tz, run.reporter, run.stop
+    tz, stop = run.tz, run.stop
     received = file_row.started_at
     received_ts = received.timestamp()
     content_type = CONTENT_TYPES.get(source.fmt, "application/octet-stream")
@@ -342,33 +371,15 @@ def store_records(
         target = f"{source.label}:{line}" if source.with_lines else source.label
         return Envelope(body=raw, content_type=content_type, received_at=received_ts, method=method, target=target)
 
-    def flush(batch: _Batch) -> None:
-        with conn.transaction():
-            part = store.store(conn, batch.events, batch.rejects, _Origins(batch.raws, envelope))
-            conn.execute(
-                "UPDATE backfill_files SET records = records + %s, stored = stored + %s,"
-                " duplicates = duplicates + %s, rejected = rejected + %s, updated_at = now(),"
-                " follow_cursor = GREATEST(follow_cursor, %s) WHERE id = %s",
-                (len(batch), part.stored, part.duplicates, part.rejected, batch.newest, file_row.id),
-            )
-        result.records += len(batch)
-        result.stored += part.stored
-        result.duplicates += part.duplicates
-        result.rejected += part.rejected
-        if batch.newest is not None:
-            result.cursor = max(result.cursor or 0, batch.newest)
-        reporter.records(len(batch))
-
-    writer = _Writer(flush)
+    writer = _Writer(lambda batch: _commit(run, file_row, result, batch, _Origins(batch.raws, envelope)))
     batch = _Batch()
-    records = _records(stream, source)
-    if after is not None:
-        records = _after(records, source.log_type, tz, received, after)
+    records = _records(stream, source, tz, received, after)
     try:
         for record in records:
             if record.fields is None:
-                batch.rejects.append(store.Rejected(envelope(record.line, record.raw),
-                                                    record.error or "unreadable record", "logfile"))
+                batch.rejects.append(
+                    store.Rejected(envelope(record.line, record.raw), record.error or "unreadable record", "logfile")
+                )
             else:
                 try:
                     event = from_logfile(record.fields, source.log_type, tz, received)
@@ -376,8 +387,11 @@ def store_records(
                     batch.rejects.append(store.Rejected(envelope(record.line, record.raw), str(exc), "logfile"))
                 except Exception as exc:  # a model bug must not lose the record
                     log.exception("unexpected error reading %s line %d", source.label, record.line)
-                    batch.rejects.append(store.Rejected(envelope(record.line, record.raw),
-                                                        f"parser error: {type(exc).__name__}: {exc}", "logfile"))
+                    batch.rejects.append(
+                        store.Rejected(
+                            envelope(record.line, record.raw), f"parser error: {type(exc).__name__}: {exc}", "logfile"
+                        )
+                    )
                 else:
                     batch.events.append(event)
                     batch.raws.append((record.line, record.raw))
@@ -395,8 +409,31 @@ def store_records(
     return result
 
 
-def _records(stream: BinaryIO, source: Source) -> Iterator:
-    return read_records(stream, source.log_type, source.fmt)
+def _commit(run: Run, file_row: FileRow, result: FileResult, batch: _Batch, origins: _Origins) -> None:
+    """Store a batch and add its counts to the file's progress row, in one transaction; then to
+    `result` and the reporter."""
+    conn = run.conn
+    with conn.transaction():
+        part = store.store(conn, batch.events, batch.rejects, origins)
+        conn.execute(
+            "UPDATE backfill_files SET records = records + %s, stored = stored + %s,"
+            " duplicates = duplicates + %s, rejected = rejected + %s, updated_at = now(),"
+            " follow_cursor = GREATEST(follow_cursor, %s) WHERE id = %s",
+            (len(batch), part.stored, part.duplicates, part.rejected, batch.newest, file_row.id),
+        )
+    result.records += len(batch)
+    result.stored += part.stored
+    result.duplicates += part.duplicates
+    result.rejected += part.rejected
+    if batch.newest is not None:
+        result.cursor = max(result.cursor or 0, batch.newest)
+    run.reporter.records(len(batch))
+
+
+def _records(stream: BinaryIO, source: Source, tz: str, received: datetime, after: int | None) -> Iterator:
+    """The file's records; with `after`, from the first event later than that on (`_after`)."""
+    records = read_records(stream, source.log_type, source.fmt)
+    return records if after is None else _after(records, source.log_type, tz, received, after)
 
 
 def _after(records: Iterator, log_type: str, tz: str, received: datetime, after: int) -> Iterator:
@@ -415,6 +452,7 @@ def _after(records: Iterator, log_type: str, tz: str, received: datetime, after:
 
 
 # --- import of files downloaded by hand ---------------------------------------------------------
+
 
 def sniff_format(path: Path) -> str:
     """The format from the extension (`.json`, `.csv`, `.xml`, before any `.gz`), else from
@@ -457,8 +495,9 @@ def plan_import(paths: Sequence[str], log_type: str | None, fmt: str | None) -> 
         if kind is None:
             raise BackfillError(f"{raw}: cannot tell the log type from the name; pass --type (e.g. cdm-click)")
         kind = check_types([kind])[0]
-        source = Source("import", str(path.resolve()), path.name, kind, fmt or sniff_format(path),
-                        date_from_name(path.name))
+        source = Source(
+            "import", str(path.resolve()), path.name, kind, fmt or sniff_format(path), date_from_name(path.name)
+        )
         planned.append((path, source))
     return planned
 

@@ -60,8 +60,9 @@ class RemoteFile:
     log_date: date | None
 
 
-def list_files(client: CopernicaClient, days: Sequence[date], types: Sequence[str] | None,
-               summary: RunSummary) -> list[RemoteFile]:
+def list_files(
+    client: CopernicaClient, days: Sequence[date], types: Sequence[str] | None, summary: RunSummary
+) -> list[RemoteFile]:
     """The logfiles of each day and type; `types` None: every file a day lists whose type holds
     events (`default_types`), in one listing per day. A listing that fails is a failed entry in
     the summary (the run goes on); names of another type than asked for are ignored."""

@@ -57,18 +57,29 @@ class Webhook:
         raw_callers = item.get("callers") or ()
         if isinstance(raw_callers, str):
             raw_callers = raw_callers.split(",")
-        callers = tuple(str(c).strip() for c in raw_callers if str(c).strip()) if isinstance(
-            raw_callers, list | tuple) else ()
-        return cls(id=_id(item.get("ID", item.get("id"))), trigger=str(item.get("trigger") or ""),
-                   handler=str(item.get("handler") or ""), callers=callers,
-                   database=_scope(item.get("database")), collection=_scope(item.get("collection")))
+        callers = (
+            tuple(str(c).strip() for c in raw_callers if str(c).strip())
+            if isinstance(raw_callers, list | tuple)
+            else ()
+        )
+        return cls(
+            id=_id(item.get("ID", item.get("id"))),
+            trigger=str(item.get("trigger") or ""),
+            handler=str(item.get("handler") or ""),
+            callers=callers,
+            database=_scope(item.get("database")),
+            collection=_scope(item.get("collection")),
+        )
 
     def same_as(self, other: Webhook) -> bool:
         """The same subscription (ids aside): Copernica would call the same URL for the same events."""
-        return (self.trigger == other.trigger and self.handler == other.handler
-                and set(self.callers or CALLERS) == set(other.callers or CALLERS)
-                and str(self.database or "") == str(other.database or "")
-                and str(self.collection or "") == str(other.collection or ""))
+        return (
+            self.trigger == other.trigger
+            and self.handler == other.handler
+            and set(self.callers or CALLERS) == set(other.callers or CALLERS)
+            and str(self.database or "") == str(other.database or "")
+            and str(self.collection or "") == str(other.collection or "")
+        )
 
     def payload(self) -> dict[str, object]:
         """The body of `POST /v4/webhooks`: optional fields only when given."""

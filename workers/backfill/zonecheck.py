@@ -36,9 +36,20 @@ MAX_OFFSET = 26 * 3600  # UTC-12 against UTC+14
 _QUERY_LIMIT = 50_000
 
 # Zones with a fractional offset, tried before every other zone when one is to be named.
-_FRACTIONAL_ZONES = ("Asia/Kolkata", "Asia/Tehran", "Asia/Kabul", "Asia/Kathmandu", "Asia/Yangon",
-                     "Australia/Darwin", "Australia/Adelaide", "Australia/Eucla", "America/St_Johns",
-                     "Pacific/Marquesas", "Pacific/Chatham", "Australia/Lord_Howe")
+_FRACTIONAL_ZONES = (
+    "Asia/Kolkata",
+    "Asia/Tehran",
+    "Asia/Kabul",
+    "Asia/Kathmandu",
+    "Asia/Yangon",
+    "Australia/Darwin",
+    "Australia/Adelaide",
+    "Australia/Eucla",
+    "America/St_Johns",
+    "Pacific/Marquesas",
+    "Pacific/Chatham",
+    "Australia/Lord_Howe",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +92,8 @@ class ZoneMismatch(Exception):
         super().__init__(
             f"{label}: time zone mismatch: read as {tz}, its times are {format_offset(abs(offset), sign=False)} h "
             f"{way} than the webhooks of the same events (offset {format_offset(offset)}, {verdict.agreeing} of "
-            f"{verdict.matches} matches); {meet}. Nothing of this file was stored")
+            f"{verdict.matches} matches); {meet}. Nothing of this file was stored"
+        )
 
 
 def format_offset(seconds: int, *, sign: bool = True) -> str:
@@ -162,8 +174,11 @@ def judge(samples: Iterable[Sample], stored: Iterable[Sample], tz: str, sampled:
     matches = 0
     for record in samples:
         address = _address(record.ip)
-        candidates = [w for w in by_key.get((record.event_type, record.message_id), ())
-                      if address is None or (other := _address(w.ip)) is None or other == address]
+        candidates = [
+            w
+            for w in by_key.get((record.event_type, record.message_id), ())
+            if address is None or (other := _address(w.ip)) is None or other == address
+        ]
         if not candidates:
             continue
         matches += 1
@@ -211,6 +226,12 @@ def check(conn: psycopg.Connection, stream: BinaryIO, log_type: str, fmt: str, t
     stream is left wherever reading stopped: the caller seeks back."""
     samples, events = sample(stream, log_type, fmt, tz)
     verdict = judge(samples, stored_webhooks(conn, samples), tz, events)
-    log.debug("zone check of a %s file: %d event records, %d matches, offset %d s (%d agree)",
-              log_type, verdict.sampled, verdict.matches, verdict.offset, verdict.agreeing)
+    log.debug(
+        "zone check of a %s file: %d event records, %d matches, offset %d s (%d agree)",
+        log_type,
+        verdict.sampled,
+        verdict.matches,
+        verdict.offset,
+        verdict.agreeing,
+    )
     return verdict

@@ -38,20 +38,66 @@ _GEO = ("countrycode", "countryname", "regioncode", "city")
 
 # The documented columns of every logfile, in file order (copernica.md, section 3).
 LOG_COLUMNS: dict[str, tuple[str, ...]] = {
-    "cdm-attempts": ("id", "time", "mailingid", "profileid", "subprofileid", "databaseid", "collectionid",
-                     "senderdomain", "templateid", "tags", "email"),
-    "cdm-delivery": ("id", "time", "attempts", "email", "tags", "senderdomain", "profile", "subprofile",
-                     "template"),
-    "cdm-impression": ("id", "time", "ip", "header", "email", "tags", *_GEO, "senderdomain", "profile",
-                       "subprofile", "template"),
-    "cdm-click": ("id", "senderdomain", "time", "linkinfo", "ip", "header", "email", "tags", *_GEO, "profile",
-                  "subprofile", "template"),
+    "cdm-attempts": (
+        "id",
+        "time",
+        "mailingid",
+        "profileid",
+        "subprofileid",
+        "databaseid",
+        "collectionid",
+        "senderdomain",
+        "templateid",
+        "tags",
+        "email",
+    ),
+    "cdm-delivery": ("id", "time", "attempts", "email", "tags", "senderdomain", "profile", "subprofile", "template"),
+    "cdm-impression": (
+        "id",
+        "time",
+        "ip",
+        "header",
+        "email",
+        "tags",
+        *_GEO,
+        "senderdomain",
+        "profile",
+        "subprofile",
+        "template",
+    ),
+    "cdm-click": (
+        "id",
+        "senderdomain",
+        "time",
+        "linkinfo",
+        "ip",
+        "header",
+        "email",
+        "tags",
+        *_GEO,
+        "profile",
+        "subprofile",
+        "template",
+    ),
     "cdm-error": ("id", "time", "type", "status", "description", "code", *_CDM_TAIL),
     "cdm-retry": ("id", "time", "attempt", *_CDM_TAIL),
     "cdm-unsubscribe": ("id", "time", *_CDM_TAIL),
     "cdm-abuse": ("id", "time", "mail", *_CDM_TAIL),
-    "pom-attempts": ("id", "time", "groupid", "mailingid", "profileid", "subprofileid", "databaseid",
-                     "collectionid", "senderdomain", "templateid", "documentid", "tags", "email"),
+    "pom-attempts": (
+        "id",
+        "time",
+        "groupid",
+        "mailingid",
+        "profileid",
+        "subprofileid",
+        "databaseid",
+        "collectionid",
+        "senderdomain",
+        "templateid",
+        "documentid",
+        "tags",
+        "email",
+    ),
     "pom-deliveries": ("id", "time", "attempts", *_POM_TAIL),
     "pom-delivery": ("id", "time", "attempts", *_POM_TAIL),  # the name some of Copernica's pages give it
     "pom-impressions": ("id", "time", "ip", "header", "email", "tags", *_GEO, *_POM_TAIL[2:]),
@@ -156,10 +202,11 @@ def _maybe_gunzip(stream: BinaryIO) -> BinaryIO:
     buffered = io.BufferedReader(_Prefixed(head, stream), _READ_SIZE)
     if head == b"\x1f\x8b":
         return gzip.GzipFile(fileobj=buffered, mode="rb")  # type: ignore[return-value]
-    return buffered  # type: ignore[return-value]
+    return buffered
 
 
 # --- CSV ------------------------------------------------------------------------------------------
+
 
 def _lines(stream: BinaryIO, raw: list[bytes], counter: list[int]) -> Iterator[str]:
     """Physical lines as text for the csv module; the bytes of each go to `raw` (cleared by the
@@ -207,25 +254,28 @@ def _read_csv(stream: BinaryIO, columns: tuple[str, ...] | None) -> Iterator[Rec
         raw.clear()
         if not row or row == [""]:
             continue  # a blank line
-        if first:
+        if first and _is_header(row, columns):
+            names = tuple(cell.strip().lower() for cell in row)
             first = False
-            if _is_header(row, columns):
-                names = tuple(cell.strip().lower() for cell in row)
-                continue
+            continue
+        first = False
         if names is None:
             yield Record(start, None, data, "no header row and no documented columns for this log type")
             continue
-        if len(data) > MAX_RECORD_BYTES:
-            yield Record(start, None, data[:1024], f"record larger than {MAX_RECORD_BYTES} bytes")
-            continue
-        if len(row) != len(names):
-            ending = "" if data.endswith(b"\n") else " (truncated?)"
-            yield Record(start, None, data, f"expected {len(names)} columns, found {len(row)}{ending}")
-            continue
-        if any(_has_surrogate(cell) for cell in row):
-            yield Record(start, None, data, "record is not valid UTF-8")
-            continue
-        yield Record(start, dict(zip(names, row, strict=True)), data)
+        yield _bad_row(start, row, names, data) or Record(start, dict(zip(names, row, strict=True)), data)
+
+
+def _bad_row(start: int, row: list[str], names: tuple[str, ...], data: bytes) -> Record | None:
+    """The Record of a row that cannot be read as `names` (too large, columns missing or too
+    many, not UTF-8); None for a good one."""
+    if len(data) > MAX_RECORD_BYTES:
+        return Record(start, None, data[:1024], f"record larger than {MAX_RECORD_BYTES} bytes")
+    if len(row) != len(names):
+        ending = "" if data.endswith(b"\n") else " (truncated?)"
+        return Record(start, None, data, f"expected {len(names)} columns, found {len(row)}{ending}")
+    if any(_has_surrogate(cell) for cell in row):
+        return Record(start, None, data, "record is not valid UTF-8")
+    return None
 
 
 def _has_surrogate(text: str) -> bool:
@@ -238,12 +288,11 @@ def _has_surrogate(text: str) -> bool:
 
 # --- JSON -----------------------------------------------------------------------------------------
 
+
 def _read_json(stream: BinaryIO) -> Iterator[Record]:
     """An array of objects (`[{...}, ...]`); also tolerated: objects one after another (NDJSON)."""
     try:
-        head = stream.read(1)
-        while head and head.isspace():
-            head = stream.read(1)
+        head = _first_byte(stream)
     except _STREAM_ERRORS as exc:
         yield Record(1, None, b"", f"unreadable stream: {exc}")
         return
@@ -277,6 +326,14 @@ def _read_json(stream: BinaryIO) -> Iterator[Record]:
         yield Record(number + 1, None, b"", f"unreadable JSON after record {number}: {reason}")
 
 
+def _first_byte(stream: BinaryIO) -> bytes:
+    """The first byte that is not white space (b"" for none)."""
+    head = stream.read(1)
+    while head and head.isspace():
+        head = stream.read(1)
+    return head
+
+
 def _prepare(item: Any) -> str | None:
     """Make ijson's Decimals floats (what any other JSON reader gives), in place, without
     recursion; the reason when the record is nested deeper than MAX_DEPTH (no Copernica record
@@ -296,6 +353,7 @@ def _prepare(item: Any) -> str | None:
 
 
 # --- XML ------------------------------------------------------------------------------------------
+
 
 def _xml_record(fields: dict[str, Any]) -> bytes:
     """The record as XML again, from its fields: what replay needs, at a seventh of the cost of

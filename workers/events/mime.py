@@ -55,7 +55,7 @@ def classify(mime: Any) -> tuple[str, str | None]:
 
 def _classify(mime: str) -> tuple[str, str | None]:
     end = _END_OF_HEAD.search(mime, 0, HEAD_MAX)
-    head = mime[:end.start() if end is not None else HEAD_MAX]
+    head = mime[: end.start() if end is not None else HEAD_MAX]
     if _MARKER.search(head) is None:
         return BOUNCED, None
     headers = HeaderParser().parsestr(head)
@@ -94,7 +94,7 @@ def _dsn_status(mime: str) -> str | None:
         if found is None:
             return None
         at = found.start()
-    message = Parser().parsestr(window[:at + _STATUS_SPAN])
+    message = Parser().parsestr(window[: at + _STATUS_SPAN])
     for part in message.walk():
         if part.get_content_type() != "message/delivery-status":
             continue

@@ -12,7 +12,7 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -171,10 +171,14 @@ def event_key(
             parts.append(ip)
     elif event_type in PROFILE_TYPES and fv.text(fields.get("profile")):
         parts = [
-            event_type, "profile",
-            fv.text(fields.get("database")) or "", fv.text(fields.get("profile")) or "",
-            fv.text(fields.get("subprofile")) or "", fv.text(fields.get("collection")) or "",
-            second, _canonical({"fields": fields.get("fields"), "interests": fields.get("interests")}),
+            event_type,
+            "profile",
+            fv.text(fields.get("database")) or "",
+            fv.text(fields.get("profile")) or "",
+            fv.text(fields.get("subprofile")) or "",
+            fv.text(fields.get("collection")) or "",
+            second,
+            _canonical({"fields": fields.get("fields"), "interests": fields.get("interests")}),
         ]
     else:
         parts = [event_type, "payload", _canonical(fields)]
@@ -203,19 +207,48 @@ def _first(fields: dict[str, Any], *names: str) -> Any:
 # names first, then logfile names (`email`, `header`, `linkinfo`, `mailingid`, ...), then the
 # 2017 feedback names (`rcptto`).
 _COLUMNS: tuple[tuple[str, ...], ...] = (
-    ("recipient", "email", "rcptto"), ("ip",), ("useragent", "user_agent", "header"), ("original", "url"),
+    ("recipient", "email", "rcptto"),
+    ("ip",),
+    ("useragent", "user_agent", "header"),
+    ("original", "url"),
     ("linkinfo", "link", "linkid"),
-    *((name, name + "id", name + "_id") for name in ("mailing", "profile", "subprofile", "database", "collection",
-                                                     "template")),
-    ("tags",), ("code",), ("extended", "status"), ("description",),
+    *(
+        (name, name + "id", name + "_id")
+        for name in ("mailing", "profile", "subprofile", "database", "collection", "template")
+    ),
+    ("tags",),
+    ("code",),
+    ("extended", "status"),
+    ("description",),
 )
 _FIRST_NAMES = tuple(names[0] for names in _COLUMNS)
 _PROFILE_NAMES = next(names for names in _COLUMNS if names[0] == "profile")
-_STATUS_COLUMN = 13  # smtp_status's place in what `_common` returns
+_STATUS_COLUMN: Final = 13  # smtp_status's place in what `_common` returns
+_DESCRIPTION_COLUMN: Final = 14  # description's, the last
 _LATER_NAMES = frozenset(name for names in _COLUMNS for name in names[1:])
 
 
-def _common(fields: dict[str, Any]) -> tuple[Any, ...]:
+# What `_common` returns: `Event`'s columns from recipient to description, in its order.
+_Columns = tuple[
+    str | None,  # recipient
+    str | None,  # ip
+    str | None,  # user_agent
+    str | None,  # url
+    str | None,  # link_id
+    int | None,  # mailing_id
+    int | None,  # profile_id
+    int | None,  # subprofile_id
+    int | None,  # database_id
+    int | None,  # collection_id
+    int | None,  # template_id
+    list[str] | None,  # tags
+    int | None,  # smtp_code
+    str | None,  # smtp_status
+    str | None,  # description
+]
+
+
+def _common(fields: dict[str, Any]) -> _Columns:
     """The normalised columns both webhooks and logfile records fill from Copernica's names, in
     `Event`'s order: recipient, then ip to description.
 
@@ -227,8 +260,23 @@ def _common(fields: dict[str, Any]) -> tuple[Any, ...]:
         values = list(map(fields.get, _FIRST_NAMES))
     else:
         values = [_first(fields, *names) for names in _COLUMNS]
-    recipient, ip, user_agent, url, link, mailing, profile, subprofile, database, collection, template, tags, \
-        code_raw, status, description = values
+    (
+        recipient,
+        ip,
+        user_agent,
+        url,
+        link,
+        mailing,
+        profile,
+        subprofile,
+        database,
+        collection,
+        template,
+        tags,
+        code_raw,
+        status,
+        description,
+    ) = values
     text, bigint = fv.text, fv.bigint
     smtp_code = fv.smtp_code(code_raw) if code_raw is not None else None
     smtp_status = text(status) if status is not None else None
@@ -312,12 +360,20 @@ def from_webhook(fields: dict[str, Any], envelope: Envelope, tz: str) -> Event:
     elif event_type == "bounced":
         event_type, status = mime.classify(fields.get("mime"))
         if status is not None and columns[_STATUS_COLUMN] is None:
-            columns = (*columns[:_STATUS_COLUMN], status, *columns[_STATUS_COLUMN + 1:])
+            columns = (*columns[:_STATUS_COLUMN], status, *columns[_DESCRIPTION_COLUMN:])
     elif event_type == UNSUBSCRIBED:
         message_id = None  # the webhook's `id` is the unsubscribe's own (kept in the payload)
     return Event(
-        event_key(event_type, key_id, occurred, fields, ip=columns[1]), event_type, copernica_type,
-        occurred, received, "webhook", message_id, columns[0], fields, *columns[1:],
+        event_key(event_type, key_id, occurred, fields, ip=columns[1]),
+        event_type,
+        copernica_type,
+        occurred,
+        received,
+        "webhook",
+        message_id,
+        columns[0],
+        fields,
+        *columns[1:],
         fv.account(_header(envelope.headers, "x-copernica-id")),
     )
 
@@ -362,9 +418,16 @@ def from_logfile(fields: dict[str, Any], log_type: str, tz: str, received_at: da
     message_id = fv.text(fields.get("id"), fv.INDEXED_TEXT_MAX)
     columns = _common(fields)
     return Event(
-        event_key(event_type, message_id, occurred, fields, ip=columns[1]), event_type, prefix, occurred,
-        received_at if received_at.tzinfo else received_at.replace(tzinfo=UTC), "logfile", message_id,
-        columns[0], fields, *columns[1:],
+        event_key(event_type, message_id, occurred, fields, ip=columns[1]),
+        event_type,
+        prefix,
+        occurred,
+        received_at if received_at.tzinfo else received_at.replace(tzinfo=UTC),
+        "logfile",
+        message_id,
+        columns[0],
+        fields,
+        *columns[1:],
     )
 
 

@@ -69,6 +69,7 @@ def _charset(content_type: str) -> str:
 
 # --- JSON -----------------------------------------------------------------------------------------
 
+
 def _parse_json(body: bytes) -> dict[str, Any]:
     try:
         value = orjson.loads(body)
@@ -120,7 +121,7 @@ def split_key(key: str) -> list[str]:
         if match is None:
             return [key]
         if len(parts) >= MAX_DEPTH:
-            parts[-1] = parts[-1] + key[match.start():] if parts[-1] else key[match.start():]
+            parts[-1] = parts[-1] + key[match.start() :] if parts[-1] else key[match.start() :]
             return parts
         parts.append(match[1])
         pos = match.end()
@@ -224,7 +225,7 @@ class _FormBuilder:
         self._next: dict[int, int] = {}  # id(dict made from `[]` keys) -> next free index
         self._clashes: dict[str, int] = {}
 
-    def place(self, key: str, value: str) -> None:
+    def place(self, key: str, value: str) -> None:  # noqa: C901 - hot path (every form pair): one frame per call
         parts = split_key(key) if "[" in key else (key,)
         if len(parts) == 1:
             existing = self.result.get(key)

@@ -23,15 +23,37 @@ EVENT_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Event))
 # a column added to `Event` and not here fails at import (it is never stored in a neighbour's
 # column), and tests/test_copy_rows.py checks that copy_line's fast way keeps this order.
 COPY_COLUMNS: tuple[str, ...] = (
-    "event_key", "event_type", "copernica_type", "occurred_at", "received_at", "source", "message_id",
-    "recipient", "ip", "user_agent", "url", "link_id", "mailing_id", "profile_id", "subprofile_id",
-    "database_id", "collection_id", "template_id", "tags", "smtp_code", "smtp_status", "description",
-    "account", "payload",
+    "event_key",
+    "event_type",
+    "copernica_type",
+    "occurred_at",
+    "received_at",
+    "source",
+    "message_id",
+    "recipient",
+    "ip",
+    "user_agent",
+    "url",
+    "link_id",
+    "mailing_id",
+    "profile_id",
+    "subprofile_id",
+    "database_id",
+    "collection_id",
+    "template_id",
+    "tags",
+    "smtp_code",
+    "smtp_status",
+    "description",
+    "account",
+    "payload",
 )
 if sorted(COPY_COLUMNS) != sorted(EVENT_COLUMNS):
-    raise RuntimeError("workers.storage.copy_text does not write the columns of Event: missing "
-                       f"{sorted(set(EVENT_COLUMNS) - set(COPY_COLUMNS))}, "
-                       f"unknown {sorted(set(COPY_COLUMNS) - set(EVENT_COLUMNS))}")
+    raise RuntimeError(
+        "workers.storage.copy_text does not write the columns of Event: missing "
+        f"{sorted(set(EVENT_COLUMNS) - set(COPY_COLUMNS))}, "
+        f"unknown {sorted(set(COPY_COLUMNS) - set(EVENT_COLUMNS))}"
+    )
 
 
 def _json(value: dict) -> str:
@@ -66,23 +88,45 @@ def copy_line(event: Event) -> str:
     values = _VALUES(event)
     e = event
     try:  # each column as the model makes it, read by name; anything else goes the general way below
-        head = "\t".join((
-            e.event_key, e.event_type, e.copernica_type, _stamps[e.occurred_at], str(e.received_at), e.source,
-            _NULL if (v := e.message_id) is None else v, _NULL if (v := e.recipient) is None else v,
-            _NULL if (v := e.ip) is None else v, _NULL if (v := e.user_agent) is None else v,
-            _NULL if (v := e.url) is None else v, _NULL if (v := e.link_id) is None else v,
-            _NULL if (n := e.mailing_id) is None else str(n), _NULL if (n := e.profile_id) is None else str(n),
-            _NULL if (n := e.subprofile_id) is None else str(n), _NULL if (n := e.database_id) is None else str(n),
-            _NULL if (n := e.collection_id) is None else str(n), _NULL if (n := e.template_id) is None else str(n),
-            _NULL if (tags := e.tags) is None else _array(tags) if type(tags) is list else _cell(tags),
-            _NULL if (n := e.smtp_code) is None else str(n), _NULL if (v := e.smtp_status) is None else v,
-            _NULL if (v := e.description) is None else v, _NULL if (v := e.account) is None else v,
-        ))
+        head = "\t".join(
+            (
+                e.event_key,
+                e.event_type,
+                e.copernica_type,
+                _stamps[e.occurred_at],
+                str(e.received_at),
+                e.source,
+                _NULL if (v := e.message_id) is None else v,
+                _NULL if (v := e.recipient) is None else v,
+                _NULL if (v := e.ip) is None else v,
+                _NULL if (v := e.user_agent) is None else v,
+                _NULL if (v := e.url) is None else v,
+                _NULL if (v := e.link_id) is None else v,
+                _NULL if (n := e.mailing_id) is None else str(n),
+                _NULL if (n := e.profile_id) is None else str(n),
+                _NULL if (n := e.subprofile_id) is None else str(n),
+                _NULL if (n := e.database_id) is None else str(n),
+                _NULL if (n := e.collection_id) is None else str(n),
+                _NULL if (n := e.template_id) is None else str(n),
+                _NULL if (tags := e.tags) is None else _array(tags) if type(tags) is list else _cell(tags),
+                _NULL if (n := e.smtp_code) is None else str(n),
+                _NULL if (v := e.smtp_status) is None else v,
+                _NULL if (v := e.description) is None else v,
+                _NULL if (v := e.account) is None else v,
+            )
+        )
     except TypeError:
         head = ""  # not as the model makes it: the general way
-    if (type(payload := e.payload) is dict and head and head.count("\\") == values.count(None)
-            and head.count("\t") == _TABS and "\n" not in head and "\r" not in head and "\x00" not in head
-            and "\\" not in (document := _json(payload))):
+    if (
+        type(payload := e.payload) is dict
+        and head
+        and head.count("\\") == values.count(None)
+        and head.count("\t") == _TABS
+        and "\n" not in head
+        and "\r" not in head
+        and "\x00" not in head
+        and "\\" not in (document := _json(payload))
+    ):
         return f"{head}\t{document}\n"
     return _escaped_line(values)
 
@@ -114,8 +158,7 @@ def _array(items: list) -> str:
     if joined.count('"') == 2 * len(items) - 2 and "\\" not in joined and "\x00" not in joined:
         return '{"' + joined + '"}'
     quoted = [
-        "NULL" if item is None
-        else '"' + str(item).replace("\x00", "").replace("\\", "\\\\").replace('"', '\\"') + '"'
+        "NULL" if item is None else '"' + str(item).replace("\x00", "").replace("\\", "\\\\").replace('"', '\\"') + '"'
         for item in items
     ]
     return "{" + ",".join(quoted) + "}"

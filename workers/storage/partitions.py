@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING
 import psycopg
 from psycopg import sql
 
+from workers.storage.queries import scalar
+
 if TYPE_CHECKING:
     from workers.events.model import Event
 
@@ -100,15 +102,18 @@ def list_partitions(conn: psycopg.Connection) -> list[Partition]:
         " ORDER BY 2 NULLS FIRST, 1",
         (_BOUNDS, PARENT),
     ).fetchall()
-    return [Partition(name, lower, upper, bool(is_default), rows if rows >= 0 else None, size)
-            for name, lower, upper, is_default, rows, size in rows]
+    return [
+        Partition(name, lower, upper, bool(is_default), rows if rows >= 0 else None, size)
+        for name, lower, upper, is_default, rows, size in rows
+    ]
 
 
 def default_months(conn: psycopg.Connection) -> list[date]:
     """Months that have rows in the default partition (it should hold few or none)."""
     rows = conn.execute(
-        sql.SQL("SELECT DISTINCT date_trunc('month', occurred_at AT TIME ZONE 'UTC')::date FROM {} ORDER BY 1")
-        .format(sql.Identifier(DEFAULT))
+        sql.SQL("SELECT DISTINCT date_trunc('month', occurred_at AT TIME ZONE 'UTC')::date FROM {} ORDER BY 1").format(
+            sql.Identifier(DEFAULT)
+        )
     ).fetchall()
     return [row[0] for row in rows]
 
@@ -119,10 +124,10 @@ def create_months(conn: psycopg.Connection, months: Iterable[date], lock_timeout
     lock (raises psycopg.errors.LockNotAvailable after that, the transaction rolled back)."""
     created: list[date] = []
     with conn.transaction():
-        previous = conn.execute("SELECT current_setting('lock_timeout')").fetchone()[0]
+        previous = scalar(conn, "SELECT current_setting('lock_timeout')")
         conn.execute("SELECT set_config('lock_timeout', %s, true)", (lock_timeout,))
         for month in sorted(set(months)):
-            if conn.execute("SELECT events_create_partition(%s)", (month,)).fetchone()[0]:
+            if scalar(conn, "SELECT events_create_partition(%s)", (month,)):
                 created.append(month)
         conn.execute("SELECT set_config('lock_timeout', %s, true)", (previous,))
     if created:
@@ -143,6 +148,7 @@ def create_ahead(conn: psycopg.Connection, today: date | None = None) -> list[da
 
 
 # --- workers: the months of a batch ----------------------------------------------------------
+
 
 @dataclass(slots=True)
 class _Known:
@@ -190,20 +196,10 @@ def ensure_months(conn: psycopg.Connection, months: set[date]) -> None:
 
 
 def _ensure(conn: psycopg.Connection, state: _Known, months: set[date]) -> None:
-    if not state.partitioned:
-        if time.monotonic() - state.checked < _RECHECK_UNPARTITIONED:
-            return
-        state.partitioned = is_partitioned(conn)
-        state.checked = time.monotonic()
-        if not state.partitioned:
-            return
-    if state.pending is not None:
-        status = conn.execute("SELECT pg_xact_status(%s::xid8)", (state.pending,)).fetchone()[0]
-        if status != "in progress":  # committed or rolled back (maybe to a savepoint): read it again
-            state.months.clear()
-            state.pending = None
-        elif months <= state.months:  # our own transaction, still open: what it made is there for us
-            return
+    if not state.partitioned and not _partitioned_now(conn, state):
+        return
+    if state.pending is not None and _pending_has(conn, state, months):
+        return
     horizon = add_months(month_of(datetime.now(UTC)), HORIZON)
     missing = {m for m in months - state.months if m <= horizon}
     if not missing:
@@ -219,13 +215,38 @@ def _ensure(conn: psycopg.Connection, state: _Known, months: set[date]) -> None:
     try:
         created = create_months(conn, missing, WORKER_LOCK_TIMEOUT)
     except psycopg.errors.LockNotAvailable:
-        log.warning("could not lock events to create partitions for %s within %s; these rows go to %s"
-                    " until a later batch or `ingest migrate` creates them",
-                    ", ".join(m.strftime("%Y-%m") for m in sorted(missing)), WORKER_LOCK_TIMEOUT, DEFAULT)
+        log.warning(
+            "could not lock events to create partitions for %s within %s; these rows go to %s"
+            " until a later batch or `ingest migrate` creates them",
+            ", ".join(m.strftime("%Y-%m") for m in sorted(missing)),
+            WORKER_LOCK_TIMEOUT,
+            DEFAULT,
+        )
         return
     state.months.update(created)
     if created and in_callers_transaction:  # made inside a transaction that may yet roll back
-        state.pending = conn.execute("SELECT pg_current_xact_id()::text").fetchone()[0]
+        state.pending = scalar(conn, "SELECT pg_current_xact_id()::text")
+
+
+def _partitioned_now(conn: psycopg.Connection, state: _Known) -> bool:
+    """Whether `events` is partitioned by now (asked again at most every _RECHECK_UNPARTITIONED)."""
+    if time.monotonic() - state.checked < _RECHECK_UNPARTITIONED:
+        return False
+    state.partitioned = is_partitioned(conn)
+    state.checked = time.monotonic()
+    return state.partitioned
+
+
+def _pending_has(conn: psycopg.Connection, state: _Known, months: set[date]) -> bool:
+    """Whether our own transaction that made partitions, still open, made every one of `months`
+    (what it made is there for us). Once it has ended (committed or rolled back, maybe to a
+    savepoint), what is known is read again."""
+    status = scalar(conn, "SELECT pg_xact_status(%s::xid8)", (state.pending,))
+    if status != "in progress":
+        state.months.clear()
+        state.pending = None
+        return False
+    return months <= state.months
 
 
 def forget(conn: psycopg.Connection) -> None:
@@ -259,8 +280,9 @@ class PruneResult:
     default_rows: int = 0  # rows left in the default partition (outside every month made)
 
 
-def prune(conn: psycopg.Connection, older_than: timedelta, *, now: datetime | None = None,
-          dry_run: bool = False) -> PruneResult:
+def prune(
+    conn: psycopg.Connection, older_than: timedelta, *, now: datetime | None = None, dry_run: bool = False
+) -> PruneResult:
     """Drop every month partition whose range ends at or before `now - older_than`.
 
     First the rows the default partition holds for months that can have a partition are moved
@@ -288,10 +310,12 @@ def prune(conn: psycopg.Connection, older_than: timedelta, *, now: datetime | No
         for part in result.dropped:
             with conn.transaction():
                 conn.execute("SELECT set_config('lock_timeout', %s, true)", (ADMIN_LOCK_TIMEOUT,))
-                conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(
-                    sql.Identifier(PARENT), sql.Identifier(part.name)))
+                conn.execute(
+                    sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(
+                        sql.Identifier(PARENT), sql.Identifier(part.name)
+                    )
+                )
                 conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(part.name)))
             log.info("dropped partition %s (%s to %s)", part.name, part.lower, part.upper)
-    result.default_rows = conn.execute(
-        sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(DEFAULT))).fetchone()[0]
+    result.default_rows = scalar(conn, sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(DEFAULT)))
     return result

@@ -27,6 +27,7 @@ from workers.events.logfiles import log_type_from_name, read_records
 from workers.events.model import Event, from_logfile, from_webhook
 from workers.events.parsing import Unparseable, media_type, parse_body
 from workers.storage import store
+from workers.storage.queries import scalar
 
 log = logging.getLogger("workers.storage.rejected")
 
@@ -68,14 +69,11 @@ def list_rejected(conn: psycopg.Connection, limit: int = 50, offset: int = 0) ->
         " FROM rejected_events ORDER BY received_at DESC, id DESC LIMIT %s OFFSET %s",
         (PREVIEW_BYTES, limit, offset),
     ).fetchall()
-    return [
-        RejectedCall(row[0], row[1], row[2], row[3], preview(bytes(row[4]), row[5]))
-        for row in rows
-    ]
+    return [RejectedCall(row[0], row[1], row[2], row[3], preview(bytes(row[4]), row[5])) for row in rows]
 
 
 def count_rejected(conn: psycopg.Connection) -> int:
-    return conn.execute("SELECT count(*) FROM rejected_events").fetchone()[0]
+    return scalar(conn, "SELECT count(*) FROM rejected_events")
 
 
 def _envelope(row: dict[str, Any]) -> Envelope:
@@ -94,7 +92,7 @@ def reparse(row: dict[str, Any], tz: str) -> list[Event]:
     """The events one kept call gives with the current code; raises `Unparseable` when none."""
     envelope = _envelope(row)
     if envelope.target.startswith(LOGFILE_TARGET):
-        log_type = envelope.target[len(LOGFILE_TARGET):]
+        log_type = envelope.target[len(LOGFILE_TARGET) :]
         try:
             fields = orjson.loads(envelope.body)
         except orjson.JSONDecodeError as exc:
@@ -138,7 +136,7 @@ def _ids(conn: psycopg.Connection, only: int | None) -> list[int]:
 
 def _chunks(ids: list[int], size: int) -> Iterator[list[int]]:
     for start in range(0, len(ids), size):
-        yield ids[start:start + size]
+        yield ids[start : start + size]
 
 
 def replay(conn: psycopg.Connection, tz: str, *, only: int | None = None) -> ReplayResult:
@@ -159,8 +157,12 @@ def replay(conn: psycopg.Connection, tz: str, *, only: int | None = None) -> Rep
             for row in rows:
                 result.replayed += 1
                 _replay_one(conn, row, tz, result)
-    log.info("replayed %d rejected calls: %d removed, %d still rejected",
-             result.replayed, result.removed, result.still_rejected)
+    log.info(
+        "replayed %d rejected calls: %d removed, %d still rejected",
+        result.replayed,
+        result.removed,
+        result.still_rejected,
+    )
     return result
 
 
@@ -190,8 +192,9 @@ def _still(conn: psycopg.Connection, row: dict[str, Any], reason: str, result: R
     result.still_rejected += 1
     result.reasons[reason] = result.reasons.get(reason, 0) + 1
     if reason != row["reason"]:
-        conn.execute("UPDATE rejected_events SET reason = %s WHERE id = %s",
-                     (reason.replace("\x00", "")[:2000], row["id"]))
+        conn.execute(
+            "UPDATE rejected_events SET reason = %s WHERE id = %s", (reason.replace("\x00", "")[:2000], row["id"])
+        )
 
 
 def as_rows(calls: Iterable[RejectedCall]) -> list[tuple[str, str, str, str, str]]:

@@ -12,8 +12,21 @@ from psycopg.rows import dict_row
 log = logging.getLogger("workers.storage.reports")
 
 MAILING_STATS_COLUMNS: tuple[str, ...] = (
-    "mailing_id", "sent", "delivered", "opens", "unique_opens", "clicks", "unique_clicks", "bounces",
-    "autoreplies", "failures", "deferrals", "unsubscribes", "complaints", "open_rate", "click_rate",
+    "mailing_id",
+    "sent",
+    "delivered",
+    "opens",
+    "unique_opens",
+    "clicks",
+    "unique_clicks",
+    "bounces",
+    "autoreplies",
+    "failures",
+    "deferrals",
+    "unsubscribes",
+    "complaints",
+    "open_rate",
+    "click_rate",
 )
 
 

@@ -14,6 +14,7 @@ from importlib import resources
 import psycopg
 
 from workers.storage import partitions
+from workers.storage.queries import scalar
 
 log = logging.getLogger("workers.storage.schema")
 
@@ -42,7 +43,7 @@ def available() -> list[Migration]:
 
 
 def applied(conn: psycopg.Connection) -> set[int]:
-    exists = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()[0]
+    exists = scalar(conn, "SELECT to_regclass('schema_migrations') IS NOT NULL")
     if not exists:
         return set()
     return {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}

@@ -79,19 +79,24 @@ class StoreResult:
 def connect(database_url: str) -> psycopg.Connection:
     # A statement that runs for minutes is a sick database: fail it, so the job is retried
     # rather than held (a worker's job must finish well within its timeout).
-    return psycopg.connect(database_url, autocommit=False, application_name="copernica-ingest",
-                           options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}")
+    return psycopg.connect(
+        database_url,
+        autocommit=False,
+        application_name="copernica-ingest",
+        options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
+    )
 
 
-def _clean(value: object) -> object:
+def _clean(value: str) -> str:
     """PostgreSQL text cannot hold NUL; JSON gets it escaped by orjson, text columns lose it."""
     if isinstance(value, str) and "\x00" in value:
         return value.replace("\x00", "")
     return value
 
 
-def insert_events(conn: psycopg.Connection, events: Sequence[Event], data: bytes | None = None, *,
-                  staged: bool = False) -> int:
+def insert_events(
+    conn: psycopg.Connection, events: Sequence[Event], data: bytes | None = None, *, staged: bool = False
+) -> int:
     """Insert within the caller's transaction through the stage; return how many rows were new.
     `data`: the events' `copy_data` when the caller made it already (on another thread);
     `staged`: this transaction made the staging table already (an earlier chunk)."""
@@ -105,8 +110,7 @@ def insert_events(conn: psycopg.Connection, events: Sequence[Event], data: bytes
 def _insert_staged(cur: psycopg.Cursor, data: bytes, *, staged: bool) -> int:
     if not staged:  # once per transaction: cheap, and right after a rollback dropped the stage
         cur.execute(
-            f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} ON COMMIT DELETE ROWS AS "
-            f"SELECT {_COLS} FROM events WITH NO DATA"
+            f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} ON COMMIT DELETE ROWS AS SELECT {_COLS} FROM events WITH NO DATA"
         )
     with cur.copy(f"COPY {_STAGE} ({_COLS}) FROM STDIN") as copy:
         copy.write(data)
@@ -135,9 +139,16 @@ def insert_rejects(conn: psycopg.Connection, rejects: Iterable[Rejected]) -> int
                 " VALUES (%s, to_timestamp(%s), %s, %s, %s, %s, %s, %s, %s, %s)"
                 " ON CONFLICT (call_key) DO NOTHING",
                 (
-                    call_key(env), env.received_at, _clean(item.reason)[:2000], _clean(env.content_type),
-                    Jsonb({k: _clean(v) for k, v in env.headers.items()}), env.body, item.source,
-                    _clean(env.remote), _clean(env.method), _clean(env.target),
+                    call_key(env),
+                    env.received_at,
+                    _clean(item.reason)[:2000],
+                    _clean(env.content_type),
+                    Jsonb({k: _clean(v) for k, v in env.headers.items()}),
+                    env.body,
+                    item.source,
+                    _clean(env.remote),
+                    _clean(env.method),
+                    _clean(env.target),
                 ),
             )
             count += 1
@@ -190,12 +201,14 @@ def _lines(events: Sequence[Event], rejects: Sequence[Rejected], seen: set[str])
             direct.append(copy_line(event))
         else:
             staged.append(copy_line(event))
-    return _Lines("".join(direct).encode(), len(direct), "".join(staged).encode(), partitions.months_of(events),
-                  rejects)
+    return _Lines(
+        "".join(direct).encode(), len(direct), "".join(staged).encode(), partitions.months_of(events), rejects
+    )
 
 
-def store_chunks(conn: psycopg.Connection, chunks: Iterable[Chunk],
-                 meanwhile: Callable[[], object] | None = None) -> StoreResult:
+def store_chunks(
+    conn: psycopg.Connection, chunks: Iterable[Chunk], meanwhile: Callable[[], object] | None = None
+) -> StoreResult:
     """Store chunks as they come, in one transaction, on a thread of their own: PostgreSQL
     stores chunk k while the caller's iterator produces (parses) chunk k+1. The caller's thread
     also writes each chunk's COPY text, so the writer holds the GIL as little as it can (see
@@ -203,30 +216,8 @@ def store_chunks(conn: psycopg.Connection, chunks: Iterable[Chunk],
     handed over, while PostgreSQL stores the last ones and commits (what it raises is raised
     once the transaction has ended, committed or not)."""
     feed: queue.Queue[_Lines | None] = queue.Queue(maxsize=2)
-    outcome: dict[str, object] = {}
-
-    def write() -> None:
-        ended = False  # the producer's end (None) was taken: nothing more will come
-        try:
-            with conn.transaction():
-                writer = _Writer(conn)
-                try:
-                    while (lines := feed.get()) is not None:
-                        writer.add(lines)
-                    ended = True
-                    if "abort" in outcome:
-                        raise _Aborted()
-                    outcome["stored"] = writer.finish()
-                except BaseException as exc:
-                    writer.abandon(exc)  # an open COPY holds the connection's lock
-                    raise
-        except BaseException as exc:  # handed to the caller's thread
-            outcome.pop("stored", None)
-            outcome["error"] = exc
-            while not ended and feed.get() is not None:  # let the producer finish
-                pass
-
-    thread = threading.Thread(target=write, name="store-writer", daemon=True)
+    outcome = _Outcome()
+    thread = threading.Thread(target=_write_chunks, args=(conn, feed, outcome), name="store-writer", daemon=True)
     thread.start()
     kept: list[Chunk] = []
     seen: set[str] = set()
@@ -239,25 +230,24 @@ def store_chunks(conn: psycopg.Connection, chunks: Iterable[Chunk],
             for given in chunks:
                 chunk = given if type(given) is Chunk else Chunk(*given)
                 kept.append(chunk)
-                if "error" not in outcome:
+                if outcome.error is None:
                     feed.put(_lines(chunk.events, chunk.rejects, seen))
         except BaseException:
-            outcome["abort"] = True
+            outcome.aborted = True
             raise
         finally:
             feed.put(None)
             try:
-                if meanwhile is not None and "abort" not in outcome:
+                if meanwhile is not None and not outcome.aborted:
                     meanwhile()
             finally:
                 thread.join()
             sys.setswitchinterval(switch)
-    error = outcome.get("error")
+    error = outcome.error
     events = [event for chunk in kept for event in chunk.events]
     rejects = [item for chunk in kept for item in chunk.rejects]
     if error is None:
-        stored = int(outcome["stored"])  # type: ignore[call-overload]
-        return StoreResult(stored, len(events) - stored, len(rejects))
+        return StoreResult(outcome.stored, len(events) - outcome.stored, len(rejects))
     if not isinstance(error, _REFUSED):
         raise error
     log.warning("batch of %d refused by PostgreSQL; storing it event by event", len(events))
@@ -265,6 +255,40 @@ def store_chunks(conn: psycopg.Connection, chunks: Iterable[Chunk],
     for chunk in kept:
         origins.extend(chunk.origins if chunk.origins is not None else [None] * len(chunk.events))
     return _store_one_by_one(conn, events, origins, rejects)
+
+
+class _Outcome:
+    """How the writer thread of `store_chunks` ended (rows stored, or what it raised), and
+    whether the producer gave up."""
+
+    __slots__ = ("aborted", "error", "stored")
+
+    def __init__(self) -> None:
+        self.stored = 0  # read only when `error` is None: the transaction committed
+        self.error: BaseException | None = None
+        self.aborted = False
+
+
+def _write_chunks(conn: psycopg.Connection, feed: queue.Queue[_Lines | None], outcome: _Outcome) -> None:
+    """The writer thread of `store_chunks`: every chunk `feed` brings, in one transaction."""
+    ended = False  # the producer's end (None) was taken: nothing more will come
+    try:
+        with conn.transaction():
+            writer = _Writer(conn)
+            try:
+                while (lines := feed.get()) is not None:
+                    writer.add(lines)
+                ended = True
+                if outcome.aborted:
+                    raise _Aborted()
+                outcome.stored = writer.finish()
+            except BaseException as exc:
+                writer.abandon(exc)  # an open COPY holds the connection's lock
+                raise
+    except BaseException as exc:  # handed to the caller's thread
+        outcome.error = exc
+        while not ended and feed.get() is not None:  # let the producer finish
+            pass
 
 
 @contextlib.contextmanager
@@ -408,8 +432,9 @@ class _Aborted(Exception):
     """The producer failed: roll the transaction back."""
 
 
-def _store_one_by_one(conn: psycopg.Connection, events: Sequence[Event], origins: Sequence[Envelope | None],
-                      rejects: Sequence[Rejected]) -> StoreResult:
+def _store_one_by_one(
+    conn: psycopg.Connection, events: Sequence[Event], origins: Sequence[Envelope | None], rejects: Sequence[Rejected]
+) -> StoreResult:
     result = StoreResult()
     refused: list[Rejected] = list(rejects)
     for event, origin in zip(events, origins, strict=True):
@@ -431,5 +456,6 @@ def _envelope_of(event: Event) -> Envelope:
     log (`logfile:cdm-click`) so that `ingest rejected replay` can read it again."""
     body = orjson.dumps(event.payload)
     target = f"logfile:{event.copernica_type}" if event.source == "logfile" else ""
-    return Envelope(body=body, content_type="application/json", received_at=event.received_at.timestamp(),
-                    target=target)
+    return Envelope(
+        body=body, content_type="application/json", received_at=event.received_at.timestamp(), target=target
+    )

@@ -20,16 +20,18 @@ def failed_jobs(redis_url: str, redis_conn: redis.Redis, batches: list[list[dict
     """Queue the batches as store jobs without retries and let a worker with PostgreSQL down fail them."""
     queue = Queue("copernica", connection=redis_conn)
     ids = [queue.enqueue(JOB_FUNCTION, batch).id for batch in batches]
-    done = run_ingest(["worker", "--burst"], ingest_env(redis_url, DEAD_DATABASE, INGEST_WORKER_METRICS_PORT="0"),
-                      timeout=60)
+    done = run_ingest(
+        ["worker", "--burst"], ingest_env(redis_url, DEAD_DATABASE, INGEST_WORKER_METRICS_PORT="0"), timeout=60
+    )
     assert done.returncode == 0, done.stderr[-1000:]
     assert sorted(FailedJobRegistry(queue=queue).get_job_ids()) == sorted(ids)
     assert queue.count == 0
     return ids
 
 
-def test_requeue_one_failed_job_then_it_is_stored(redis_url: str, database_url: str, redis_conn: redis.Redis,
-                                                  db: psycopg.Connection) -> None:
+def test_requeue_one_failed_job_then_it_is_stored(
+    redis_url: str, database_url: str, redis_conn: redis.Redis, db: psycopg.Connection
+) -> None:
     wires = [envelope(body, ct, i) for i, (_f, body, ct) in enumerate(calls(5))]
     first, second = failed_jobs(redis_url, redis_conn, [wires[:3], wires[3:]])
     env = ingest_env(redis_url, database_url, INGEST_WORKER_METRICS_PORT="0")
@@ -66,13 +68,16 @@ def test_requeue_all(redis_url: str, database_url: str, redis_conn: redis.Redis,
     assert db.execute("SELECT count(*) FROM events").fetchone()[0] == 4
 
 
-@pytest.mark.parametrize(("args", "code", "message"), [
-    ([], 2, "give --id ID or --all"),
-    (["--id", "x", "--all"], 2, "not both"),
-    (["--id", "no-such-job"], 1, "no failed job with id 'no-such-job'"),
-])
-def test_bad_use_is_one_line(redis_url: str, database_url: str, redis_conn: redis.Redis, args: list[str],
-                             code: int, message: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        ([], 2, "give --id ID or --all"),
+        (["--id", "x", "--all"], 2, "not both"),
+        (["--id", "no-such-job"], 1, "no failed job with id 'no-such-job'"),
+    ],
+)
+@pytest.mark.usefixtures("redis_conn")
+def test_bad_use_is_one_line(redis_url: str, database_url: str, args: list[str], code: int, message: str) -> None:
     done = run_ingest(["requeue-failed", *args], ingest_env(redis_url, database_url), timeout=60)
     assert done.returncode == code
     assert message in done.stderr and done.stderr.strip().count("\n") == 0, done.stderr

@@ -13,8 +13,7 @@ import sys
 import time
 from datetime import UTC, datetime
 
-import psycopg
-import redis
+import pytest
 from rich.console import Console
 
 from common.settings import Settings
@@ -33,13 +32,31 @@ def text_of(frame: Frame, width: int = 110) -> str:
 
 
 def test_frame_shows_the_numbers_given() -> None:
-    sample = Sample(at=0.0, queued_jobs=1234, oldest_age_s=42.25, started_jobs=2, failed_jobs=3,
-                    max_event_id=99, last_hour={"opened": 1500, "clicked": 20, "bounced": 1},
-                    rejected_last_hour=4, errors=["postgresql: connection refused"])
-    frame = Frame(queue="copernica", interval=2.0, sample=sample, intake_per_s=2500.5, drain_per_s=1800.0,
-                  growth_jobs_per_s=-3.5, unavailable_per_s=0.0, metrics_urls=2,
-                  depth_history=[0.0, 600.0, 1234.0], intake_history=[None, 2500.5], drain_history=[None, 1800.0],
-                  clock=datetime(2026, 11, 27, 12, 0, 1, tzinfo=UTC))
+    sample = Sample(
+        at=0.0,
+        queued_jobs=1234,
+        oldest_age_s=42.25,
+        started_jobs=2,
+        failed_jobs=3,
+        max_event_id=99,
+        last_hour={"opened": 1500, "clicked": 20, "bounced": 1},
+        rejected_last_hour=4,
+        errors=["postgresql: connection refused"],
+    )
+    frame = Frame(
+        queue="copernica",
+        interval=2.0,
+        sample=sample,
+        intake_per_s=2500.5,
+        drain_per_s=1800.0,
+        growth_jobs_per_s=-3.5,
+        unavailable_per_s=0.0,
+        metrics_urls=2,
+        depth_history=[0.0, 600.0, 1234.0],
+        intake_history=[None, 2500.5],
+        drain_history=[None, 1800.0],
+        clock=datetime(2026, 11, 27, 12, 0, 1, tzinfo=UTC),
+    )
     text = text_of(frame)
     assert "queue 'copernica' · every 2 s · 12:00:01 UTC" in text
     lines = {line.split("  ")[0].strip(): line for line in text.splitlines() if line.strip()}
@@ -52,16 +69,24 @@ def test_frame_shows_the_numbers_given() -> None:
     assert "3" in lines["failed jobs"] and "ingest requeue-failed --all" in lines["failed jobs"]
     assert "4 calls" in lines["rejected (1 h)"]
     assert "events in the last hour" in text
-    order = [line.split()[0] for line in text.splitlines() if line.strip().split(" ")[0] in
-             {"opened", "clicked", "bounced", "total"}]
+    order = [
+        line.split()[0]
+        for line in text.splitlines()
+        if line.strip().split(" ")[0] in {"opened", "clicked", "bounced", "total"}
+    ]
     assert order == ["opened", "clicked", "bounced", "total"]  # most first, then the total
     assert any(line.split() == ["total", "1,521"] for line in text.splitlines())
     assert "! postgresql: connection refused" in text
 
 
 def test_frame_without_receivers_or_history_is_honest() -> None:
-    frame = Frame(queue="q", interval=0.5, sample=Sample(at=0.0, queued_jobs=0, oldest_age_s=0.0, started_jobs=0,
-                                                         failed_jobs=0, max_event_id=0, last_hour={}))
+    frame = Frame(
+        queue="q",
+        interval=0.5,
+        sample=Sample(
+            at=0.0, queued_jobs=0, oldest_age_s=0.0, started_jobs=0, failed_jobs=0, max_event_id=0, last_hour={}
+        ),
+    )
     text = text_of(frame)
     assert "give --metrics-url" in text
     assert "503 answers" not in text
@@ -86,7 +111,8 @@ def _recent(wires: list[dict]) -> tuple:
     return [dataclasses.replace(e, occurred_at=now) for e in events], rejects, origins
 
 
-def test_watcher_samples_real_servers(settings: Settings, redis_conn: redis.Redis, database_url: str) -> None:
+@pytest.mark.usefixtures("redis_conn")
+def test_watcher_samples_real_servers(settings: Settings, database_url: str) -> None:
     asyncio.run(_enqueue(settings, [envelope(b"a=1", "application/x-www-form-urlencoded")]))
     asyncio.run(_enqueue(settings, [envelope(b"a=2", "application/x-www-form-urlencoded")]))
     wires = [envelope(body, ct, i) for i, (_f, body, ct) in enumerate(calls(30))]
@@ -129,26 +155,34 @@ def test_watcher_reads_intake_from_the_receivers(redis_url: str, database_url: s
 
 
 def test_a_source_that_is_down_is_shown_not_raised(settings: Settings) -> None:
-    dead = Settings.from_env({**settings.to_env(), "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"},
-                             dotenv=False)
+    dead = Settings.from_env(
+        {**settings.to_env(), "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}, dotenv=False
+    )
     out = io.StringIO()
     assert run_watch(dead, interval=0.05, frames=2, console=Console(file=out, width=120)) == 0
     assert "! postgresql:" in out.getvalue()
 
 
-def test_stats_watch_frames(redis_url: str, database_url: str, db: psycopg.Connection) -> None:
-    done = run_ingest(["stats", "--watch", "--interval", "0.1", "--frames", "2"], ingest_env(redis_url, database_url),
-                      timeout=60)
+@pytest.mark.usefixtures("db")
+def test_stats_watch_frames(redis_url: str, database_url: str) -> None:
+    done = run_ingest(
+        ["stats", "--watch", "--interval", "0.1", "--frames", "2"], ingest_env(redis_url, database_url), timeout=60
+    )
     assert done.returncode == 0, done.stderr
     assert "queue depth" in done.stdout and "events in the last hour" in done.stdout
     bad = run_ingest(["stats", "--watch", "--interval", "0"], ingest_env(redis_url, database_url), timeout=60)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "--interval" in bad.stderr
 
 
-def test_ctrl_c_ends_the_watch_with_exit_0(redis_url: str, database_url: str, db: psycopg.Connection) -> None:
+@pytest.mark.usefixtures("db")
+def test_ctrl_c_ends_the_watch_with_exit_0(redis_url: str, database_url: str) -> None:
     env = {**ingest_env(redis_url, database_url), "TTY_COMPATIBLE": "1"}  # rich draws as on a terminal
-    proc = subprocess.Popen([sys.executable, "-m", "ingest", "stats", "--watch", "--interval", "0.2"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ingest", "stats", "--watch", "--interval", "0.2"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         seen = b""
         with selectors.DefaultSelector() as selector:

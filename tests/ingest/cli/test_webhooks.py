@@ -54,9 +54,25 @@ def secrets_of(fake: FakeCopernica) -> list[str]:
 
 # --- the round trip --------------------------------------------------------------------------------
 
-def test_create_list_delete_round_trip(env, capsys, fake) -> None:
-    code, out, err = run(capsys, "create", "--url", URL, "--trigger", "click", "--trigger", "open",
-                         "--callers", "ms", "--database", "3", "--collection", "7")
+
+@pytest.mark.usefixtures("env")
+def test_create_list_delete_round_trip(capsys, fake) -> None:
+    code, out, err = run(
+        capsys,
+        "create",
+        "--url",
+        URL,
+        "--trigger",
+        "click",
+        "--trigger",
+        "open",
+        "--callers",
+        "ms",
+        "--database",
+        "3",
+        "--collection",
+        "7",
+    )
     assert code == 0, err
     lines = out.splitlines()
     assert [line.split()[0] for line in lines] == ["created", "created"]
@@ -64,13 +80,14 @@ def test_create_list_delete_round_trip(env, capsys, fake) -> None:
     assert sorted(fake.webhooks) == sorted(ids)
     assert fake.webhook_bodies == [
         {"handler": URL, "trigger": "click", "callers": ["ms"], "database": 3, "collection": 7},
-        {"handler": URL, "trigger": "open", "callers": ["ms"], "database": 3, "collection": 7}]
+        {"handler": URL, "trigger": "open", "callers": ["ms"], "database": 3, "collection": 7},
+    ]
 
     rows = listed(capsys)
-    assert rows == [{"id": ids[0], "trigger": "click", "handler": URL, "callers": ["ms"], "database": 3,
-                     "collection": 7},
-                    {"id": ids[1], "trigger": "open", "handler": URL, "callers": ["ms"], "database": 3,
-                     "collection": 7}]
+    assert rows == [
+        {"id": ids[0], "trigger": "click", "handler": URL, "callers": ["ms"], "database": 3, "collection": 7},
+        {"id": ids[1], "trigger": "open", "handler": URL, "callers": ["ms"], "database": 3, "collection": 7},
+    ]
     code, table, _ = run(capsys, "list")
     assert code == 0
     body = [line for line in table.splitlines() if URL in line]
@@ -82,10 +99,12 @@ def test_create_list_delete_round_trip(env, capsys, fake) -> None:
     assert out.strip() == f"deleted {ids[0]}"
     assert [r["id"] for r in listed(capsys)] == [ids[1]]
     assert [(h.method, h.path) for h in fake.webhook_hits() if h.method == "DELETE"] == [
-        ("DELETE", f"/v4/webhook/{ids[0]}")]
+        ("DELETE", f"/v4/webhook/{ids[0]}")
+    ]
 
 
-def test_trigger_all_makes_one_webhook_per_trigger(env, capsys, fake) -> None:
+@pytest.mark.usefixtures("env")
+def test_trigger_all_makes_one_webhook_per_trigger(capsys, fake) -> None:
     code, out, err = run(capsys, "create", "--url", URL, "--trigger", "all", "--json")
     assert code == 0, err
     made = orjson.loads(out)
@@ -97,7 +116,8 @@ def test_trigger_all_makes_one_webhook_per_trigger(env, capsys, fake) -> None:
     assert TRIGGERS == WEBHOOK_TRIGGERS
 
 
-def test_create_again_does_not_make_a_second_subscription(env, capsys, fake) -> None:
+@pytest.mark.usefixtures("env")
+def test_create_again_does_not_make_a_second_subscription(capsys, fake) -> None:
     assert run(capsys, "create", "--url", URL, "--trigger", "click")[0] == 0
     code, out, err = run(capsys, "create", "--url", URL, "--trigger", "click,delivery")
     assert code == 0, err
@@ -108,7 +128,8 @@ def test_create_again_does_not_make_a_second_subscription(env, capsys, fake) -> 
     assert len(fake.webhooks) == 3
 
 
-def test_list_follows_the_pages(env, capsys, fake) -> None:
+@pytest.mark.usefixtures("env")
+def test_list_follows_the_pages(capsys, fake) -> None:
     fake.webhook_page_limit = 3
     for n in range(8):
         fake.add_webhook(f"{URL}?n={n}", WEBHOOK_TRIGGERS[n])
@@ -119,7 +140,8 @@ def test_list_follows_the_pages(env, capsys, fake) -> None:
     assert all(0 < int(q["limit"]) <= 1000 for q in pages)
 
 
-def test_delete_of_an_unknown_id_is_one_line_and_exit_1(env, capsys, fake) -> None:
+@pytest.mark.usefixtures("env")
+def test_delete_of_an_unknown_id_is_one_line_and_exit_1(capsys, fake) -> None:
     fake.add_webhook(URL, "click")
     code, out, err = run(capsys, "delete", "999")
     assert code == 1 and out == ""
@@ -129,7 +151,9 @@ def test_delete_of_an_unknown_id_is_one_line_and_exit_1(env, capsys, fake) -> No
 
 # --- retries ---------------------------------------------------------------------------------------
 
-def test_429_with_retry_after_is_waited_for_then_the_create_succeeds(env, capsys, fake, caplog) -> None:
+
+@pytest.mark.usefixtures("env")
+def test_429_with_retry_after_is_waited_for_then_the_create_succeeds(capsys, fake, caplog) -> None:
     fake.fail("POST /v4/webhooks", (429, 1))
     code, out, err = run(capsys, "create", "--url", URL, "--trigger", "bounce")
     assert code == 0, err
@@ -140,7 +164,8 @@ def test_429_with_retry_after_is_waited_for_then_the_create_succeeds(env, capsys
 
 
 @pytest.mark.parametrize("argv", [["list"], ["create", "--url", URL, "--trigger", "open"], ["delete", "ID"]])
-def test_503_is_retried_for_every_action(env, capsys, fake, caplog, argv) -> None:
+@pytest.mark.usefixtures("env")
+def test_503_is_retried_for_every_action(capsys, fake, caplog, argv) -> None:
     webhook_id = fake.add_webhook("https://old.example.com/copernica", "open")
     argv = [a.replace("ID", str(webhook_id)) for a in argv]
     method = {"list": "GET", "create": "POST", "delete": "DELETE"}[argv[0]]
@@ -151,7 +176,8 @@ def test_503_is_retried_for_every_action(env, capsys, fake, caplog, argv) -> Non
     assert caplog.text.count("HTTP 503; retry") == 2
 
 
-def test_503_past_the_retry_limit_is_one_line_and_exit_1(env, capsys, fake) -> None:
+@pytest.mark.usefixtures("env")
+def test_503_past_the_retry_limit_is_one_line_and_exit_1(capsys, fake) -> None:
     fake.fail("GET /v4/webhooks", 503, 503, 503, 503)  # COPERNICA_RETRIES=3: four tries
     code, out, err = run(capsys, "list")
     assert code == 1 and out == ""
@@ -159,7 +185,8 @@ def test_503_past_the_retry_limit_is_one_line_and_exit_1(env, capsys, fake) -> N
 
 
 @pytest.mark.parametrize("failure", [504, "drop"])
-def test_a_create_that_may_have_happened_is_not_sent_twice(env, capsys, fake, failure) -> None:
+@pytest.mark.usefixtures("env")
+def test_a_create_that_may_have_happened_is_not_sent_twice(capsys, fake, failure) -> None:
     fake.fail("POST /v4/webhooks", failure)
     code, out, err = run(capsys, "create", "--url", URL, "--trigger", "click")
     assert code == 1 and out == ""
@@ -169,13 +196,20 @@ def test_a_create_that_may_have_happened_is_not_sent_twice(env, capsys, fake, fa
 
 # --- secrets ---------------------------------------------------------------------------------------
 
+
 def test_the_token_is_never_printed_by_a_real_process(env, fake, tmp_path) -> None:
     """stdout, stderr and DEBUG logs of real `ingest webhooks` runs: success, failures, a refused token."""
     base = {**os.environ, **env, "INGEST_LOG_LEVEL": "DEBUG"}
 
     def ingest(*argv: str, **extra: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "ingest", "webhooks", *argv], env={**base, **extra},
-                              cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "ingest", "webhooks", *argv],
+            env={**base, **extra},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     created = ingest("create", "--url", URL, "--trigger", "click")
     fake.fail("GET /v4/webhooks", 503, 503, 503, 503)
@@ -192,39 +226,47 @@ def test_the_token_is_never_printed_by_a_real_process(env, fake, tmp_path) -> No
         assert secret not in everything
 
 
-def test_a_receiver_token_in_the_handler_is_masked(env, capsys, fake) -> None:
+@pytest.mark.usefixtures("env")
+def test_a_receiver_token_in_the_handler_is_masked(capsys, fake) -> None:
     fake.add_webhook("https://events.example.com/copernica?token=s3cret&x=1", "click")
     fake.add_webhook("https://events.example.com/copernica/s3cret", "open")
     fake.add_webhook("https://user:s3cret@events.example.com/hook", "delivery")
     code, table, _ = run(capsys, "list")
     rows = listed(capsys)
     assert code == 0 and "s3cret" not in table + orjson.dumps(rows).decode()
-    assert [r["handler"] for r in rows] == ["https://events.example.com/copernica?token=***&x=1",
-                                            "https://events.example.com/copernica/***",
-                                            "https://user:***@events.example.com/hook"]
+    assert [r["handler"] for r in rows] == [
+        "https://events.example.com/copernica?token=***&x=1",
+        "https://events.example.com/copernica/***",
+        "https://user:***@events.example.com/hook",
+    ]
     assert redact_url("https://events.example.com/copernica") == "https://events.example.com/copernica"
 
 
 # --- bad input -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["create", "--url", URL, "--trigger", "clicks"], "unknown trigger 'clicks'"),
-    (["create", "--url", URL, "--trigger", "click,unsubscribe"], "unknown trigger 'unsubscribe'"),
-    (["create", "--url", URL], "--trigger is required"),
-    (["create", "--trigger", "click"], "--url URL is required"),
-    (["create", "--url", URL, "--trigger", "open", "--callers", "ms,mailer"], "unknown caller 'mailer'"),
-    (["create", "--url", URL, "--trigger", "open", "--callers", ""], "unknown caller ''"),
-    (["create", "--url", URL, "--trigger", "open", "--database", "three"], "--database 'three' is not an id"),
-    (["create", "--url", URL, "--trigger", "open", "--collection", "-4"], "--collection '-4' is not an id"),
-    (["create", "--url", "http://events.example.com/copernica", "--trigger", "open"], "must use https"),
-    (["create", "--url", "http://10.0.0.5/copernica?token=s3cret", "--trigger", "open"], "token=***"),
-    (["create", "--url", "ftp://events.example.com/x", "--trigger", "open"], "is not an http(s) URL"),
-    (["create", "--url", "events.example.com/copernica", "--trigger", "open"], "is not an http(s) URL"),
-    (["create", "--url", "https://events.example.com:99999/", "--trigger", "open"], "is not a valid URL"),
-    (["delete", "12abc"], "ID '12abc' is not an id"),
-    (["delete", "0"], "ID '0' is not an id"),
-])
-def test_bad_input_is_one_line_exit_2_and_calls_nothing(env, capsys, fake, argv, message) -> None:
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["create", "--url", URL, "--trigger", "clicks"], "unknown trigger 'clicks'"),
+        (["create", "--url", URL, "--trigger", "click,unsubscribe"], "unknown trigger 'unsubscribe'"),
+        (["create", "--url", URL], "--trigger is required"),
+        (["create", "--trigger", "click"], "--url URL is required"),
+        (["create", "--url", URL, "--trigger", "open", "--callers", "ms,mailer"], "unknown caller 'mailer'"),
+        (["create", "--url", URL, "--trigger", "open", "--callers", ""], "unknown caller ''"),
+        (["create", "--url", URL, "--trigger", "open", "--database", "three"], "--database 'three' is not an id"),
+        (["create", "--url", URL, "--trigger", "open", "--collection", "-4"], "--collection '-4' is not an id"),
+        (["create", "--url", "http://events.example.com/copernica", "--trigger", "open"], "must use https"),
+        (["create", "--url", "http://10.0.0.5/copernica?token=s3cret", "--trigger", "open"], "token=***"),
+        (["create", "--url", "ftp://events.example.com/x", "--trigger", "open"], "is not an http(s) URL"),
+        (["create", "--url", "events.example.com/copernica", "--trigger", "open"], "is not an http(s) URL"),
+        (["create", "--url", "https://events.example.com:99999/", "--trigger", "open"], "is not a valid URL"),
+        (["delete", "12abc"], "ID '12abc' is not an id"),
+        (["delete", "0"], "ID '0' is not an id"),
+    ],
+)
+@pytest.mark.usefixtures("env")
+def test_bad_input_is_one_line_exit_2_and_calls_nothing(capsys, fake, argv, message) -> None:
     code, out, err = run(capsys, *argv)
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith("ingest: ") and message in err, err
@@ -232,16 +274,25 @@ def test_bad_input_is_one_line_exit_2_and_calls_nothing(env, capsys, fake, argv,
     assert fake.hits == []  # not even the authenticate endpoint
 
 
-def test_missing_access_token_is_one_line_exit_2(env, capsys, fake, monkeypatch) -> None:
+@pytest.mark.usefixtures("env")
+def test_missing_access_token_is_one_line_exit_2(capsys, fake, monkeypatch) -> None:
     monkeypatch.delenv("COPERNICA_ACCESS_TOKEN")
     code, _, err = run(capsys, "list")
     assert code == 2 and err.count("\n") == 1 and "COPERNICA_ACCESS_TOKEN is not set" in err
     assert fake.hits == []
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1:8080/copernica", "http://localhost/copernica",
-                                 "http://[::1]:8080/copernica", "https://events.example.com/copernica"])
-def test_https_or_loopback_http_is_accepted(env, capsys, fake, url) -> None:
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8080/copernica",
+        "http://localhost/copernica",
+        "http://[::1]:8080/copernica",
+        "https://events.example.com/copernica",
+    ],
+)
+@pytest.mark.usefixtures("env")
+def test_https_or_loopback_http_is_accepted(capsys, fake, url) -> None:
     code, _, err = run(capsys, "create", "--url", url, "--trigger", "delivery")
     assert code == 0, err
     assert [b["handler"] for b in fake.webhook_bodies] == [url]

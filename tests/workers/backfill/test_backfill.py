@@ -50,8 +50,13 @@ def fake() -> Iterator[FakeCopernica]:
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url: str, fake: FakeCopernica) -> dict[str, str]:
     """The environment of an `ingest` run against the fake API (in-process or a subprocess)."""
-    values = {"DATABASE_URL": database_url, "COPERNICA_RETRY_DELAY": "0.01", "COPERNICA_RETRIES": "3",
-              "INGEST_LOG_LEVEL": "INFO", **fake.env()}
+    values = {
+        "DATABASE_URL": database_url,
+        "COPERNICA_RETRY_DELAY": "0.01",
+        "COPERNICA_RETRIES": "3",
+        "INGEST_LOG_LEVEL": "INFO",
+        **fake.env(),
+    }
     for name, value in values.items():
         monkeypatch.setenv(name, value)
     monkeypatch.chdir(tmp_path)  # no stray .env
@@ -70,9 +75,14 @@ def count(db: psycopg.Connection, sql: str, *params: object) -> int:
 
 def send_webhooks(database_url: str, log_type: str, records: list[dict]) -> None:
     """Store events as the worker would have from webhooks (the same parse and store path)."""
-    calls = [Envelope(body=urllib.parse.urlencode(webhook_fields(log_type, r)).encode(),
-                      content_type="application/x-www-form-urlencoded", received_at=time.time()).to_wire()
-             for r in records]
+    calls = [
+        Envelope(
+            body=urllib.parse.urlencode(webhook_fields(log_type, r)).encode(),
+            content_type="application/x-www-form-urlencoded",
+            received_at=time.time(),
+        ).to_wire()
+        for r in records
+    ]
     events, origins, rejects = parse_calls(calls, TZ)
     assert not rejects
     with store.connect(database_url) as conn:
@@ -88,34 +98,44 @@ def write(tmp_path: Path, name: str, body: bytes) -> Path:
 
 # --- import -------------------------------------------------------------------------------------
 
-def test_import_json_csv_xml_gz_store_each_event_once(env, capsys, db, fake, tmp_path) -> None:
+
+@pytest.mark.usefixtures("env")
+def test_import_json_csv_xml_gz_store_each_event_once(capsys, db, fake, tmp_path) -> None:
     log = LogFile("cdm-click.2026-11-25.log", "cdm-click", DAY, make_records("cdm-click", DAY, 120))
     json_body, xml_body, csv_body = fake.render(log, "json"), fake.render(log, "xml"), fake.render(log, "csv")
     fake.csv_header = False
     bare_csv = fake.render(log, "csv")
-    files = [write(tmp_path, "cdm-click.2026-11-25.json", json_body),
-             write(tmp_path, "cdm-click.2026-11-25.log.csv", csv_body),
-             write(tmp_path, "cdm-click.2026-11-25.log", bare_csv),  # no header, format sniffed
-             write(tmp_path, "clicks-by-hand.xml", xml_body),  # type given with --type
-             write(tmp_path, "cdm-click.2026-11-25.log.json.gz", json_body)]
+    files = [
+        write(tmp_path, "cdm-click.2026-11-25.json", json_body),
+        write(tmp_path, "cdm-click.2026-11-25.log.csv", csv_body),
+        write(tmp_path, "cdm-click.2026-11-25.log", bare_csv),  # no header, format sniffed
+        write(tmp_path, "clicks-by-hand.xml", xml_body),  # type given with --type
+        write(tmp_path, "cdm-click.2026-11-25.log.json.gz", json_body),
+    ]
     code, out, err = run(capsys, "import", *map(str, files[:3]), str(files[4]))
     assert code == 0, err
     code2, _, err2 = run(capsys, "import", "--type", "cdm-click", str(files[3]))
     assert code2 == 0, err2
     assert count(db, "SELECT count(*) FROM events") == 120
     assert count(db, "SELECT count(*) FROM events WHERE source = 'logfile' AND event_type = 'clicked'") == 120
-    rows = db.execute("SELECT name, format, records, stored, duplicates, rejected, completed_at IS NOT NULL"
-                      " FROM backfill_files WHERE origin = 'import' ORDER BY id").fetchall()
+    rows = db.execute(
+        "SELECT name, format, records, stored, duplicates, rejected, completed_at IS NOT NULL"
+        " FROM backfill_files WHERE origin = 'import' ORDER BY id"
+    ).fetchall()
     assert [(Path(r[0]).name, r[1]) for r in rows] == [
-        ("cdm-click.2026-11-25.json", "json"), ("cdm-click.2026-11-25.log.csv", "csv"),
-        ("cdm-click.2026-11-25.log", "csv"), ("cdm-click.2026-11-25.log.json.gz", "json"),
-        ("clicks-by-hand.xml", "xml")]
+        ("cdm-click.2026-11-25.json", "json"),
+        ("cdm-click.2026-11-25.log.csv", "csv"),
+        ("cdm-click.2026-11-25.log", "csv"),
+        ("cdm-click.2026-11-25.log.json.gz", "json"),
+        ("clicks-by-hand.xml", "xml"),
+    ]
     assert rows[0][2:] == (120, 120, 0, 0, True)
     assert all(r[2:] == (120, 0, 120, 0, True) for r in rows[1:])
     assert "total" in out and "120" in out
 
 
-def test_import_keeps_bad_records_with_file_and_line_and_does_not_double_them(env, capsys, db, fake, tmp_path):
+@pytest.mark.usefixtures("env")
+def test_import_keeps_bad_records_with_file_and_line_and_does_not_double_them(capsys, db, fake, tmp_path):
     records = make_records("cdm-impression", DAY, 40)
     bad = LogFile("x", "cdm-impression", DAY, records, malformed_after=10)
     path = write(tmp_path, "cdm-impression.2026-11-25.csv", fake.render(bad, "csv"))
@@ -127,8 +147,9 @@ def test_import_keeps_bad_records_with_file_and_line_and_does_not_double_them(en
         assert code == 0
         assert "could not be read" in out
     assert count(db, "SELECT count(*) FROM events") == 40
-    rejects = db.execute("SELECT target, source, content_type, reason, body FROM rejected_events ORDER BY target"
-                         ).fetchall()
+    rejects = db.execute(
+        "SELECT target, source, content_type, reason, body FROM rejected_events ORDER BY target"
+    ).fetchall()
     assert len(rejects) == 2
     csv_reject = next(r for r in rejects if r[0].startswith("cdm-impression.2026-11-25.csv:"))
     assert csv_reject[0] == "cdm-impression.2026-11-25.csv:12"  # header is line 1, 10 good rows, then the bad one
@@ -138,39 +159,54 @@ def test_import_keeps_bad_records_with_file_and_line_and_does_not_double_them(en
     assert count(db, "SELECT sum(rejected) FROM backfill_files") == 2
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["import", "/no/such/cdm-click.2026-11-25.log"], "no such file"),
-    (["import", "--type", "cdm-nope", "FILE"], "unknown log type"),
-    (["import", "--type", "feedback-loop-errors", "FILE"], "holds no events"),
-    (["import", "UNTYPED"], "cannot tell the log type"),
-    (["import", "--format", "yaml", "FILE"], "--format"),
-    (["backfill", "--since", "2026-02-30"], "not a valid date"),
-    (["backfill", "--since", "yesterday"], "not a date"),
-    (["backfill", "--since", "2026-11-26", "--until", "2026-11-25"], "is after"),
-    (["backfill", "--since", "2026-11-25", "--types", "cdm-click,cdm-clicks"], "unknown log type"),
-    (["backfill"], "--since"),
-    (["backfill", "--follow", "--since", "2026-11-25"], "leave out"),
-    (["reconcile", "--date", "20261125"], "not a date"),
-])
-def test_bad_input_is_one_line_and_exit_2(env, capsys, tmp_path, argv, message) -> None:
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["import", "/no/such/cdm-click.2026-11-25.log"], "no such file"),
+        (["import", "--type", "cdm-nope", "FILE"], "unknown log type"),
+        (["import", "--type", "feedback-loop-errors", "FILE"], "holds no events"),
+        (["import", "UNTYPED"], "cannot tell the log type"),
+        (["import", "--format", "yaml", "FILE"], "--format"),
+        (["backfill", "--since", "2026-02-30"], "not a valid date"),
+        (["backfill", "--since", "yesterday"], "not a date"),
+        (["backfill", "--since", "2026-11-26", "--until", "2026-11-25"], "is after"),
+        (["backfill", "--since", "2026-11-25", "--types", "cdm-click,cdm-clicks"], "unknown log type"),
+        (["backfill"], "--since"),
+        (["backfill", "--follow", "--since", "2026-11-25"], "leave out"),
+        (["reconcile", "--date", "20261125"], "not a date"),
+    ],
+)
+@pytest.mark.usefixtures("env")
+def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, argv, message) -> None:
     (tmp_path / "cdm-click.2026-11-25.log").write_text("")
     (tmp_path / "untyped.csv").write_text("")
-    argv = [a.replace("FILE", str(tmp_path / "cdm-click.2026-11-25.log")).replace(
-        "UNTYPED", str(tmp_path / "untyped.csv")) for a in argv]
-    code, out, err = run(capsys, *argv)
+    argv = [
+        a.replace("FILE", str(tmp_path / "cdm-click.2026-11-25.log")).replace("UNTYPED", str(tmp_path / "untyped.csv"))
+        for a in argv
+    ]
+    code, _out, err = run(capsys, *argv)
     assert code == 2
     assert err.count("\n") == 1 and message in err and "Traceback" not in err
 
 
-def test_missing_token_is_one_line(env, capsys, monkeypatch) -> None:
+@pytest.mark.usefixtures("env")
+def test_missing_token_is_one_line(capsys, monkeypatch) -> None:
     monkeypatch.delenv("COPERNICA_ACCESS_TOKEN")
     code, _, err = run(capsys, "backfill", "--since", "2026-11-25")
     assert code == 2 and err.count("\n") == 1 and "COPERNICA_ACCESS_TOKEN is not set" in err
 
 
 def test_helpers() -> None:
-    assert default_types()[:8] == ["cdm-attempts", "cdm-delivery", "cdm-impression", "cdm-click", "cdm-error",
-                                   "cdm-retry", "cdm-unsubscribe", "cdm-abuse"]
+    assert default_types()[:8] == [
+        "cdm-attempts",
+        "cdm-delivery",
+        "cdm-impression",
+        "cdm-click",
+        "cdm-error",
+        "cdm-retry",
+        "cdm-unsubscribe",
+        "cdm-abuse",
+    ]
     assert {"pom-attempts", "pom-deliveries", "pom-clicks", "pom-clicks-old", "pom-abuses"} <= set(default_types())
     assert "feedback-loop-errors" not in default_types()
     assert check_types(["CDM-Click", " cdm-click", "cdm-error"]) == ["cdm-click", "cdm-error"]
@@ -179,15 +215,21 @@ def test_helpers() -> None:
 
 
 def test_sniff_format(tmp_path) -> None:
-    for name, body, expected in [("a.log", b"\n [{}]", "json"), ("b.log", b"<records/>", "xml"),
-                                 ("c.log", b"id,time\n", "csv"), ("d.log.gz", b"<records/>", "xml"),
-                                 ("e.JSON", b"id,time", "json"), ("f.csv.gz", b"[]", "csv")]:
+    for name, body, expected in [
+        ("a.log", b"\n [{}]", "json"),
+        ("b.log", b"<records/>", "xml"),
+        ("c.log", b"id,time\n", "csv"),
+        ("d.log.gz", b"<records/>", "xml"),
+        ("e.JSON", b"id,time", "json"),
+        ("f.csv.gz", b"[]", "csv"),
+    ]:
         assert sniff_format(write(tmp_path, name, body)) == expected, name
     planned = plan_import([str(write(tmp_path, "cdm-retry.2026-11-25.log.gz", b"[]"))], None, None)
     assert planned[0][1].log_type == "cdm-retry" and planned[0][1].log_date == DAY
 
 
 # --- backfill through the REST API ----------------------------------------------------------------
+
 
 def add_days(fake: FakeCopernica, types: dict[str, int]) -> int:
     total = 0
@@ -199,33 +241,58 @@ def add_days(fake: FakeCopernica, types: dict[str, int]) -> int:
 
 
 @pytest.mark.parametrize("fmt", ["json", "csv", "xml"])
-def test_backfill_survives_scripted_failures_and_resumes(env, capsys, db, fake, fmt, caplog) -> None:
+@pytest.mark.usefixtures("env")
+def test_backfill_survives_scripted_failures_and_resumes(capsys, db, fake, fmt, caplog) -> None:
     total = add_days(fake, {"cdm-click": 150, "cdm-impression": 90, "cdm-delivery": 60})
     fake.fail("cdm-click.2026-11-25", 503, 503)  # 503 twice then OK
     fake.fail("cdm-impression.2026-11-26", "drop")  # connection dropped mid-file
     fake.fail("/v4/logfiles", 502)
     fake.fail("cdm-delivery.2026-11-26", 401)  # the JWT expired midway: renewed once, then fine
-    code, out, err = run(capsys, "backfill", "--since", "2026-11-25", "--until", "2026-11-26", "--types",
-                         "cdm-click,cdm-impression,cdm-delivery", "--format", fmt, "--batch-size", "64")
+    code, out, err = run(
+        capsys,
+        "backfill",
+        "--since",
+        "2026-11-25",
+        "--until",
+        "2026-11-26",
+        "--types",
+        "cdm-click,cdm-impression,cdm-delivery",
+        "--format",
+        fmt,
+        "--batch-size",
+        "64",
+    )
     assert code == 0, out + err
     assert count(db, "SELECT count(*) FROM events") == total
     assert count(db, "SELECT count(DISTINCT (message_id, event_type)) FROM events") == total
-    rows = db.execute("SELECT name, records, stored, duplicates, completed_at IS NOT NULL, format"
-                      " FROM backfill_files ORDER BY name").fetchall()
+    rows = db.execute(
+        "SELECT name, records, stored, duplicates, completed_at IS NOT NULL, format FROM backfill_files ORDER BY name"
+    ).fetchall()
     assert len(rows) == 6 and all(r[4] and r[5] == fmt and r[1] == r[2] for r in rows)
     assert "request(s) retried" in out
     assert len([h for h in fake.hits if h.path == "/authenticate"]) == 2
     downloads = len(fake.downloads())
     # A rerun skips every completed file.
-    code, out, _ = run(capsys, "backfill", "--since", "2026-11-25", "--until", "2026-11-26", "--types",
-                       "cdm-click,cdm-impression,cdm-delivery", "--format", fmt)
+    code, out, _ = run(
+        capsys,
+        "backfill",
+        "--since",
+        "2026-11-25",
+        "--until",
+        "2026-11-26",
+        "--types",
+        "cdm-click,cdm-impression,cdm-delivery",
+        "--format",
+        fmt,
+    )
     assert code == 0 and "6 file(s) already complete, skipped" in out
     assert len(fake.downloads()) == downloads
     for secret in [fake.token, *fake.issued]:
         assert secret not in out + err + caplog.text
 
 
-def test_file_failing_past_the_retry_limit_fails_alone(env, capsys, db, fake, caplog) -> None:
+@pytest.mark.usefixtures("env")
+def test_file_failing_past_the_retry_limit_fails_alone(capsys, db, fake, caplog) -> None:
     total = add_days(fake, {"cdm-click": 50, "cdm-error": 20})
     fake.fail("cdm-error.2026-11-25", 503, 503, 503, 503)  # COPERNICA_RETRIES=3: 4 tries, all 503
     fake.fail("cdm-click.2026-11-26", (429, 1))  # honoured; then fine
@@ -234,8 +301,9 @@ def test_file_failing_past_the_retry_limit_fails_alone(env, capsys, db, fake, ca
     assert code == 1
     assert "failed cdm-error.2026-11-25.log: GET /logfile/cdm-error.2026-11-25.log/json: HTTP 503" in out
     assert count(db, "SELECT count(*) FROM events") == total - 20
-    row = db.execute("SELECT completed_at, last_error FROM backfill_files WHERE name = 'cdm-error.2026-11-25.log'"
-                     ).fetchone()
+    row = db.execute(
+        "SELECT completed_at, last_error FROM backfill_files WHERE name = 'cdm-error.2026-11-25.log'"
+    ).fetchone()
     assert row[0] is None and "HTTP 503" in row[1]
     code, out, err2 = run(capsys, *argv)  # the API recovered
     assert code == 0, out
@@ -245,7 +313,8 @@ def test_file_failing_past_the_retry_limit_fails_alone(env, capsys, db, fake, ca
         assert secret not in out + err + err2 + caplog.text
 
 
-def test_todays_file_is_stored_but_not_marked_complete(env, capsys, db, fake) -> None:
+@pytest.mark.usefixtures("env")
+def test_todays_file_is_stored_but_not_marked_complete(capsys, db, fake) -> None:
     today = today_in(TZ)
     fake.add_file("cdm-click", today, make_records("cdm-click", today, 5, start_hour=0))
     code, out, _ = run(capsys, "backfill", "--since", today.isoformat(), "--types", "cdm-click")
@@ -256,7 +325,8 @@ def test_todays_file_is_stored_but_not_marked_complete(env, capsys, db, fake) ->
     assert count(db, "SELECT count(*) FROM events") == 5
 
 
-def test_refused_token_stops_the_run_with_one_line(env, capsys, monkeypatch, fake) -> None:
+@pytest.mark.usefixtures("env")
+def test_refused_token_stops_the_run_with_one_line(capsys, monkeypatch, fake) -> None:
     monkeypatch.setenv("COPERNICA_ACCESS_TOKEN", "not-" + fake.token)
     fake.add_file("cdm-click", DAY, make_records("cdm-click", DAY, 5))
     code, out, err = run(capsys, "backfill", "--since", "2026-11-25", "--until", "2026-11-25")
@@ -266,15 +336,27 @@ def test_refused_token_stops_the_run_with_one_line(env, capsys, monkeypatch, fak
 
 # --- webhooks + logfiles: one row per event; reconcile ------------------------------------------------
 
-def test_webhooks_then_backfill_then_reconcile(env, capsys, db, fake, database_url) -> None:
+
+@pytest.mark.usefixtures("env")
+def test_webhooks_then_backfill_then_reconcile(capsys, db, fake, database_url) -> None:
     clicks = make_records("cdm-click", DAY, 200)
     opens = make_records("cdm-impression", DAY, 100)
     fake.add_file("cdm-click", DAY, clicks, malformed_after=50)
     fake.add_file("cdm-impression", DAY, opens)
     send_webhooks(database_url, "cdm-click", clicks[:120])  # the receiver saw part of the day
     send_webhooks(database_url, "cdm-impression", opens[30:70])
-    code, out, err = run(capsys, "backfill", "--since", "2026-11-25", "--until", "2026-11-25",
-                         "--types", "cdm-click,cdm-impression", "--batch-size", "33")
+    code, out, err = run(
+        capsys,
+        "backfill",
+        "--since",
+        "2026-11-25",
+        "--until",
+        "2026-11-25",
+        "--types",
+        "cdm-click,cdm-impression",
+        "--batch-size",
+        "33",
+    )
     assert code == 0, out + err
     assert count(db, "SELECT count(*) FROM events") == 300
     assert count(db, "SELECT count(*) FROM (SELECT message_id FROM events GROUP BY 1 HAVING count(*) > 1) d") == 0
@@ -286,13 +368,21 @@ def test_webhooks_then_backfill_then_reconcile(env, capsys, db, fake, database_u
     report = orjson.loads(out)
     assert code == 0 and report["missing"] == 0
     by_type = {t["type"]: t for t in report["types"]}
-    assert by_type["cdm-click"] == {"type": "cdm-click", "files": 1, "in_logfiles": 200, "already_stored": 200,
-                                         "added": 0, "rejected": 1, "failed_files": 0}
+    assert by_type["cdm-click"] == {
+        "type": "cdm-click",
+        "files": 1,
+        "in_logfiles": 200,
+        "already_stored": 200,
+        "added": 0,
+        "rejected": 1,
+        "failed_files": 0,
+    }
     assert (by_type["cdm-impression"]["in_logfiles"], by_type["cdm-impression"]["added"]) == (100, 0)
     assert count(db, "SELECT count(*) FROM rejected_events") == 1  # reading it again keeps one copy
 
 
-def test_reconcile_finds_and_adds_what_webhooks_missed(env, capsys, db, fake, database_url) -> None:
+@pytest.mark.usefixtures("env")
+def test_reconcile_finds_and_adds_what_webhooks_missed(capsys, db, fake, database_url) -> None:
     clicks = make_records("cdm-click", NEXT, 80)
     errors = make_records("cdm-error", NEXT, 12)
     fake.add_file("cdm-click", NEXT, clicks)
@@ -301,8 +391,11 @@ def test_reconcile_finds_and_adds_what_webhooks_missed(env, capsys, db, fake, da
     argv = ["reconcile", "--date", NEXT.isoformat(), "--types", "cdm-click,cdm-error,cdm-abuse"]
     code, out, _ = run(capsys, *argv)
     assert code == 1
-    lines = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
-             for line in out.splitlines() if line.startswith("│ cdm-")}
+    lines = {
+        line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
+        for line in out.splitlines()
+        if line.startswith("│ cdm-")
+    }
     assert lines["cdm-click"] == ["1", "80", "40", "40", "0", "0"]
     assert lines["cdm-error"] == ["1", "12", "0", "12", "0", "0"]
     assert lines["cdm-abuse"] == ["0", "0", "0", "0", "0", "0"]
@@ -313,6 +406,7 @@ def test_reconcile_finds_and_adds_what_webhooks_missed(env, capsys, db, fake, da
 
 
 # --- --follow -------------------------------------------------------------------------------------
+
 
 def wait_for(predicate, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
@@ -331,8 +425,9 @@ def test_follow_polls_todays_files_from_the_last_seen_time(database_url, db, fak
     result = {}
     with store.connect(database_url) as conn:
         run = Run(conn, TZ, stop=stop, client=client, fmt="json")
-        thread = threading.Thread(target=lambda: result.setdefault("summary", follow(
-            run, ["cdm-click", "cdm-impression"], interval=0.1)))
+        thread = threading.Thread(
+            target=lambda: result.setdefault("summary", follow(run, ["cdm-click", "cdm-impression"], interval=0.1))
+        )
         thread.start()
         try:
             wait_for(lambda: count(db, "SELECT count(*) FROM events") == 40)
@@ -357,9 +452,13 @@ def subprocess_env(env: dict[str, str], **extra: str) -> dict[str, str]:
 def test_follow_stops_cleanly_on_sigterm(env, db, fake, tmp_path) -> None:
     today = today_in(TZ)
     fake.add_file("cdm-impression", today, make_records("cdm-impression", today, 30, start_hour=0))
-    proc = subprocess.Popen([sys.executable, "-m", "ingest", "backfill", "--follow", "--interval", "0.2",
-                             "--types", "cdm-impression"], env=subprocess_env(env), cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ingest", "backfill", "--follow", "--interval", "0.2", "--types", "cdm-impression"],
+        env=subprocess_env(env),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         wait_for(lambda: count(db, "SELECT count(*) FROM events") == 30)
         wait_for(lambda: len(fake.downloads()) >= 2)
@@ -375,20 +474,38 @@ def test_follow_stops_cleanly_on_sigterm(env, db, fake, tmp_path) -> None:
 
 # --- SIGKILL midway, then resume --------------------------------------------------------------------
 
+
 def test_sigkill_midway_then_rerun_completes_without_duplicates(env, db, fake, tmp_path) -> None:
     types = ["cdm-click", "cdm-impression", "cdm-delivery", "cdm-error"]
     for seed, log_type in enumerate(types):
         fake.add_file(log_type, DAY, make_records(log_type, DAY, 2500, seed=seed), malformed_after=2000)
     fake.chunk_delay = 0.01  # a slow server: downloads take a while
-    argv = [sys.executable, "-m", "ingest", "backfill", "--since", "2026-11-25", "--until", "2026-11-25",
-            "--types", ",".join(types), "--batch-size", "20"]
-    proc = subprocess.Popen(argv, env=subprocess_env(env), cwd=tmp_path, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    argv = [
+        sys.executable,
+        "-m",
+        "ingest",
+        "backfill",
+        "--since",
+        "2026-11-25",
+        "--until",
+        "2026-11-25",
+        "--types",
+        ",".join(types),
+        "--batch-size",
+        "20",
+    ]
+    proc = subprocess.Popen(
+        argv, env=subprocess_env(env), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         # Kill it while a file is half stored, after at least one file completed.
-        wait_for(lambda: count(db, "SELECT count(*) FROM backfill_files WHERE completed_at IS NOT NULL") >= 1
-                 and count(db, "SELECT count(*) FROM backfill_files WHERE completed_at IS NULL AND records > 0") == 1,
-                 timeout=40)
+        wait_for(
+            lambda: (
+                count(db, "SELECT count(*) FROM backfill_files WHERE completed_at IS NOT NULL") >= 1
+                and count(db, "SELECT count(*) FROM backfill_files WHERE completed_at IS NULL AND records > 0") == 1
+            ),
+            timeout=40,
+        )
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
     finally:
@@ -398,8 +515,9 @@ def test_sigkill_midway_then_rerun_completes_without_duplicates(env, db, fake, t
     stored_before = count(db, "SELECT count(*) FROM events")
     assert 0 < stored_before < 10000
     fake.chunk_delay = 0
-    rerun = subprocess.run(argv, env=subprocess_env(env, INGEST_LOG_LEVEL="DEBUG"), cwd=tmp_path,
-                           capture_output=True, timeout=60)
+    rerun = subprocess.run(
+        argv, env=subprocess_env(env, INGEST_LOG_LEVEL="DEBUG"), cwd=tmp_path, capture_output=True, timeout=60
+    )
     out, err = rerun.stdout.decode(), rerun.stderr.decode()
     assert rerun.returncode == 0, err
     assert count(db, "SELECT count(*) FROM events") == 10000
@@ -410,7 +528,6 @@ def test_sigkill_midway_then_rerun_completes_without_duplicates(env, db, fake, t
     assert f"{len(completed_before)} file(s) already complete" in out
     for secret in [fake.token, *fake.issued]:
         assert secret not in out + err
-
 
 
 def test_import_memory_does_not_grow_with_the_file(database_url, fake, tmp_path) -> None:
@@ -438,10 +555,21 @@ def test_ctrl_c_stops_after_the_current_batch_and_a_rerun_finishes(env, db, fake
     for seed, log_type in enumerate(["cdm-click", "cdm-impression", "cdm-delivery"]):
         fake.add_file(log_type, DAY, make_records(log_type, DAY, 1500, seed=seed))
     fake.chunk_delay = 0.02
-    argv = [sys.executable, "-m", "ingest", "backfill", "--since", "2026-11-25", "--until", "2026-11-25",
-            "--types", "cdm-click,cdm-impression,cdm-delivery", "--batch-size", "50"]
-    proc = subprocess.Popen(argv, env=subprocess_env(env), cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    argv = [
+        sys.executable,
+        "-m",
+        "ingest",
+        "backfill",
+        "--since",
+        "2026-11-25",
+        "--until",
+        "2026-11-25",
+        "--types",
+        "cdm-click,cdm-impression,cdm-delivery",
+        "--batch-size",
+        "50",
+    ]
+    proc = subprocess.Popen(argv, env=subprocess_env(env), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         wait_for(lambda: count(db, "SELECT count(*) FROM backfill_files WHERE completed_at IS NOT NULL") >= 1)
         proc.send_signal(signal.SIGINT)
@@ -460,7 +588,9 @@ def test_ctrl_c_stops_after_the_current_batch_and_a_rerun_finishes(env, db, fake
 
 # --- default types; ?from= --------------------------------------------------------------------------
 
-def test_without_types_every_event_log_the_day_lists_is_taken(env, capsys, db, fake) -> None:
+
+@pytest.mark.usefixtures("env")
+def test_without_types_every_event_log_the_day_lists_is_taken(capsys, db, fake) -> None:
     fake.add_file("cdm-click", DAY, make_records("cdm-click", DAY, 20))
     fake.add_file("pom-clicks", DAY, make_records("pom-clicks", DAY, 15))
     fake.add_file("pom-deliveries", DAY, make_records("pom-deliveries", DAY, 10))
@@ -472,18 +602,23 @@ def test_without_types_every_event_log_the_day_lists_is_taken(env, capsys, db, f
     stored = dict(db.execute("SELECT copernica_type, count(*) FROM events GROUP BY 1").fetchall())
     assert stored == {"cdm-click": 20, "pom-clicks": 15, "pom-deliveries": 10, "pom-delivery": 7}
     assert sorted(h.path.split("/")[3] for h in fake.downloads()) == [
-        "cdm-click.2026-11-25.log", "pom-clicks.2026-11-25.log", "pom-deliveries.2026-11-25.log",
-        "pom-delivery.2026-11-26.log"]
+        "cdm-click.2026-11-25.log",
+        "pom-clicks.2026-11-25.log",
+        "pom-deliveries.2026-11-25.log",
+        "pom-delivery.2026-11-26.log",
+    ]
     listings = [h.query for h in fake.hits if h.path == "/v4/logfiles"]
     assert listings == [{"date": "2026-11-25"}, {"date": "2026-11-26"}]  # one listing per day
-    code, _, err = run(capsys, "backfill", "--since", "2026-11-26", "--until", "2026-11-26", "--types",
-                       "pom-delivery,pom-deliveries")
+    code, _, err = run(
+        capsys, "backfill", "--since", "2026-11-26", "--until", "2026-11-26", "--types", "pom-delivery,pom-deliveries"
+    )
     assert code == 0, err
 
 
 @pytest.mark.parametrize("fmt", ["json", "xml", "csv"])
-def test_follow_asks_from_only_for_json_and_xml_and_stores_only_the_tail(database_url, db, fake, fmt,
-                                                                         monkeypatch) -> None:
+def test_follow_asks_from_only_for_json_and_xml_and_stores_only_the_tail(
+    database_url, db, fake, fmt, monkeypatch
+) -> None:
     from workers.backfill import zonecheck
 
     checks = []

@@ -27,8 +27,14 @@ def copernica() -> Iterator[FakeCopernica]:
 
 @pytest.fixture
 def cli_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url: str, copernica: FakeCopernica) -> None:
-    values = {"DATABASE_URL": database_url, "COPERNICA_RETRY_DELAY": "0.01", "COPERNICA_RETRIES": "3",
-              "INGEST_LOG_LEVEL": "WARNING", "COPERNICA_TIMEZONE": TZ, **copernica.env()}
+    values = {
+        "DATABASE_URL": database_url,
+        "COPERNICA_RETRY_DELAY": "0.01",
+        "COPERNICA_RETRIES": "3",
+        "INGEST_LOG_LEVEL": "WARNING",
+        "COPERNICA_TIMEZONE": TZ,
+        **copernica.env(),
+    }
     for name, value in values.items():
         monkeypatch.setenv(name, value)
     monkeypatch.chdir(tmp_path)
@@ -42,8 +48,11 @@ def one_line(err: str) -> str:
 
 # --- through the commands, against real webhook rows ---------------------------------------------------
 
+
+@pytest.mark.usefixtures("cli_env")
 def test_backfill_and_reconcile_refuse_a_utc_logfile_then_timezone_utc_stores_it_once(
-        cli_env, capsys, db, copernica, database_url) -> None:
+    capsys, db, copernica, database_url
+) -> None:
     records = make_records("cdm-click", DAY, 100, zone=zoneinfo.ZoneInfo("UTC"))  # Amsterdam is UTC+1 in November
     copernica.add_file("cdm-click", DAY, records)
     send_webhooks(database_url, "cdm-click", records[:30])
@@ -67,14 +76,19 @@ def test_backfill_and_reconcile_refuse_a_utc_logfile_then_timezone_utc_stores_it
     assert count(db, "SELECT count(*) FROM events WHERE source = 'logfile'") == 70
 
 
-@pytest.mark.parametrize(("written_in", "offset", "zone"), [
-    ("UTC", "-01:00", "UTC"),
-    ("Asia/Kolkata", "+04:30", "Asia/Kolkata"),  # a half-hour offset
-    ("Etc/GMT-3", "+02:00", "Etc/GMT-3"),  # UTC+3
-    ("America/New_York", "-06:00", "Etc/GMT+5"),  # EST in November: UTC-5
-])
+@pytest.mark.parametrize(
+    ("written_in", "offset", "zone"),
+    [
+        ("UTC", "-01:00", "UTC"),
+        ("Asia/Kolkata", "+04:30", "Asia/Kolkata"),  # a half-hour offset
+        ("Etc/GMT-3", "+02:00", "Etc/GMT-3"),  # UTC+3
+        ("America/New_York", "-06:00", "Etc/GMT+5"),  # EST in November: UTC-5
+    ],
+)
+@pytest.mark.usefixtures("cli_env")
 def test_import_refuses_a_file_in_another_zone_and_names_the_one_that_fits(
-        cli_env, capsys, db, copernica, database_url, tmp_path, written_in, offset, zone) -> None:
+    capsys, db, copernica, database_url, tmp_path, written_in, offset, zone
+) -> None:
     records = make_records("cdm-impression", DAY, 60, zone=zoneinfo.ZoneInfo(written_in))
     send_webhooks(database_url, "cdm-impression", records[10:22])
     body = copernica.render(LogFile("x", "cdm-impression", DAY, records), "json")
@@ -89,7 +103,8 @@ def test_import_refuses_a_file_in_another_zone_and_names_the_one_that_fits(
     assert count(db, "SELECT count(*) FROM events") == 60
 
 
-def test_fewer_than_five_matches_is_stored_as_before(cli_env, capsys, db, copernica, database_url, tmp_path) -> None:
+@pytest.mark.usefixtures("cli_env")
+def test_fewer_than_five_matches_is_stored_as_before(capsys, db, copernica, database_url, tmp_path) -> None:
     records = make_records("cdm-click", DAY, 50, zone=zoneinfo.ZoneInfo("UTC"))
     send_webhooks(database_url, "cdm-click", records[:4])
     path = write(tmp_path, "cdm-click.2026-11-25.csv", copernica.render(LogFile("x", "cdm-click", DAY, records), "csv"))
@@ -98,7 +113,8 @@ def test_fewer_than_five_matches_is_stored_as_before(cli_env, capsys, db, copern
     assert count(db, "SELECT count(*) FROM events") == 54  # no verdict: the four are keyed apart, as before
 
 
-def test_the_right_zone_goes_on(cli_env, capsys, db, copernica, database_url, tmp_path) -> None:
+@pytest.mark.usefixtures("cli_env")
+def test_the_right_zone_goes_on(capsys, db, copernica, database_url, tmp_path) -> None:
     records = make_records("cdm-click", DAY, 40)  # Amsterdam, as configured
     send_webhooks(database_url, "cdm-click", records[:25])
     path = write(tmp_path, "cdm-click.2026-11-25.xml", copernica.render(LogFile("x", "cdm-click", DAY, records), "xml"))
@@ -107,11 +123,14 @@ def test_the_right_zone_goes_on(cli_env, capsys, db, copernica, database_url, tm
     assert count(db, "SELECT count(*) FROM events") == 40
 
 
-def test_bad_timezone_option_is_one_line_exit_2(cli_env, capsys, tmp_path) -> None:
+@pytest.mark.usefixtures("cli_env")
+def test_bad_timezone_option_is_one_line_exit_2(capsys, tmp_path) -> None:
     path = write(tmp_path, "cdm-click.2026-11-25.json", b"[]")
-    for argv in (["import", "--timezone", "Mars/Olympus", str(path)],
-                 ["backfill", "--since", "2026-11-25", "--timezone", "nowhere"],
-                 ["reconcile", "--date", "2026-11-25", "--timezone", "UTC+1"]):
+    for argv in (
+        ["import", "--timezone", "Mars/Olympus", str(path)],
+        ["backfill", "--since", "2026-11-25", "--timezone", "nowhere"],
+        ["reconcile", "--date", "2026-11-25", "--timezone", "UTC+1"],
+    ):
         code, _, err = run(capsys, *argv)
         assert code == 2 and "--timezone" in one_line(err)
 

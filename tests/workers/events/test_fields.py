@@ -25,8 +25,24 @@ def _reference_ip(value: Any) -> str | None:
     return None if getattr(address, "scope_id", None) else str(address)
 
 
-_IP_CASES = ["0.0.0.0", "255.255.255.255", "256.1.1.1", "01.2.3.4", "1.2.3.04", "1.2.3", "1.2.3.4.5",
-             " 10.0.0.1 ", "\u0661.2.3.4", "1.2.3.4x", "::1", "::ffff:1.2.3.4", "fe80::1%eth0", "", 7, None]
+_IP_CASES = [
+    "0.0.0.0",
+    "255.255.255.255",
+    "256.1.1.1",
+    "01.2.3.4",
+    "1.2.3.04",
+    "1.2.3",
+    "1.2.3.4.5",
+    " 10.0.0.1 ",
+    "\u0661.2.3.4",
+    "1.2.3.4x",
+    "::1",
+    "::ffff:1.2.3.4",
+    "fe80::1%eth0",
+    "",
+    7,
+    None,
+]
 
 
 @pytest.mark.parametrize("value", _IP_CASES)
@@ -35,8 +51,12 @@ def test_ip_reads_like_ipaddress(value: Any) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.sampled_from(["0", "00", "1", "9", "25", "255", "256", "199", "249", "300", "010", ".", ":", "a"]),
-                max_size=9).map("".join))
+@given(
+    st.lists(
+        st.sampled_from(["0", "00", "1", "9", "25", "255", "256", "199", "249", "300", "010", ".", ":", "a"]),
+        max_size=9,
+    ).map("".join)
+)
 def test_dotted_quads_read_like_ipaddress(raw: str) -> None:
     assert fv.ip(raw) == _reference_ip(raw)
 
@@ -50,21 +70,41 @@ def _reference_bigint(value: str) -> int | None:
     return number if number is not None and number <= fv.BIGINT_MAX else None
 
 
-@pytest.mark.parametrize("value", ["0", "007", "1" * 19, "9" * 19, "9" * 20, "9223372036854775807",
-                                   "9223372036854775808", " 12 ", "\u0661\u0662", "\u00b2", "1_000", "-1", "+1", ""])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "0",
+        "007",
+        "1" * 19,
+        "9" * 19,
+        "9" * 20,
+        "9223372036854775807",
+        "9223372036854775808",
+        " 12 ",
+        "\u0661\u0662",
+        "\u00b2",
+        "1_000",
+        "-1",
+        "+1",
+        "",
+    ],
+)
 def test_bigint_text_reads_like_the_digit_rule(value: str) -> None:
     assert fv.bigint(value) == _reference_bigint(value)
 
 
-@pytest.mark.parametrize(("fields", "expected"), [
-    ({"a": "", "b": [], "c": {}, "d": "x"}, "x"),
-    ({"a": None, "b": 0}, 0),
-    ({"a": False}, False),
-    ({"b": 0.0}, 0.0),
-    ({"a": " "}, " "),
-    ({"a": "", "b": None, "c": []}, None),
-    ({"c": [0]}, [0]),
-])
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"a": "", "b": [], "c": {}, "d": "x"}, "x"),
+        ({"a": None, "b": 0}, 0),
+        ({"a": False}, False),
+        ({"b": 0.0}, 0.0),
+        ({"a": " "}, " "),
+        ({"a": "", "b": None, "c": []}, None),
+        ({"c": [0]}, [0]),
+    ],
+)
 def test_first_skips_only_absent_and_empty_values(fields: dict[str, Any], expected: Any) -> None:
     found = _first(fields, "a", "b", "c", "d")
     assert found == expected and type(found) is type(expected)

@@ -41,30 +41,61 @@ def records(data: bytes, log_type: str, fmt: str) -> list[Record]:
     return list(read_records(io.BytesIO(data), log_type, "csv" if fmt.startswith("csv") else fmt))
 
 
-@pytest.mark.parametrize(("name", "expected"), [
-    ("cdm-click.2026-11-25.log", "cdm-click"),
-    ("cdm-click.2026-11-25.csv", "cdm-click"),
-    ("cdm-impression.2026-11-25.json.gz", "cdm-impression"),
-    ("/var/tmp/pom-clicks-old.2026-11-25.xml", "pom-clicks-old"),
-    ("POM-ERRORS.2026-11-25.log", "pom-errors"),
-    ("feedback-loop-errors.2026-11-25.log", "feedback-loop-errors"),
-    ("cdm-attempts.log", "cdm-attempts"),
-    ("something-else.2026-11-25.log", None),
-    ("cdm-click", "cdm-click"),
-    ("", None),
-    ("../..", None),
-])
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("cdm-click.2026-11-25.log", "cdm-click"),
+        ("cdm-click.2026-11-25.csv", "cdm-click"),
+        ("cdm-impression.2026-11-25.json.gz", "cdm-impression"),
+        ("/var/tmp/pom-clicks-old.2026-11-25.xml", "pom-clicks-old"),
+        ("POM-ERRORS.2026-11-25.log", "pom-errors"),
+        ("feedback-loop-errors.2026-11-25.log", "feedback-loop-errors"),
+        ("cdm-attempts.log", "cdm-attempts"),
+        ("something-else.2026-11-25.log", None),
+        ("cdm-click", "cdm-click"),
+        ("", None),
+        ("../..", None),
+    ],
+)
 def test_log_type_from_name(name: str, expected: str | None) -> None:
     assert log_type_from_name(name) == expected
 
 
 def test_documented_column_order() -> None:
     assert LOG_COLUMNS["cdm-click"] == (
-        "id", "senderdomain", "time", "linkinfo", "ip", "header", "email", "tags", "countrycode", "countryname",
-        "regioncode", "city", "profile", "subprofile", "template")
+        "id",
+        "senderdomain",
+        "time",
+        "linkinfo",
+        "ip",
+        "header",
+        "email",
+        "tags",
+        "countrycode",
+        "countryname",
+        "regioncode",
+        "city",
+        "profile",
+        "subprofile",
+        "template",
+    )
     assert LOG_COLUMNS["pom-errors"] == (
-        "id", "time", "type", "status", "description", "code", "content", "email", "tags", "senderdomain",
-        "groupid", "profile", "subprofile", "template", "document")
+        "id",
+        "time",
+        "type",
+        "status",
+        "description",
+        "code",
+        "content",
+        "email",
+        "tags",
+        "senderdomain",
+        "groupid",
+        "profile",
+        "subprofile",
+        "template",
+        "document",
+    )
     assert LOG_COLUMNS["pom-clicks-old"] == tuple(c for c in LOG_COLUMNS["pom-clicks"] if c != "linkinfo")
     assert LOG_COLUMNS["feedback-loop-errors"] == ("time", "response", "recipient", "header")
     assert LOG_COLUMNS["pom-delivery"] == LOG_COLUMNS["pom-deliveries"]  # both names are in use
@@ -77,8 +108,12 @@ LAYOUTS = [pytest.param(t, f, id=f"{t}-{f}") for t in EVENT_LOGS for f in LOG_FO
 @pytest.mark.parametrize(("log_type", "fmt"), LAYOUTS)
 def test_every_layout_and_format(log_type: str, fmt: str) -> None:
     first = log_record(log_type)
-    second = log_record(log_type, id="second-message", time="2026-07-01 13:00:01",
-                        **({"type": "hard BOUNCE"} if "type" in first else {}))
+    second = log_record(
+        log_type,
+        id="second-message",
+        time="2026-07-01 13:00:01",
+        **({"type": "hard BOUNCE"} if "type" in first else {}),
+    )
     got = records(encode_log(log_type, [first, second], fmt), log_type, fmt)
     assert [r.error for r in got] == [None, None]
     if fmt.startswith("csv"):  # the CSV line each record starts on (quoted fields may hold line breaks)
@@ -108,18 +143,27 @@ def test_every_layout_and_format(log_type: str, fmt: str) -> None:
 def test_header_in_another_order_is_used() -> None:
     data = b"time,id,email\n2026-11-26 13:00:01,m1,a@example.com\n"
     got = records(data, "cdm-delivery", "csv")
-    assert got == [Record(2, {"time": LOCAL, "id": "m1", "email": "a@example.com"},
-                          b"2026-11-26 13:00:01,m1,a@example.com\n")]
+    assert got == [
+        Record(2, {"time": LOCAL, "id": "m1", "email": "a@example.com"}, b"2026-11-26 13:00:01,m1,a@example.com\n")
+    ]
 
 
 def test_csv_errors_are_records_not_exceptions() -> None:
     header = ",".join(LOG_COLUMNS["cdm-unsubscribe"]).encode()
     good = b"m1,2026-11-26 13:00:01,a@example.com,t,example.com,1,2,3"
-    data = b"\n".join([header, good, b"m2,2026-11-26 13:00:01,short", b"\xff\xfe,2026,a,t,d,1,2,3", b"",
-                       good, b'm3,"2026-11-26 13:00:01,a@example.com,t,exa'])
+    data = b"\n".join(
+        [
+            header,
+            good,
+            b"m2,2026-11-26 13:00:01,short",
+            b"\xff\xfe,2026,a,t,d,1,2,3",
+            b"",
+            good,
+            b'm3,"2026-11-26 13:00:01,a@example.com,t,exa',
+        ]
+    )
     got = records(data, "cdm-unsubscribe", "csv")
-    assert [(r.line, r.fields is not None) for r in got] == [(2, True), (3, False), (4, False), (6, True),
-                                                            (7, False)]
+    assert [(r.line, r.fields is not None) for r in got] == [(2, True), (3, False), (4, False), (6, True), (7, False)]
     assert "expected 8 columns, found 3" in got[1].error
     assert "UTF-8" in got[2].error and got[2].raw.startswith(b"\xff\xfe")
     assert "truncated" in got[4].error and got[4].raw.startswith(b'm3,"2026')
@@ -134,7 +178,9 @@ def test_csv_last_line_cut_short_is_an_error_record() -> None:
 
 def test_csv_of_unknown_layout_needs_its_header() -> None:
     assert records(b"id,time\nm,2026-11-26 13:00:01\n", "cdm-new", "csv")[0].fields == {
-        "id": "m", "time": "2026-11-26 13:00:01"}
+        "id": "m",
+        "time": "2026-11-26 13:00:01",
+    }
     assert "no header" in records(b"m,2026-11-26 13:00:01\n", "cdm-new", "csv")[0].error
 
 
@@ -153,8 +199,7 @@ def test_json_lines_are_tolerated() -> None:
 
 
 def test_json_numbers_keep_their_type() -> None:
-    got = records(b'[{"id": "m", "time": "2026-11-26 13:00:01", "profile": 12, "x": 1.5}]', "cdm-delivery",
-                  "json")
+    got = records(b'[{"id": "m", "time": "2026-11-26 13:00:01", "profile": 12, "x": 1.5}]', "cdm-delivery", "json")
     assert got[0].fields["profile"] == 12 and got[0].fields["x"] == 1.5
     assert from_logfile(got[0].fields, "cdm-delivery", TZ, RECEIVED).profile_id == 12
 
@@ -211,6 +256,7 @@ def test_logfile_time_may_also_be_unix() -> None:
 
 # --- streaming: memory stays bounded on a large file ---------------------------------------------
 
+
 class Generated(io.RawIOBase):
     """A large logfile produced on the fly (never whole in memory)."""
 
@@ -242,10 +288,18 @@ class Generated(io.RawIOBase):
 
 STREAMS = {
     "csv": (b"", b"MSGID,2026-11-26 13:00:01,1,a@example.com," + b"t" * 150 + b",d,1,2,3\n", b"", b""),
-    "json": (b"[", b'{"id": "MSGID", "time": "2026-11-26 13:00:01", "email": "a@example.com", "pad": "'
-             + b"x" * 150 + b'"}', b",\n", b"]"),
-    "xml": (b"<records>", b"<record><id>MSGID</id><time>2026-11-26 13:00:01</time><pad>" + b"x" * 150
-            + b"</pad></record>\n", b"", b"</records>"),
+    "json": (
+        b"[",
+        b'{"id": "MSGID", "time": "2026-11-26 13:00:01", "email": "a@example.com", "pad": "' + b"x" * 150 + b'"}',
+        b",\n",
+        b"]",
+    ),
+    "xml": (
+        b"<records>",
+        b"<record><id>MSGID</id><time>2026-11-26 13:00:01</time><pad>" + b"x" * 150 + b"</pad></record>\n",
+        b"",
+        b"</records>",
+    ),
 }
 
 
@@ -268,6 +322,7 @@ def test_large_file_streams_in_bounded_memory(fmt: str) -> None:
 
 
 # --- one event, one row -----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("fmt", LOG_FORMATS)
 def test_same_open_from_webhook_and_impression_log_is_one_row(db: psycopg.Connection, fmt: str) -> None:
@@ -299,12 +354,14 @@ def test_same_click_webhook_and_click_log_is_one_row(db: psycopg.Connection) -> 
 def test_another_address_in_the_log_is_another_open(db: psycopg.Connection) -> None:
     case = next(c for c in WEBHOOK_CASES if c.name == "open")
     webhook = from_webhook(case.form, wire(case, "form"), TZ)
-    (record,) = records(encode_log("cdm-impression", [log_record("cdm-impression", ip="192.0.2.99")], "json"),
-                        "cdm-impression", "json")
+    (record,) = records(
+        encode_log("cdm-impression", [log_record("cdm-impression", ip="192.0.2.99")], "json"), "cdm-impression", "json"
+    )
     assert store.store(db, [webhook, from_logfile(record.fields, "cdm-impression", TZ, RECEIVED)]).stored == 2
 
 
 # --- hostile input ------------------------------------------------------------------------------
+
 
 @settings(max_examples=100, deadline=None)
 @given(st.binary(max_size=600), st.sampled_from(["csv", "json", "xml"]), st.sampled_from(sorted(LOG_COLUMNS)))
@@ -314,15 +371,31 @@ def test_arbitrary_bytes_never_raise(data: bytes, fmt: str, log_type: str) -> No
         assert record.line >= 1
 
 
-_values = st.one_of(st.text(max_size=40), st.integers(), st.floats(), st.none(), st.booleans(),
-                    st.sampled_from(["2026-11-26 13:00:01", "0001-01-01 00:00:00", "9999-12-31 23:59:59",
-                                     "2026-10-25 02:30:00", "1795694401", "::1", "999999999999999999999"]))
+_values = st.one_of(
+    st.text(max_size=40),
+    st.integers(),
+    st.floats(),
+    st.none(),
+    st.booleans(),
+    st.sampled_from(
+        [
+            "2026-11-26 13:00:01",
+            "0001-01-01 00:00:00",
+            "9999-12-31 23:59:59",
+            "2026-10-25 02:30:00",
+            "1795694401",
+            "::1",
+            "999999999999999999999",
+        ]
+    ),
+)
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.sampled_from(EVENT_LOGS), st.data())
-def test_arbitrary_field_values_become_events_or_unparseable(db: psycopg.Connection, log_type: str,
-                                                               data: st.DataObject) -> None:
+def test_arbitrary_field_values_become_events_or_unparseable(
+    db: psycopg.Connection, log_type: str, data: st.DataObject
+) -> None:
     db.execute("TRUNCATE events")
     fields = {name: data.draw(_values, label=name) for name in LOG_COLUMNS[log_type]}
     try:
@@ -338,8 +411,11 @@ def test_arbitrary_field_values_become_events_or_unparseable(db: psycopg.Connect
 
 
 def test_values_json_cannot_hold_are_kept_as_text(db: psycopg.Connection) -> None:
-    (record,) = records(b'[{"id": "m", "time": "2026-11-26 13:00:01", "profile": 123456789012345678901234567890}]',
-                        "cdm-delivery", "json")
+    (record,) = records(
+        b'[{"id": "m", "time": "2026-11-26 13:00:01", "profile": 123456789012345678901234567890}]',
+        "cdm-delivery",
+        "json",
+    )
     event = from_logfile(record.fields, "cdm-delivery", TZ, RECEIVED)
     assert event.payload["profile"] == "123456789012345678901234567890" and event.profile_id is None
     assert store.store(db, [event]).stored == 1
@@ -355,7 +431,8 @@ def test_json_record_nested_too_deep_is_an_error_record_and_reading_goes_on() ->
 
 def test_xml_entity_expansion_is_refused() -> None:
     entities = '<!ENTITY a "aaaaaaaaaa">' + "".join(
-        f'<!ENTITY {chr(98 + i)} "{("&" + chr(97 + i) + ";") * 10}">' for i in range(8))
+        f'<!ENTITY {chr(98 + i)} "{("&" + chr(97 + i) + ";") * 10}">' for i in range(8)
+    )
     data = f'<?xml version="1.0"?><!DOCTYPE r [{entities}]><records><record><id>&i;</id></record></records>'
     got = records(data.encode(), "cdm-delivery", "xml")
     assert len(got) == 1 and got[0].fields is None and "unreadable XML" in got[0].error

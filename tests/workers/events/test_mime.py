@@ -14,18 +14,25 @@ from workers.events import mime
 from workers.events.mime import AUTORESPONDED, BOUNCED, classify
 
 
-@pytest.mark.parametrize("message", [
-    pytest.param(out_of_office(), id="out-of-office"),
-    pytest.param(reply("Vacation", "Away", x_autoreply="yes"), id="x-autoreply"),
-    pytest.param(reply("Vacation", "Away", x_autorespond="Vacation"), id="x-autorespond"),
-    pytest.param(reply("Away", "Away", precedence="auto_reply"), id="precedence-auto-reply"),
-    pytest.param(reply("Away", "Away", auto_submitted="auto-generated"), id="auto-generated"),
-    pytest.param(reply("Away", "Away", auto_submitted='auto-replied; owner-email="a@example.com"'),
-                 id="auto-submitted-with-parameters"),
-    pytest.param(read_receipt(), id="read-receipt"),
-    pytest.param(report("feedback-report", [{"Feedback-Type": "abuse"}], part_type="message/feedback-report"),
-                 id="other-report"),
-])
+@pytest.mark.parametrize(
+    "message",
+    [
+        pytest.param(out_of_office(), id="out-of-office"),
+        pytest.param(reply("Vacation", "Away", x_autoreply="yes"), id="x-autoreply"),
+        pytest.param(reply("Vacation", "Away", x_autorespond="Vacation"), id="x-autorespond"),
+        pytest.param(reply("Away", "Away", precedence="auto_reply"), id="precedence-auto-reply"),
+        pytest.param(reply("Away", "Away", auto_submitted="auto-generated"), id="auto-generated"),
+        pytest.param(
+            reply("Away", "Away", auto_submitted='auto-replied; owner-email="a@example.com"'),
+            id="auto-submitted-with-parameters",
+        ),
+        pytest.param(read_receipt(), id="read-receipt"),
+        pytest.param(
+            report("feedback-report", [{"Feedback-Type": "abuse"}], part_type="message/feedback-report"),
+            id="other-report",
+        ),
+    ],
+)
 def test_automatic_messages_are_autoresponded(message: str) -> None:
     assert classify(message) == (AUTORESPONDED, None)
 
@@ -35,15 +42,18 @@ def test_a_delivery_status_report_is_a_bounce_even_marked_auto_replied() -> None
     assert classify(dsn("4.2.2", x_autoreply="yes", precedence="auto_reply")) == (BOUNCED, "4.2.2")
 
 
-@pytest.mark.parametrize("message", [
-    pytest.param(reply("Re: Weekly news", "Please take me off the list."), id="human-reply"),
-    pytest.param(reply("Re: Weekly news", "Thanks", auto_submitted="no"), id="auto-submitted-no"),
-    pytest.param(reply("Re", "x", precedence="bulk"), id="precedence-bulk"),
-    pytest.param("From: MAILER-DAEMON\r\nSubject: failure\r\n\r\nUser unknown", id="plain-bounce"),
-    pytest.param("", id="empty"),
-    pytest.param(None, id="none"),
-    pytest.param(["a"], id="not-text"),
-])
+@pytest.mark.parametrize(
+    "message",
+    [
+        pytest.param(reply("Re: Weekly news", "Please take me off the list."), id="human-reply"),
+        pytest.param(reply("Re: Weekly news", "Thanks", auto_submitted="no"), id="auto-submitted-no"),
+        pytest.param(reply("Re", "x", precedence="bulk"), id="precedence-bulk"),
+        pytest.param("From: MAILER-DAEMON\r\nSubject: failure\r\n\r\nUser unknown", id="plain-bounce"),
+        pytest.param("", id="empty"),
+        pytest.param(None, id="none"),
+        pytest.param(["a"], id="not-text"),
+    ],
+)
 def test_anything_else_stays_a_bounce(message: object) -> None:
     assert classify(message) == (BOUNCED, None)
 
@@ -52,8 +62,11 @@ def test_the_status_is_read_from_the_status_part_only() -> None:
     """A Status-like line in the human part or in the returned message is not the report's."""
     message = dsn("5.7.1").replace("This is an automatically generated report.", "Status: 4.4.4")
     assert classify(message) == (BOUNCED, "5.7.1")
-    no_status = report("delivery-status", [{"Reporting-MTA": "dns; mx"}, {"Action": "failed", "Status": "bad"}],
-                       part_type="message/delivery-status")
+    no_status = report(
+        "delivery-status",
+        [{"Reporting-MTA": "dns; mx"}, {"Action": "failed", "Status": "bad"}],
+        part_type="message/delivery-status",
+    )
     assert classify(no_status) == (BOUNCED, None)
 
 
@@ -90,14 +103,21 @@ def test_a_cut_or_broken_message_never_raises() -> None:
     whole = dsn("5.1.1")
     for end in range(0, len(whole), 97):
         assert classify(whole[:end])[0] == BOUNCED
-    assert classify("Content-Type: multipart/report; report-type=delivery-status; boundary=\"\r\n\r\n--")[0] == BOUNCED
+    assert classify('Content-Type: multipart/report; report-type=delivery-status; boundary="\r\n\r\n--')[0] == BOUNCED
     assert classify("Content-Type: multipart/report; report-type*=utf-8''delivery%2Dstatus\n\n")[1] is None
     assert classify("\x00\udcff Auto-Submitted: \x00\n\n") == (BOUNCED, None)
 
 
-@given(st.text(max_size=400), st.sampled_from(["", "Auto-Submitted: auto-replied\n",
-                                               "Content-Type: multipart/report; report-type=delivery-status; "
-                                               "boundary=b\n"]))
+@given(
+    st.text(max_size=400),
+    st.sampled_from(
+        [
+            "",
+            "Auto-Submitted: auto-replied\n",
+            "Content-Type: multipart/report; report-type=delivery-status; boundary=b\n",
+        ]
+    ),
+)
 def test_arbitrary_text_never_raises(body: str, head: str) -> None:
     kind, status = classify(head + body)
     assert kind in (BOUNCED, AUTORESPONDED)

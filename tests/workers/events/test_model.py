@@ -66,8 +66,10 @@ def test_webhook_normalised_columns(case: Case, encoding: str) -> None:
 
 def test_both_encodings_give_one_key() -> None:
     for case in WEBHOOK_CASES:
-        keys = {from_webhook(parse_body(e.content_type, e.body), e, TZ).event_key
-                for e in (wire(case, "form"), wire(case, "json"))}
+        keys = {
+            from_webhook(parse_body(e.content_type, e.body), e, TZ).event_key
+            for e in (wire(case, "form"), wire(case, "json"))
+        }
         assert len(keys) == 1, case.name
 
 
@@ -108,8 +110,10 @@ def test_type_wins_over_action_and_action_stands_in_for_type() -> None:
     assert only_action.event_type == "bounced"
 
 
-@pytest.mark.parametrize(("state", "expected"), [("bounce", "bounced"), ("BOUNCE", "bounced"),
-                                                 ("rcpt", "failed"), ("", "failed"), (None, "failed")])
+@pytest.mark.parametrize(
+    ("state", "expected"),
+    [("bounce", "bounced"), ("BOUNCE", "bounced"), ("rcpt", "failed"), ("", "failed"), (None, "failed")],
+)
 def test_failure_state_bounce_is_bounced(state: str | None, expected: str) -> None:
     fields = {"id": "m", "type": "failure", "time": str(TIME)}
     if state is not None:
@@ -117,10 +121,19 @@ def test_failure_state_bounce_is_bounced(state: str | None, expected: str) -> No
     assert build(fields).event_type == expected
 
 
-@pytest.mark.parametrize(("header", "account"), [
-    ("account-1234", "1234"), ("account_1234", "1234"), ("Account_1234", "1234"), ("ACCOUNT-77", "77"),
-    ("environment-5", "environment-5"), ("1234", "1234"), (None, None), ("", None),
-])
+@pytest.mark.parametrize(
+    ("header", "account"),
+    [
+        ("account-1234", "1234"),
+        ("account_1234", "1234"),
+        ("Account_1234", "1234"),
+        ("ACCOUNT-77", "77"),
+        ("environment-5", "environment-5"),
+        ("1234", "1234"),
+        (None, None),
+        ("", None),
+    ],
+)
 def test_account_from_x_copernica_id(header: str | None, account: str | None) -> None:
     assert build({"type": "open", "id": "m"}, account=header).account == account
 
@@ -132,8 +145,18 @@ def test_account_header_name_is_case_insensitive() -> None:
 
 
 def test_ids_as_strings_fill_columns_and_stay_as_sent() -> None:
-    event = build({"type": "open", "id": "m", "profile": " 0012 ", "mailing": "42", "database": "5x",
-                   "template": "99999999999999999999", "ip": "300.1.1.1", "time": str(TIME)})
+    event = build(
+        {
+            "type": "open",
+            "id": "m",
+            "profile": " 0012 ",
+            "mailing": "42",
+            "database": "5x",
+            "template": "99999999999999999999",
+            "ip": "300.1.1.1",
+            "time": str(TIME),
+        }
+    )
     assert (event.profile_id, event.mailing_id, event.database_id, event.template_id) == (12, 42, None, None)
     assert event.ip is None
     assert event.payload["profile"] == " 0012 " and event.payload["database"] == "5x"
@@ -154,7 +177,8 @@ def test_occurred_at_prefers_time_then_timestamp_in_copernica_zone_then_received
     summer = build({"type": "open", "timestamp": "2026-07-01 13:00:01"}).occurred_at
     assert summer == datetime(2026, 7, 1, 11, 0, 1, tzinfo=UTC)
     assert from_webhook({"type": "open"}, envelope(b"", FORM), "UTC").occurred_at == datetime.fromtimestamp(
-        RECEIVED, UTC)
+        RECEIVED, UTC
+    )
     assert build({"type": "open", "time": "garbage"}).occurred_at == datetime.fromtimestamp(RECEIVED, UTC)
 
 
@@ -166,6 +190,7 @@ def test_tags_string_or_array() -> None:
 
 # --- event_key ----------------------------------------------------------------------------------
 
+
 def _open(**more: Any) -> Event:
     return build({"type": "open", "id": MESSAGE, "time": str(TIME), "ip": "192.0.2.1", **more})
 
@@ -173,8 +198,10 @@ def _open(**more: Any) -> Event:
 def test_key_ignores_what_logfiles_carry_differently() -> None:
     base = _open().event_key
     assert _open(useragent="other", referer="x", tags="z", recipient="b@example.com").event_key == base
-    assert build({"type": "open", "id": MESSAGE, "time": str(TIME), "ip": "192.0.2.1"},
-                 account="account-9").event_key == base
+    assert (
+        build({"type": "open", "id": MESSAGE, "time": str(TIME), "ip": "192.0.2.1"}, account="account-9").event_key
+        == base
+    )
 
 
 def test_key_separates_what_identifies_the_event() -> None:
@@ -228,8 +255,17 @@ _RECEIVED_AT = datetime(2026, 11, 27, tzinfo=UTC)
 
 
 def _unsubscribe(**more: Any) -> Event:
-    return build({"id": UNSUBSCRIBE, "type": "unsubscribe", "time": str(TIME), "database": "5", "profile": "1001",
-                  "mailing": "42", **more})
+    return build(
+        {
+            "id": UNSUBSCRIBE,
+            "type": "unsubscribe",
+            "time": str(TIME),
+            "database": "5",
+            "profile": "1001",
+            "mailing": "42",
+            **more,
+        }
+    )
 
 
 def _unsubscribe_log(log_type: str = "cdm-unsubscribe", **values: str) -> Event:
@@ -283,12 +319,31 @@ def test_unsubscribe_webhook_and_logfile_are_one_row_either_order(db: psycopg.Co
 
 # --- 2017 feedback forms (no type) ------------------------------------------------------------------
 
+
 def test_legacy_open_and_failure_are_recognised() -> None:
-    opened = build({"id": MESSAGE, "recipient": "a@example.com", "ip": "192.0.2.1", "time": str(TIME),
-                    "useragent": "Mozilla/5.0", "referer": "", "tags": "x"})
+    opened = build(
+        {
+            "id": MESSAGE,
+            "recipient": "a@example.com",
+            "ip": "192.0.2.1",
+            "time": str(TIME),
+            "useragent": "Mozilla/5.0",
+            "referer": "",
+            "tags": "x",
+        }
+    )
     assert (opened.event_type, opened.copernica_type, opened.ip) == ("opened", "", "192.0.2.1")
-    failed = build({"id": MESSAGE, "recipient": "a@example.com", "state": "rcpt", "code": "550",
-                    "extended": "5.1.1", "description": "unknown", "tags": "x"})
+    failed = build(
+        {
+            "id": MESSAGE,
+            "recipient": "a@example.com",
+            "state": "rcpt",
+            "code": "550",
+            "extended": "5.1.1",
+            "description": "unknown",
+            "tags": "x",
+        }
+    )
     assert (failed.event_type, failed.smtp_code, failed.smtp_status) == ("failed", 550, "5.1.1")
     assert failed.occurred_at == datetime.fromtimestamp(RECEIVED, UTC)  # no time field: when received
     assert build({"ip": "192.0.2.1", "useragent": "x"}).event_type == "unknown"  # no message id: no open
@@ -312,15 +367,19 @@ def test_legacy_failure_is_refined_as_the_failure_webhook_is(state: str | None) 
 
 # --- bounce webhooks that are automatic replies -----------------------------------------------------
 
-@pytest.mark.parametrize(("mime", "expected", "status"), [
-    pytest.param(out_of_office(), "autoresponded", None, id="out-of-office"),
-    pytest.param(reply("Vacation", "Away", x_autoreply="yes"), "autoresponded", None, id="x-autoreply"),
-    pytest.param(reply("Away", "Away", precedence="auto_reply"), "autoresponded", None, id="precedence"),
-    pytest.param(read_receipt(), "autoresponded", None, id="read-receipt"),
-    pytest.param(dsn("5.1.1", auto_submitted="auto-replied"), "bounced", "5.1.1", id="dsn-auto-submitted"),
-    pytest.param(reply("Re: Weekly news", "Please call me."), "bounced", None, id="human-reply"),
-    pytest.param("", "bounced", None, id="no-mime"),
-])
+
+@pytest.mark.parametrize(
+    ("mime", "expected", "status"),
+    [
+        pytest.param(out_of_office(), "autoresponded", None, id="out-of-office"),
+        pytest.param(reply("Vacation", "Away", x_autoreply="yes"), "autoresponded", None, id="x-autoreply"),
+        pytest.param(reply("Away", "Away", precedence="auto_reply"), "autoresponded", None, id="precedence"),
+        pytest.param(read_receipt(), "autoresponded", None, id="read-receipt"),
+        pytest.param(dsn("5.1.1", auto_submitted="auto-replied"), "bounced", "5.1.1", id="dsn-auto-submitted"),
+        pytest.param(reply("Re: Weekly news", "Please call me."), "bounced", None, id="human-reply"),
+        pytest.param("", "bounced", None, id="no-mime"),
+    ],
+)
 def test_bounce_webhook_mime_decides(mime: str, expected: str, status: str | None) -> None:
     event = build({"id": MESSAGE, "type": "bounce", "time": str(TIME), "recipient": "a@example.com", "mime": mime})
     assert (event.event_type, event.copernica_type, event.smtp_status) == (expected, "bounce", status)
@@ -347,6 +406,7 @@ def test_autoreplies_and_bounces_of_one_message_and_second_are_two_rows(db: psyc
 
 # --- pom-delivery ----------------------------------------------------------------------------------
 
+
 def test_pom_delivery_is_pom_deliveries() -> None:
     assert log_type_from_name("pom-delivery.2026-11-25.log") == "pom-delivery"
     alias = from_logfile(log_record("pom-delivery"), "pom-delivery", TZ, _RECEIVED_AT)
@@ -358,15 +418,46 @@ def test_pom_delivery_is_pom_deliveries() -> None:
 
 # --- no call lost (hypothesis, real PostgreSQL) ------------------------------------------------
 
-_scalar = st.one_of(st.text(max_size=30), st.integers(min_value=-(2**70), max_value=2**70),
-                    st.floats(allow_nan=False), st.booleans(), st.none())
-_json_value = st.recursive(_scalar, lambda kids: st.lists(kids, max_size=4) | st.dictionaries(
-    st.text(max_size=8), kids, max_size=4), max_leaves=12)
-_field_names = st.sampled_from(["id", "type", "action", "time", "timestamp", "ip", "recipient", "tags",
-                                "profile", "mailing", "state", "code", "original", "fields", "subprofile",
-                                "database", "useragent", "x", "fields[name]", "interests[]", "a[b][]"])
-_types = st.sampled_from(["open", "click", "delivery", "failure", "bounce", "unsubscribe", "create",
-                          "update", "delete", "weird", ""])
+_scalar = st.one_of(
+    st.text(max_size=30),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False),
+    st.booleans(),
+    st.none(),
+)
+_json_value = st.recursive(
+    _scalar,
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4),
+    max_leaves=12,
+)
+_field_names = st.sampled_from(
+    [
+        "id",
+        "type",
+        "action",
+        "time",
+        "timestamp",
+        "ip",
+        "recipient",
+        "tags",
+        "profile",
+        "mailing",
+        "state",
+        "code",
+        "original",
+        "fields",
+        "subprofile",
+        "database",
+        "useragent",
+        "x",
+        "fields[name]",
+        "interests[]",
+        "a[b][]",
+    ]
+)
+_types = st.sampled_from(
+    ["open", "click", "delivery", "failure", "bounce", "unsubscribe", "create", "update", "delete", "weird", ""]
+)
 
 
 @st.composite
@@ -376,8 +467,9 @@ def calls(draw: st.DrawFn) -> dict[str, Any]:
         body = draw(st.binary(max_size=300))
         content_type = draw(st.sampled_from([FORM, "application/json", "", "text/plain"]))
     else:
-        fields = draw(st.dictionaries(_field_names, _json_value if kind == "json" else st.text(max_size=40),
-                                      max_size=8))
+        fields = draw(
+            st.dictionaries(_field_names, _json_value if kind == "json" else st.text(max_size=40), max_size=8)
+        )
         if draw(st.booleans()):
             fields["type"] = draw(_types)
         if kind == "json":
@@ -389,12 +481,21 @@ def calls(draw: st.DrawFn) -> dict[str, Any]:
     headers = {"x-copernica-id": draw(st.text(max_size=20))} if draw(st.booleans()) else {}
     # received_at is the receiver's own clock (time.time()), not caller input
     received = draw(st.floats(min_value=0, max_value=4e9, allow_nan=False))
-    return {"v": 1, "body": body, "content_type": content_type, "received_at": received, "remote": "",
-            "method": "POST", "target": "/copernica", "headers": headers}
+    return {
+        "v": 1,
+        "body": body,
+        "content_type": content_type,
+        "received_at": received,
+        "remote": "",
+        "method": "POST",
+        "target": "/copernica",
+        "headers": headers,
+    }
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                  HealthCheck.too_slow])
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(st.lists(calls(), min_size=1, max_size=6))
 def test_arbitrary_calls_never_crash_and_never_get_lost(db: psycopg.Connection, batch: list[dict]) -> None:
     db.execute("TRUNCATE events, rejected_events")

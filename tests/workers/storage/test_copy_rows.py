@@ -22,9 +22,17 @@ ODD = ["\\", "\\N", "\t", "\n", "\r", "\\t", '"', "'", ",", "{", "}", "NULL", "n
 
 
 def _event(n: int, **values: Any) -> Event:
-    base = Event(event_key=f"key-{n}", event_type="opened", copernica_type="open", occurred_at=WHEN,
-                 received_at=WHEN + timedelta(microseconds=123_456), source="webhook", message_id=f"m{n}",
-                 recipient="a@example.com", payload={"id": f"m{n}"})
+    base = Event(
+        event_key=f"key-{n}",
+        event_type="opened",
+        copernica_type="open",
+        occurred_at=WHEN,
+        received_at=WHEN + timedelta(microseconds=123_456),
+        source="webhook",
+        message_id=f"m{n}",
+        recipient="a@example.com",
+        payload={"id": f"m{n}"},
+    )
     return dataclasses.replace(base, **values)
 
 
@@ -55,10 +63,24 @@ def _as_read(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_plain_event_comes_back_column_for_column(db: psycopg.Connection) -> None:
-    event = _event(1, ip="192.0.2.1", user_agent="Mozilla/5.0 (X11)", url="https://x.example/?a=1&b=2",
-                   link_id="7", mailing_id=4242, profile_id=2**63 - 1, subprofile_id=0, database_id=12,
-                   collection_id=3, template_id=9, tags=["newsletter", "weekly"], smtp_code=550,
-                   smtp_status="5.1.1", description="user unknown", account="1234")
+    event = _event(
+        1,
+        ip="192.0.2.1",
+        user_agent="Mozilla/5.0 (X11)",
+        url="https://x.example/?a=1&b=2",
+        link_id="7",
+        mailing_id=4242,
+        profile_id=2**63 - 1,
+        subprofile_id=0,
+        database_id=12,
+        collection_id=3,
+        template_id=9,
+        tags=["newsletter", "weekly"],
+        smtp_code=550,
+        smtp_status="5.1.1",
+        description="user unknown",
+        account="1234",
+    )
     row = _stored(db, [event])["key-1"]
     assert _as_read(row) == _expected(event)
 
@@ -86,8 +108,11 @@ def test_null_tag_element_and_nul_in_payload(db: psycopg.Connection) -> None:
 
 def test_times_keep_their_instant(db: psycopg.Connection) -> None:
     amsterdam = timezone(timedelta(hours=1))
-    event = _event(1, occurred_at=datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=amsterdam),
-                   received_at=datetime(1999, 12, 31, 23, 59, 59, tzinfo=UTC))
+    event = _event(
+        1,
+        occurred_at=datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=amsterdam),
+        received_at=datetime(1999, 12, 31, 23, 59, 59, tzinfo=UTC),
+    )
     row = _stored(db, [event])["key-1"]
     assert row["occurred_at"] == event.occurred_at and row["received_at"] == event.received_at
 
@@ -111,17 +136,33 @@ def test_a_row_is_escaped_only_when_it_needs_it() -> None:
 def test_each_value_is_written_in_its_own_column(monkeypatch: pytest.MonkeyPatch) -> None:
     """copy_line reads the fields by name: with every field a different value, each lands in
     COPY_COLUMNS' place for it, by the fast way (the general one is not called)."""
-    event = _event(1, ip="192.0.2.1", user_agent="ua", url="https://u.example/", link_id="link", mailing_id=11,
-                   profile_id=12, subprofile_id=13, database_id=14, collection_id=15, template_id=16,
-                   tags=["tag"], smtp_code=550, smtp_status="5.1.1", description="desc", account="acct")
+    event = _event(
+        1,
+        ip="192.0.2.1",
+        user_agent="ua",
+        url="https://u.example/",
+        link_id="link",
+        mailing_id=11,
+        profile_id=12,
+        subprofile_id=13,
+        database_id=14,
+        collection_id=15,
+        template_id=16,
+        tags=["tag"],
+        smtp_code=550,
+        smtp_status="5.1.1",
+        description="desc",
+        account="acct",
+    )
 
-    def general(values: tuple[Any, ...]) -> str:
+    def general(_values: tuple[Any, ...]) -> str:
         raise AssertionError("the general way was taken")
 
     monkeypatch.setattr(copy_text, "_escaped_line", general)
     cells = copy_line(event).removesuffix("\n").split("\t")
     assert dict(zip(COPY_COLUMNS, cells, strict=True)) == {
-        name: copy_text._cell(getattr(event, name)) for name in COPY_COLUMNS}
+        name: copy_text._cell(getattr(event, name)) for name in COPY_COLUMNS
+    }
 
 
 def test_chunks_of_one_transaction_share_one_stage(db: psycopg.Connection) -> None:

@@ -38,17 +38,23 @@ def _at_0003_with_rows(url: str) -> list[tuple]:
                 " VALUES (%s, 'opened', 'open', %s, %s, 'webhook', %s, 'a@example.com', %s, 42, '{a,b}', '192.0.2.1')",
                 (f"key-{index}", moment, RECEIVED, f"m{index}", Jsonb({"n": index})),
             )
-        conn.execute("INSERT INTO events (event_key, event_type, copernica_type, occurred_at, received_at, source,"
-                     " message_id, payload) VALUES ('sent', 'sent', 'cdm-attempts', %s, %s, 'logfile', 'm4', '{}')",
-                     (TIMES[4], RECEIVED))
+        conn.execute(
+            "INSERT INTO events (event_key, event_type, copernica_type, occurred_at, received_at, source,"
+            " message_id, payload) VALUES ('sent', 'sent', 'cdm-attempts', %s, %s, 'logfile', 'm4', '{}')",
+            (TIMES[4], RECEIVED),
+        )
         conn.execute("DELETE FROM events WHERE event_key = 'key-2'")  # a gap in the ids
         with conn.transaction(force_rollback=True):  # a rolled-back insert uses up ids past max(id)
-            conn.execute("INSERT INTO events (event_key, event_type, copernica_type, occurred_at, received_at,"
-                         " source, payload) SELECT 'x' || i, 'opened', 'open', now(), now(), 'webhook', '{}'"
-                         " FROM generate_series(1, 5) i")
+            conn.execute(
+                "INSERT INTO events (event_key, event_type, copernica_type, occurred_at, received_at,"
+                " source, payload) SELECT 'x' || i, 'opened', 'open', now(), now(), 'webhook', '{}'"
+                " FROM generate_series(1, 5) i"
+            )
         conn.execute("INSERT INTO rejected_events (call_key, received_at, reason, body) VALUES ('c1', now(), 'x', 'y')")
-        conn.execute("DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'ingest_reader')"
-                     " THEN CREATE ROLE ingest_reader; END IF; END $$")
+        conn.execute(
+            "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'ingest_reader')"
+            " THEN CREATE ROLE ingest_reader; END IF; END $$"
+        )
         conn.execute("GRANT SELECT ON events, mailing_stats TO ingest_reader")
         return conn.execute("SELECT * FROM events ORDER BY id").fetchall()
 
@@ -58,8 +64,9 @@ def _snapshot(conn: psycopg.Connection) -> dict[str, object]:
         "rows": conn.execute("SELECT * FROM events ORDER BY id").fetchall(),
         "view": conn.execute("SELECT pg_get_viewdef('mailing_stats')").fetchone()[0],
         "stats": conn.execute("SELECT * FROM mailing_stats ORDER BY mailing_id").fetchall(),
-        "grants": conn.execute("SELECT relname, relacl::text FROM pg_class WHERE relname IN ('events', 'mailing_stats')"
-                               " ORDER BY 1").fetchall(),
+        "grants": conn.execute(
+            "SELECT relname, relacl::text FROM pg_class WHERE relname IN ('events', 'mailing_stats') ORDER BY 1"
+        ).fetchall(),
     }
 
 
@@ -85,17 +92,28 @@ def test_upgrade_keeps_every_row_id_and_key(scratch_database_url: str) -> None:
         today = partitions.month_of(datetime.now(UTC))
         ahead = {partitions.add_months(today, n) for n in range(-partitions.BEHIND, partitions.AHEAD + 1)}
         assert {partitions.month_of(t) for t in TIMES} | ahead <= months
-        constraints = {r[0]: r[1] for r in conn.execute(
-            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'events'::regclass")}
+        constraints = {
+            r[0]: r[1]
+            for r in conn.execute(
+                "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'events'::regclass"
+            )
+        }
         assert constraints["events_pkey"] == "PRIMARY KEY (id, occurred_at)"
         assert constraints["events_event_key_occurred_at_key"] == "UNIQUE (event_key, occurred_at)"
         indexes = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'events'")}
-        assert {"events_event_type_idx", "events_occurred_at_idx", "events_mailing_type_idx",
-                "events_message_id_idx", "events_recipient_idx"} <= indexes
+        assert {
+            "events_event_type_idx",
+            "events_occurred_at_idx",
+            "events_mailing_type_idx",
+            "events_message_id_idx",
+            "events_recipient_idx",
+        } <= indexes
         assert conn.execute("SELECT pg_get_serial_sequence('events', 'id')").fetchone()[0] == "public.events_id_seq"
         # a new row's id comes after every old id and every number the old sequence gave
-        conn.execute("INSERT INTO events (event_key, event_type, copernica_type, occurred_at, received_at, source,"
-                     " payload) VALUES ('new', 'opened', 'open', now(), now(), 'webhook', '{}')")
+        conn.execute(
+            "INSERT INTO events (event_key, event_type, copernica_type, occurred_at, received_at, source,"
+            " payload) VALUES ('new', 'opened', 'open', now(), now(), 'webhook', '{}')"
+        )
         new_id = conn.execute("SELECT id FROM events WHERE event_key = 'new'").fetchone()[0]
         assert new_id == old_next > max(r[0] for r in before["rows"])  # type: ignore[union-attr]
         assert conn.execute("SELECT count(*) FROM rejected_events").fetchone()[0] == 1
@@ -125,8 +143,10 @@ def test_upgrade_of_an_empty_table(scratch_database_url: str) -> None:
     apply_migrations(scratch_database_url, target=3)
     apply_migrations(scratch_database_url)
     with psycopg.connect(scratch_database_url, autocommit=True) as conn:
-        conn.execute("INSERT INTO events (event_key, event_type, copernica_type, occurred_at, received_at, source,"
-                     " payload) VALUES ('k', 'opened', 'open', now() - interval '1 day', now(), 'webhook', '{}')")
+        conn.execute(
+            "INSERT INTO events (event_key, event_type, copernica_type, occurred_at, received_at, source,"
+            " payload) VALUES ('k', 'opened', 'open', now() - interval '1 day', now(), 'webhook', '{}')"
+        )
         row = conn.execute("SELECT id, tableoid::regclass::text FROM events").fetchone()
     assert row[0] == 1
     assert row[1] == f"events_p{datetime.now(UTC) - timedelta(days=1):%Y%m}"

@@ -63,8 +63,9 @@ def at_0004(scratch_database_url: str) -> str:
 
 def _rows(url: str) -> list[tuple]:
     with psycopg.connect(url) as conn:
-        return conn.execute("SELECT id, event_key, source, message_id, profile_id, event_type FROM events"
-                            " ORDER BY id").fetchall()
+        return conn.execute(
+            "SELECT id, event_key, source, message_id, profile_id, event_type FROM events ORDER BY id"
+        ).fetchall()
 
 
 def test_stored_unsubscribes_get_the_python_key(at_0004: str) -> None:
@@ -107,8 +108,10 @@ def test_webhook_and_logfile_stored_apart_keep_both_rows_one_rekeyed(at_0004: st
     apply_migrations(at_0004, target=5)
 
     rows = _rows(at_0004)
-    assert [(r[1], r[2], r[3]) for r in rows] == [(webhook.event_key, "webhook", None),
-                                                  (old_key(MESSAGE, OCCURRED), "logfile", MESSAGE)]
+    assert [(r[1], r[2], r[3]) for r in rows] == [
+        (webhook.event_key, "webhook", None),
+        (old_key(MESSAGE, OCCURRED), "logfile", MESSAGE),
+    ]
     with store.connect(at_0004) as conn:  # either arriving again meets the re-keyed row
         result = store.store(conn, [webhook, record])
     assert (result.stored, result.duplicates) == (0, 2)
@@ -116,8 +119,9 @@ def test_webhook_and_logfile_stored_apart_keep_both_rows_one_rekeyed(at_0004: st
 
 def test_what_0005_leaves_alone(at_0004: str) -> None:
     no_profile = _webhook(None)
-    opened = from_webhook({"id": MESSAGE, "type": "open", "time": str(TIME), "ip": "192.0.2.1", "profile": "1001"},
-                          ENVELOPE, TZ)
+    opened = from_webhook(
+        {"id": MESSAGE, "type": "open", "time": str(TIME), "ip": "192.0.2.1", "profile": "1001"}, ENVELOPE, TZ
+    )
     bounce = from_webhook({"id": MESSAGE, "type": "bounce", "time": str(TIME), "mime": out_of_office()}, ENVELOPE, TZ)
     old_bounce = dataclasses.replace(bounce, event_type="bounced", event_key="k-bounce")  # stored before 0005
     with store.connect(at_0004) as conn:
@@ -136,8 +140,10 @@ def test_what_0005_leaves_alone(at_0004: str) -> None:
 
 def test_mailing_stats_counts_autoreplies_apart_and_keeps_grants(at_0004: str) -> None:
     with psycopg.connect(at_0004, autocommit=True) as conn:
-        conn.execute("DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'ingest_reader')"
-                     " THEN CREATE ROLE ingest_reader; END IF; END $$")
+        conn.execute(
+            "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'ingest_reader')"
+            " THEN CREATE ROLE ingest_reader; END IF; END $$"
+        )
         conn.execute("GRANT SELECT ON mailing_stats TO ingest_reader")
 
     apply_migrations(at_0004, target=5)

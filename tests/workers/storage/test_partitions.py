@@ -25,8 +25,11 @@ def _open(message: str, moment: datetime | None, *, received: float | None = Non
     fields = {"type": "open", "id": message, "ip": "192.0.2.1", **extra}
     if moment is not None:
         fields["time"] = str(int(moment.timestamp()))
-    envelope = Envelope(body=b"x", content_type="application/x-www-form-urlencoded",
-                        received_at=NOW.timestamp() if received is None else received)
+    envelope = Envelope(
+        body=b"x",
+        content_type="application/x-www-form-urlencoded",
+        received_at=NOW.timestamp() if received is None else received,
+    )
     return from_webhook(fields, envelope, TZ)
 
 
@@ -46,16 +49,18 @@ def conn(database_url: str) -> Iterator[psycopg.Connection]:
 
 # --- the months of a batch ------------------------------------------------------------------------
 
+
 def test_worker_makes_the_partition_of_a_new_month_before_inserting(
-        db: psycopg.Connection, conn: psycopg.Connection) -> None:
+    db: psycopg.Connection, conn: psycopg.Connection
+) -> None:
     moment = datetime(2019, 3, 10, 12, tzinfo=UTC)  # a backfill of an old month: no partition yet
     _drop_partition(db, date(2019, 3, 1))
     assert store.store(conn, [_open("m-2019", moment)]).stored == 1
     assert _where(db, "m-2019") == ["events_p201903"]
 
 
-def test_known_months_cost_no_query(db: psycopg.Connection, conn: psycopg.Connection,
-                                    monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.usefixtures("db")
+def test_known_months_cost_no_query(conn: psycopg.Connection, monkeypatch: pytest.MonkeyPatch) -> None:
     store.store(conn, [_open("m1", NOW)])
 
     def no_catalogue(*_: object) -> None:
@@ -86,8 +91,8 @@ def test_far_future_rows_go_to_the_default_partition(db: psycopg.Connection, con
 
 
 def test_a_locked_default_partition_does_not_stop_the_batch(
-        db: psycopg.Connection, conn: psycopg.Connection, database_url: str,
-        caplog: pytest.LogCaptureFixture) -> None:
+    db: psycopg.Connection, conn: psycopg.Connection, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """Making a partition waits WORKER_LOCK_TIMEOUT at most; then the rows go to the default
     partition, and `create_ahead` (ingest migrate) moves them out later."""
     moment = datetime(2019, 7, 4, tzinfo=UTC)
@@ -119,7 +124,9 @@ def test_create_ahead_is_idempotent(db: psycopg.Connection) -> None:
 
 # --- one row per event ------------------------------------------------------------------------------
 
-def test_timed_event_is_one_row_however_often_it_comes(db: psycopg.Connection, conn: psycopg.Connection) -> None:
+
+@pytest.mark.usefixtures("db")
+def test_timed_event_is_one_row_however_often_it_comes(conn: psycopg.Connection) -> None:
     moment = NOW.replace(microsecond=0)
     first = _open("m-timed", moment, received=NOW.timestamp())
     again = _open("m-timed", moment, received=NOW.timestamp() + 3600)  # another delivery, an hour later
@@ -133,9 +140,12 @@ def test_untimed_events_keep_one_row_per_key(db: psycopg.Connection, conn: psyco
     key is the same (a message event within the same second; a payload-keyed event always)."""
     base = NOW.replace(microsecond=100_000).timestamp()
     message = [_open("m-untimed", None, received=base), _open("m-untimed", None, received=base + 0.5)]
-    payload = [from_webhook({"type": "mystery", "x": "1"},
-                            Envelope(body=b"x", content_type="", received_at=base + hours * 3600), TZ)
-               for hours in (0, 24 * 40)]  # even a month apart: another partition
+    payload = [
+        from_webhook(
+            {"type": "mystery", "x": "1"}, Envelope(body=b"x", content_type="", received_at=base + hours * 3600), TZ
+        )
+        for hours in (0, 24 * 40)
+    ]  # even a month apart: another partition
     for first, again in (message, payload):
         assert first.event_key == again.event_key and first.occurred_at != again.occurred_at
         assert store.store(conn, [first]).stored == 1
@@ -145,8 +155,10 @@ def test_untimed_events_keep_one_row_per_key(db: psycopg.Connection, conn: psyco
 
 # --- prune --------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("text", "age"), [("90d", timedelta(days=90)), ("12w", timedelta(weeks=12)),
-                                           (" 1D ", timedelta(days=1))])
+
+@pytest.mark.parametrize(
+    ("text", "age"), [("90d", timedelta(days=90)), ("12w", timedelta(weeks=12)), (" 1D ", timedelta(days=1))]
+)
 def test_parse_age(text: str, age: timedelta) -> None:
     assert partitions.parse_age(text) == age
 
@@ -168,11 +180,15 @@ def pruned_db(scratch_database_url: str) -> Iterator[psycopg.Connection]:
             partitions.create_months(conn, [partitions.month_of(moment)], "1s")
             conn.execute(
                 "INSERT INTO events (event_key, event_type, copernica_type, occurred_at, received_at, source,"
-                " payload) VALUES (%s, 'opened', 'open', %s, %s, 'webhook', '{}')", (f"k{month}", moment, moment))
+                " payload) VALUES (%s, 'opened', 'open', %s, %s, 'webhook', '{}')",
+                (f"k{month}", moment, moment),
+            )
         conn.execute("ALTER TABLE events DETACH PARTITION events_p202604")
-        conn.execute("INSERT INTO events (event_key, event_type, copernica_type, occurred_at, received_at, source,"
-                     " payload) SELECT event_key || '-late', event_type, copernica_type, occurred_at, received_at,"
-                     " source, payload FROM events_p202604")
+        conn.execute(
+            "INSERT INTO events (event_key, event_type, copernica_type, occurred_at, received_at, source,"
+            " payload) SELECT event_key || '-late', event_type, copernica_type, occurred_at, received_at,"
+            " source, payload FROM events_p202604"
+        )
         conn.execute("DROP TABLE events_p202604")
         yield conn
 
@@ -200,14 +216,23 @@ def test_prune_dry_run_drops_nothing(pruned_db: psycopg.Connection) -> None:
     names = [p.name for p in partitions.list_partitions(pruned_db)]
     result = partitions.prune(pruned_db, timedelta(weeks=20), now=PRUNE_NOW, dry_run=True)
     # cutoff 2026-07-03; April's row waits in the default partition (a dry run moves nothing)
-    assert [p.name for p in result.dropped] == ["events_p202601", "events_p202602", "events_p202603",
-                                                "events_p202605", "events_p202606"]
+    assert [p.name for p in result.dropped] == [
+        "events_p202601",
+        "events_p202602",
+        "events_p202603",
+        "events_p202605",
+        "events_p202606",
+    ]
     assert [p.name for p in partitions.list_partitions(pruned_db)] == names
     assert pruned_db.execute("SELECT count(*) FROM events").fetchone()[0] == 11
 
 
-def test_prune_command(pruned_db: psycopg.Connection, scratch_database_url: str,
-                       monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_prune_command(
+    pruned_db: psycopg.Connection,
+    scratch_database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     monkeypatch.setenv("DATABASE_URL", scratch_database_url)
     age = f"{(datetime.now(UTC) - datetime(2026, 6, 1, tzinfo=UTC)).days}d"  # May and older go
     assert main(["prune", "--older-than", age, "--dry-run"]) == 0

@@ -41,13 +41,16 @@ def garbage(received_at: float = RECEIVED) -> Envelope:
 def logfile_call() -> Envelope:
     """How the store keeps a logfile record PostgreSQL refused: its fields as JSON, target names the log."""
     body = orjson.dumps(log_record("cdm-impression", id="from-log"))
-    return Envelope(body=body, content_type="application/json", received_at=RECEIVED + 5,
-                    target="logfile:cdm-impression")
+    return Envelope(
+        body=body, content_type="application/json", received_at=RECEIVED + 5, target="logfile:cdm-impression"
+    )
 
 
 def counts(db: psycopg.Connection) -> tuple[int, int]:
-    return (db.execute("SELECT count(*) FROM events").fetchone()[0],
-            db.execute("SELECT count(*) FROM rejected_events").fetchone()[0])
+    return (
+        db.execute("SELECT count(*) FROM events").fetchone()[0],
+        db.execute("SELECT count(*) FROM rejected_events").fetchone()[0],
+    )
 
 
 def test_list_shows_newest_first_with_first_bytes(db: psycopg.Connection) -> None:
@@ -60,7 +63,8 @@ def test_list_shows_newest_first_with_first_bytes(db: psycopg.Connection) -> Non
     assert rejected.list_rejected(db, limit=1)[0].reason == "old parser bug"
 
 
-def test_cli_list(cli_env: str, db: psycopg.Connection, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.usefixtures("cli_env")
+def test_cli_list(db: psycopg.Connection, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["rejected", "list"]) == 0
     assert "no rejected calls" in capsys.readouterr().out
     first = keep(db, garbage(), "form body is not valid UTF-8")
@@ -91,8 +95,9 @@ def test_replay_all_stores_what_now_parses_and_removes_it(db: psycopg.Connection
     assert left == (broken, "form body is not valid UTF-8")  # kept, with today's reason
     rows = dict(db.execute("SELECT message_id, source FROM events").fetchall())
     assert rows == {"b4icbaqjswyrb7tc": "webhook", "from-log": "logfile"} | {WEBHOOK_CASES[2].json["id"]: "webhook"}
-    assert db.execute("SELECT account FROM events WHERE event_type = 'opened' AND source = 'webhook'").fetchone() \
-        == ("1234",)  # the stored headers are read again
+    assert db.execute("SELECT account FROM events WHERE event_type = 'opened' AND source = 'webhook'").fetchone() == (
+        "1234",
+    )  # the stored headers are read again
     assert {fixed, from_log, dup}.isdisjoint({r[0] for r in db.execute("SELECT id FROM rejected_events")})
 
 
@@ -121,11 +126,14 @@ def test_replay_keeps_the_call_when_the_store_refuses(db: psycopg.Connection, mo
     assert (result.removed, result.still_rejected) == (1, 1)
     assert counts(db) == (1, 1)
     assert db.execute("SELECT id, reason FROM rejected_events").fetchone() == (
-        refused, "refused by PostgreSQL: refused for the test")
+        refused,
+        "refused by PostgreSQL: refused for the test",
+    )
     assert good != refused
 
 
-def test_cli_replay(cli_env: str, db: psycopg.Connection, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.usefixtures("cli_env")
+def test_cli_replay(db: psycopg.Connection, capsys: pytest.CaptureFixture[str]) -> None:
     one = keep(db, open_call(), "old parser bug")
     keep(db, garbage(), "x")
     assert main(["rejected", "replay", "--id", str(one)]) == 0
@@ -138,14 +146,19 @@ def test_cli_replay(cli_env: str, db: psycopg.Connection, capsys: pytest.Capture
     assert counts(db) == (1, 1)
 
 
-@pytest.mark.parametrize(("argv", "code", "message"), [
-    (["rejected", "replay"], 2, "give --id N or --all"),
-    (["rejected", "replay", "--id", "1", "--all"], 2, "not both"),
-    (["rejected", "replay", "--id", "12345"], 1, "no rejected call with id 12345"),
-    (["rejected", "list", "--limit", "0"], 2, "--limit must be at least 1"),
-])
-def test_cli_bad_usage_is_one_line(cli_env: str, capsys: pytest.CaptureFixture[str], argv: list[str], code: int,
-                                   message: str) -> None:
+@pytest.mark.parametrize(
+    ("argv", "code", "message"),
+    [
+        (["rejected", "replay"], 2, "give --id N or --all"),
+        (["rejected", "replay", "--id", "1", "--all"], 2, "not both"),
+        (["rejected", "replay", "--id", "12345"], 1, "no rejected call with id 12345"),
+        (["rejected", "list", "--limit", "0"], 2, "--limit must be at least 1"),
+    ],
+)
+@pytest.mark.usefixtures("cli_env")
+def test_cli_bad_usage_is_one_line(
+    capsys: pytest.CaptureFixture[str], argv: list[str], code: int, message: str
+) -> None:
     assert main(argv) == code
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0] and err[0].startswith("ingest: ")
@@ -160,11 +173,16 @@ def test_replay_reads_records_kept_by_the_backfill(db: psycopg.Connection, fmt: 
     for number, record in enumerate((good, no_time), start=1):
         raw = encode_log("cdm-impression", [record], fmt)
         if fmt == "xml":
-            raw = raw[raw.index(b"<record>"):raw.index(b"</record>") + len(b"</record>")]
+            raw = raw[raw.index(b"<record>") : raw.index(b"</record>") + len(b"</record>")]
         if fmt == "json":
             raw = orjson.dumps(record)
-        env = Envelope(body=raw, content_type=types[fmt], received_at=RECEIVED, method="FILE",
-                       target=f"cdm-impression.2026-11-26.log:{number}")
+        env = Envelope(
+            body=raw,
+            content_type=types[fmt],
+            received_at=RECEIVED,
+            method="FILE",
+            target=f"cdm-impression.2026-11-26.log:{number}",
+        )
         keep(db, env, "an older reason", source="logfile")
 
     result = rejected.replay(db, TZ)
@@ -176,7 +194,11 @@ def test_replay_reads_records_kept_by_the_backfill(db: psycopg.Connection, fmt: 
 
 
 def test_replay_of_a_record_whose_log_is_unknown_keeps_it(db: psycopg.Connection) -> None:
-    keep(db, Envelope(body=b"a,b", content_type="text/csv", received_at=RECEIVED, target="mystery.csv:1"),
-         "x", source="logfile")
+    keep(
+        db,
+        Envelope(body=b"a,b", content_type="text/csv", received_at=RECEIVED, target="mystery.csv:1"),
+        "x",
+        source="logfile",
+    )
     result = rejected.replay(db, TZ)
     assert result.still_rejected == 1 and "log type" in next(iter(result.reasons))

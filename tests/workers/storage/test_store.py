@@ -19,9 +19,18 @@ WHEN = datetime(2026, 11, 26, 12, 0, 1, tzinfo=UTC)
 
 def _event(key: str, occurred: datetime = WHEN, **values: Any) -> Event:
     received = values.pop("received_at", WHEN + timedelta(seconds=5, microseconds=250))
-    return Event(event_key=key, event_type="opened", copernica_type="open", occurred_at=occurred,
-                 received_at=received, source="webhook", message_id=key, recipient="a@example.com",
-                 payload={"id": key}, **values)
+    return Event(
+        event_key=key,
+        event_type="opened",
+        copernica_type="open",
+        occurred_at=occurred,
+        received_at=received,
+        source="webhook",
+        message_id=key,
+        recipient="a@example.com",
+        payload={"id": key},
+        **values,
+    )
 
 
 def _untimed(key: str) -> Event:
@@ -58,8 +67,7 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return ways
 
 
-def test_new_events_go_straight_into_events(db: psycopg.Connection, conn: psycopg.Connection,
-                                            spy: list[str]) -> None:
+def test_new_events_go_straight_into_events(db: psycopg.Connection, conn: psycopg.Connection, spy: list[str]) -> None:
     result = store.store_chunks(conn, [([_event("a"), _event("b")], None, []), ([_event("c")], None, [])])
     assert (result.stored, result.duplicates) == (3, 0)
     assert spy == ["direct", "direct"]
@@ -67,7 +75,8 @@ def test_new_events_go_straight_into_events(db: psycopg.Connection, conn: psycop
 
 
 def test_a_stored_event_sends_the_batch_through_the_stage_and_stays_one_row(
-        db: psycopg.Connection, conn: psycopg.Connection, spy: list[str]) -> None:
+    db: psycopg.Connection, conn: psycopg.Connection, spy: list[str]
+) -> None:
     store.store(conn, [_event("a")])
     spy.clear()
     result = store.store_chunks(conn, [([_event("b")], None, []), ([_event("a"), _event("c")], None, [])])
@@ -101,7 +110,8 @@ def test_pauses_double_while_collisions_go_on(conn: psycopg.Connection) -> None:
 
 
 def test_one_key_in_two_chunks_of_a_transaction_is_one_row_without_a_fallback(
-        db: psycopg.Connection, conn: psycopg.Connection, spy: list[str]) -> None:
+    db: psycopg.Connection, conn: psycopg.Connection, spy: list[str]
+) -> None:
     later = _event("a", received_at=WHEN + timedelta(seconds=9))  # a retry of the same call
     result = store.store_chunks(conn, [([_event("a")], None, []), ([later, _event("b")], None, [])])
     assert (result.stored, result.duplicates) == (2, 1)
@@ -109,8 +119,8 @@ def test_one_key_in_two_chunks_of_a_transaction_is_one_row_without_a_fallback(
     assert _keys(db) == ["a", "b"]
 
 
-def test_staged_rows_before_a_fallback_are_stored_once(db: psycopg.Connection, conn: psycopg.Connection,
-                                                       spy: list[str]) -> None:
+@pytest.mark.usefixtures("spy")
+def test_staged_rows_before_a_fallback_are_stored_once(db: psycopg.Connection, conn: psycopg.Connection) -> None:
     """The savepoint undoes the staged rows sent after it too: they are redone with the rest."""
     store.store(conn, [_event("dup")])
     chunks = [([_event("a")], None, []), ([_untimed("u")], None, []), ([_event("dup"), _event("b")], None, [])]
@@ -135,7 +145,8 @@ def test_rejects_are_kept_beside_directly_copied_rows(db: psycopg.Connection, co
 
 
 def test_a_row_postgresql_refuses_in_the_direct_copy_becomes_a_reject(
-        db: psycopg.Connection, conn: psycopg.Connection) -> None:
+    db: psycopg.Connection, conn: psycopg.Connection
+) -> None:
     odd = _event("odd", ip="not an address")  # the model never makes this; inet refuses it
     result = store.store_chunks(conn, [([_event("a"), odd], None, []), ([_event("b")], None, [])])
     assert (result.stored, result.rejected) == (2, 1)
@@ -143,8 +154,7 @@ def test_a_row_postgresql_refuses_in_the_direct_copy_becomes_a_reject(
     assert db.execute("SELECT reason LIKE 'refused by PostgreSQL%' FROM rejected_events").fetchone() == (True,)
 
 
-def test_a_month_without_a_partition_mid_transaction_gets_one(db: psycopg.Connection,
-                                                              conn: psycopg.Connection) -> None:
+def test_a_month_without_a_partition_mid_transaction_gets_one(db: psycopg.Connection, conn: psycopg.Connection) -> None:
     """The open COPY is ended for the partition to be made, then goes on."""
     later = partitions.add_months(partitions.month_of(datetime.now(UTC)), partitions.AHEAD + 2)
     name = f"events_p{later:%Y%m}"
