@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from rich.progress import Progress
 
     from workers.backfill.api import CopernicaClient
-    from workers.backfill.files import FileResult, RunSummary
+    from workers.backfill.files import FileResult, Run, RunSummary
 
 log = logging.getLogger("ingest.cli.backfill")
 
@@ -283,12 +283,27 @@ def _summary_table(summary: RunSummary, title: str) -> int:
     return EXIT_FAILED if summary.failed else EXIT_OK
 
 
+@contextlib.contextmanager
+def _run(settings: Settings, tz: str, batch_size: int, *, fmt: str = "json", api: bool = True) -> Iterator[Run]:
+    """What one command's run needs, set up and torn down in order: the stop signals, the REST
+    client (`api`), the database connection and the progress bar."""
+    from workers.backfill.files import Run
+
+    with _stop_on_signals() as stop:
+        client = _client(settings, stop) if api else None
+        conn = _connect(settings)
+        try:
+            with _progress() as bar:
+                yield Run(conn, tz, stop=stop, reporter=bar, batch_size=batch_size, client=client, fmt=fmt)
+        finally:
+            conn.close()
+
+
 # --- commands -------------------------------------------------------------------------------------
 
 
 @_handler
 def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
-    from workers.backfill.files import Run
     from workers.backfill.runs import backfill, date_range, follow, today_in
 
     types = parse_types(args.types)
@@ -306,26 +321,11 @@ def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
         until = parse_day(args.until, "--until") if args.until else today_in(tz)
         if since > until:
             raise BadInput(f"--since {since} is after --until {until}")
-    with _stop_on_signals() as stop:
-        client = _client(settings, stop)
-        conn = _connect(settings)
-        try:
-            with _progress() as bar:
-                run = Run(
-                    conn,
-                    tz,
-                    stop=stop,
-                    reporter=bar,
-                    batch_size=args.batch_size,
-                    client=client,
-                    fmt=fmt,
-                )
-                if args.follow:
-                    summary = follow(run, types, interval=args.interval, max_polls=args.max_polls)
-                else:
-                    summary = backfill(run, date_range(since, until), types, force=args.force)
-        finally:
-            conn.close()
+    with _run(settings, tz, args.batch_size, fmt=fmt) as run:
+        if args.follow:
+            summary = follow(run, types, interval=args.interval, max_polls=args.max_polls)
+        else:
+            summary = backfill(run, date_range(since, until), types, force=args.force)
     if args.follow:
         _summary_table(summary, "backfill --follow")
         return EXIT_OK  # a clean stop; failures of single polls were retried by the next
@@ -334,23 +334,15 @@ def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
 
 @_handler
 def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
-    from workers.backfill.files import Run, import_files, plan_import
+    from workers.backfill.files import import_files, plan_import
 
     fmt = parse_format(args.format) if args.format else None
     tz = parse_timezone(args, settings)
     planned = plan_import(args.paths, args.type, fmt)
     if args.batch_size <= 0:
         raise BadInput("--batch-size must be positive")
-    with _stop_on_signals() as stop:
-        conn = _connect(settings)
-        try:
-            with _progress() as bar:
-                summary = import_files(
-                    Run(conn, tz, stop=stop, reporter=bar, batch_size=args.batch_size),
-                    planned,
-                )
-        finally:
-            conn.close()
+    with _run(settings, tz, args.batch_size, api=False) as run:
+        summary = import_files(run, planned)
     return _summary_table(summary, "import")
 
 
@@ -358,30 +350,14 @@ def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from workers.backfill.files import Run
     from workers.backfill.runs import reconcile
 
     day = parse_day(args.date, "--date")
     types = parse_types(args.types)
     fmt = parse_format(args.format)
     tz = parse_timezone(args, settings)
-    with _stop_on_signals() as stop:
-        client = _client(settings, stop)
-        conn = _connect(settings)
-        try:
-            with _progress() as bar:
-                run = Run(
-                    conn,
-                    tz,
-                    stop=stop,
-                    reporter=bar,
-                    batch_size=args.batch_size,
-                    client=client,
-                    fmt=fmt,
-                )
-                counts, summary = reconcile(run, day, types)
-        finally:
-            conn.close()
+    with _run(settings, tz, args.batch_size, fmt=fmt) as run:
+        counts, summary = reconcile(run, day, types)
     missing = sum(c.added for c in counts)
     failed = sum(c.failed for c in counts)
     if args.json:
