@@ -17,6 +17,7 @@ import operator
 import pickle
 import threading
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import zstandard
@@ -79,6 +80,13 @@ class Envelope:
             target=str(wire.get("target") or ""),
             headers=headers,
         )
+
+
+@lru_cache(maxsize=64)  # a sender uses one or two content types
+def media_type(content_type: str) -> str:
+    """A call's media type (`application/json`), lower case, without its parameters: what the
+    receiver accepts by and the parser reads by."""
+    return content_type.split(";", 1)[0].strip().lower()
 
 
 _WIRE_FIELDS = operator.itemgetter("body", "content_type", "received_at", "remote", "method", "target", "headers")

@@ -36,6 +36,15 @@ def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value  # rq 2.0 gives some keys as bytes
 
 
+# ---- The jobs -------------------------------------------------------------------------------------
+# RQ: a job names the function it runs by its dotted path, imported by the worker; the receiver
+# never imports the workers' code. A batch job's own name for the packed format (one zstd frame,
+# common.envelope): a worker from before that format fails such a job (RQ keeps it in its failed
+# registry, to be requeued once the worker is upgraded) instead of misreading it.
+JOB_FUNCTION = "workers.jobs.store_packed"
+STORE_FUNCTIONS = (JOB_FUNCTION, "workers.jobs.store_batch")  # what workers store (and borrow)
+
+
 # ---- Keys -------------------------------------------------------------------------------------
 # RQ: a queue is the list <QUEUE_PREFIX><name> of job ids, enqueued at its right end (RPUSH) and
 # taken from its left; the set QUEUES_KEY names every queue; a job is the hash <JOB_PREFIX><id>.

@@ -21,14 +21,13 @@ from typing import Any
 import redis
 from aiohttp import web
 
-from common.envelope import KEPT_HEADERS, wire
+from common.envelope import KEPT_HEADERS, media_type, wire
 from common.settings import Settings
 from ingest import metrics, openapi, verification
 from ingest.auth import Authenticator, Refused
 from ingest.batching import Closed, GroupCommitter, Overloaded, WriteFailed
 from ingest.highwater import HighWater
 from ingest.queueing import BatchQueue
-from workers.events.parsing import media_type
 
 log = logging.getLogger("ingest.app")
 

@@ -23,16 +23,11 @@ from redis.retry import Retry as RedisRetry
 from rq import Queue, Retry
 
 from common.envelope import pack_calls
-from common.rqcontract import JobTemplate
+from common.rqcontract import JOB_FUNCTION, JobTemplate
 from common.settings import Settings
 
 log = logging.getLogger("ingest.queueing")
 
-# What a batch job runs. Its own name for the packed format (one zstd frame, common.envelope):
-# a worker from before that format fails such a job (RQ keeps it in its failed registry, to be
-# requeued once the worker is upgraded) instead of misreading it.
-JOB_FUNCTION = "workers.jobs.store_packed"
-STORE_FUNCTIONS = (JOB_FUNCTION, "workers.jobs.store_batch")  # what workers store (and borrow)
 JOB_TIMEOUT = 600  # seconds a batch may take to store before RQ calls it failed
 FAILURE_TTL = 365 * 24 * 3600  # a failed batch rests in the failed registry for a year
 RESULT_TTL = 0  # a stored batch leaves Redis at once: the rows are in PostgreSQL

@@ -32,8 +32,7 @@ from typing import Any
 import redis
 
 from common.envelope import unpack_calls
-from common.rqcontract import job_key, queue_key, queued_calls
-from ingest.queueing import STORE_FUNCTIONS
+from common.rqcontract import STORE_FUNCTIONS, job_key, queue_key, queued_calls
 
 log = logging.getLogger("workers.coalesce")
 

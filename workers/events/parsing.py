@@ -23,6 +23,8 @@ from urllib.parse import unquote_to_bytes
 
 import orjson
 
+from common.envelope import media_type
+
 log = logging.getLogger("workers.events.parsing")
 
 MAX_FIELDS = 10_000
@@ -31,11 +33,6 @@ MAX_DEPTH = 32
 
 class Unparseable(ValueError):
     """The body cannot be read as a Copernica event; the message is the reason kept with it."""
-
-
-@lru_cache(maxsize=64)  # a sender uses one or two content types
-def media_type(content_type: str) -> str:
-    return content_type.split(";", 1)[0].strip().lower()
 
 
 def parse_body(content_type: str, body: bytes) -> dict[str, Any]:

@@ -22,10 +22,10 @@ import orjson
 import psycopg
 from psycopg.rows import dict_row
 
-from common.envelope import Envelope
+from common.envelope import Envelope, media_type
 from workers.events.logfiles import log_type_from_name, read_records
 from workers.events.model import Event, from_logfile, from_webhook
-from workers.events.parsing import Unparseable, media_type, parse_body
+from workers.events.parsing import Unparseable, parse_body
 from workers.storage import store
 from workers.storage.queries import scalar
 
