@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -24,3 +25,16 @@ async def receiver_client(
         await server.start_server(access_log=None, **receiver.server_options())
         async with TestClient(server) as client:
             yield client
+
+
+def enqueue(settings: Settings, *batches: list[dict]) -> list[str]:
+    """Each batch written as the receiver writes it (one RQ job each); their job ids."""
+
+    async def go() -> list[str]:
+        queue = BatchQueue(settings)
+        try:
+            return [await queue.enqueue(batch) for batch in batches]
+        finally:
+            await queue.close()
+
+    return asyncio.run(go())

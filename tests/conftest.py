@@ -19,6 +19,7 @@ from psycopg.conninfo import make_conninfo
 
 from common.settings import Settings
 from ingest.devstack.embedded import EmbeddedPostgres, EmbeddedValkey
+from tests.fake_copernica import FakeCopernica
 from workers.storage.schema import apply_migrations
 
 # Tables every test starts without rows (the schema itself is kept). TRUNCATE on `events`
@@ -106,3 +107,11 @@ def db(database_url: str) -> Iterator[psycopg.Connection]:
 
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeCopernica]:
+    """Copernica's REST API, faked by a real HTTP server (tests/fake_copernica.py)."""
+    server = FakeCopernica().start()
+    yield server
+    server.stop()

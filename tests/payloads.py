@@ -10,6 +10,7 @@ import string
 
 import orjson
 
+from common.envelope import wire
 from tests.fixtures_copernica import encode_form
 
 BASE_TIME = 1795694401  # 2026-11-26 12:00:01 UTC
@@ -26,6 +27,12 @@ def webhook_body(kind: str = "open", /, **fields: object) -> bytes:
 def webhook_json(kind: str = "open", /, **fields: object) -> bytes:
     """The same call as a JSON body (Copernica's other encoding)."""
     return orjson.dumps({"type": kind, **fields})
+
+
+def queued_call(n: int, *, prefix: str = "m", remote: str = "127.0.0.1", headers: dict[str, str] | None = None) -> dict:
+    """The `n`th of a run of distinct opens, as the receiver queues a call (`common.envelope.wire`)."""
+    body = webhook_body("open", id=f"{prefix}{n}", time=str(BASE_TIME + n))
+    return wire(body, FORM, BASE_TIME + n, remote, "POST", "/copernica", headers or {})
 
 
 # The README's example open: one ordinary call for tests that need any valid one.

@@ -17,38 +17,18 @@ from rq import Queue, Retry
 from rq.job import Job, JobStatus
 from rq.utils import utcformat
 
-from common.envelope import pack_calls, unpack_calls, wire
+from common.envelope import pack_calls, unpack_calls
 from common.rqcontract import JobTemplate, TemplateError
 from common.settings import Settings
 from ingest.queueing import FAILURE_TTL, JOB_FUNCTION, JOB_TIMEOUT, RESULT_TTL, BatchQueue
+from tests.clients import enqueue
+from tests.payloads import queued_call
 
 pytestmark = pytest.mark.rq_contract
 
 
 def calls(count: int, start: int = 0) -> list[dict]:
-    return [
-        wire(
-            f"id=m{n}&type=open&time={1795694401 + n}".encode(),
-            "application/x-www-form-urlencoded",
-            1795694401.0 + n,
-            "192.0.2.7",
-            "POST",
-            "/copernica",
-            {"x-copernica-id": "7"},
-        )
-        for n in range(start, start + count)
-    ]
-
-
-def enqueue(settings: Settings, *batches: list[dict]) -> list[str]:
-    async def go() -> list[str]:
-        queue = BatchQueue(settings)
-        try:
-            return [await queue.enqueue(batch) for batch in batches]
-        finally:
-            await queue.close()
-
-    return asyncio.run(go())
+    return [queued_call(n, remote="192.0.2.7", headers={"x-copernica-id": "7"}) for n in range(start, start + count)]
 
 
 def test_the_job_is_the_one_rq_writes(settings: Settings, redis_conn: redis.Redis) -> None:

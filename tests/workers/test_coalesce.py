@@ -9,24 +9,16 @@ import pytest
 import redis
 from rq import Queue
 
-from common.envelope import wire
 from common.settings import Settings
 from ingest.queueing import BatchQueue
+from tests.payloads import queued_call
 from workers import coalesce
 
 pytestmark = pytest.mark.rq_contract
 
 
 def call(n: int) -> dict:
-    return wire(
-        f"id=m{n}&type=open&time={1795694401 + n}".encode(),
-        "application/x-www-form-urlencoded",
-        1795694401.0 + n,
-        "127.0.0.1",
-        "POST",
-        "/copernica",
-        {},
-    )
+    return queued_call(n)
 
 
 def enqueue_batches(redis_url: str, sizes: list[int]) -> list[str]:

@@ -4,7 +4,6 @@ real `ingest worker` processes."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 import signal
 import subprocess
@@ -21,10 +20,10 @@ from rq import Queue, Retry, Worker
 from rq.job import Job, JobStatus
 from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 
-from common.envelope import wire
 from common.settings import Settings
-from ingest.queueing import BatchQueue
+from tests.clients import enqueue
 from tests.conftest import ROOT
+from tests.payloads import queued_call
 from tests.processes import ingest_env
 from workers import coalesce, runner
 
@@ -36,26 +35,7 @@ IDLE_WORKERS = 8
 
 
 def call(n: int) -> dict:
-    return wire(
-        f"id=r{n}&type=open&time={1795694401 + n}".encode(),
-        "application/x-www-form-urlencoded",
-        1795694401.0 + n,
-        "127.0.0.1",
-        "POST",
-        "/copernica",
-        {},
-    )
-
-
-def enqueue(settings: Settings, *batches: list[dict]) -> list[str]:
-    async def go() -> list[str]:
-        queue = BatchQueue(settings)
-        try:
-            return [await queue.enqueue(batch) for batch in batches]
-        finally:
-            await queue.close()
-
-    return asyncio.run(go())
+    return queued_call(n, prefix="r")
 
 
 def worker_process(env: dict[str, str], *args: str) -> subprocess.Popen:

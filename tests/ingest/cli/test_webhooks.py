@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -17,13 +16,6 @@ from tests.fake_copernica import WEBHOOK_TRIGGERS, FakeCopernica
 from workers.backfill.webhooks import TRIGGERS, Webhook
 
 URL = "https://events.example.com/copernica"
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeCopernica]:
-    server = FakeCopernica().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 
@@ -38,13 +37,6 @@ from workers.storage import store
 TZ = "Europe/Amsterdam"
 DAY = date(2026, 11, 25)
 NEXT = date(2026, 11, 26)
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeCopernica]:
-    server = FakeCopernica().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
