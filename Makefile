@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-rq-bounds faults bench lint install clean
+.PHONY: run test test-rq-bounds faults bench lint install clean promtool
 
 install: $(STAMP)
 
@@ -19,8 +19,18 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/ingest dev
 
+## promtool for tests/test_alerts.py: the one from the PATH, else taken out of Debian's prometheus
+## package into .tools/ (unpacked, not installed: no Prometheus service is set up on this machine)
+PROMTOOL := .tools/usr/bin/promtool
+promtool:
+	@command -v promtool >/dev/null || test -x $(PROMTOOL) || ( \
+	  mkdir -p .tools/deb && cd .tools/deb && rm -f prometheus_*.deb && \
+	  (apt-get download prometheus >/dev/null 2>&1 || (apt-get update -qq && apt-get download prometheus)) && \
+	  dpkg -x prometheus_*.deb .. ) \
+	  || echo "make: promtool could not be fetched; tests/test_alerts.py will skip its promtool tests"
+
 ## lint, then the whole test suite (real servers, started by the suite) with a fast fault subset
-test: $(STAMP)
+test: $(STAMP) promtool
 	$(MAKE) lint
 	$(BIN)/python -m pytest -q -m "not slow" --durations=10
 
@@ -53,4 +63,4 @@ lint: $(STAMP)
 	$(BIN)/mypy ingest workers common
 
 clean:
-	rm -rf $(VENV) $(VENV)-rq-low $(VENV)-rq-high .ingest .pytest_cache
+	rm -rf .tools $(VENV) $(VENV)-rq-low $(VENV)-rq-high .ingest .pytest_cache

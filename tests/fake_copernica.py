@@ -129,6 +129,8 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     ),
 }
 COLUMNS["pom-delivery"] = COLUMNS["pom-deliveries"]  # some pages name the file so
+# Copernica's own log of the webhook calls that failed (no events; records have no `id`).
+COLUMNS["feedback-loop-errors"] = ("time", "response", "recipient", "header")
 # The webhook `type` of each log, for tests that send the same events as webhooks.
 WEBHOOK_TYPE = {
     "cdm-impression": "open",
@@ -349,8 +351,43 @@ def _webhook_problem(body: Any) -> str | None:
     return f"unknown fields {sorted(unknown)}" if unknown else None
 
 
+# --- per-mailing statistics (REST v4: GET /v4/ms/emailing/{id}/statistics, GET /v4/html/...) -------
+# Kept apart like the webhooks: FakeCopernica mixes it in. A mailing unknown to a path answers 404
+# there. Scripted failures match the path: fail("/statistics", (429, 0), 503) answers the next
+# two statistics calls so, whichever mailing they ask for.
+
+
+class FakeStatistics:
+    def init_statistics(self) -> None:
+        self.statistics: dict[tuple[str, int], dict[str, Any]] = {}  # ("ms" | "html", id) -> answer
+
+    def add_statistics(self, mailing_id: int, stats: dict[str, Any], *, publisher: bool = False) -> None:
+        """What `GET /v4/{ms|html}/emailing/{mailing_id}/statistics` answers, e.g.
+        `{"destinations": 10, "deliveries": {"total": 10}, "impressions": {"total": 7, "unique": 5}}`."""
+        self.statistics[("html" if publisher else "ms", mailing_id)] = stats
+
+    def statistics_hits(self) -> list[Hit]:
+        return [h for h in self.hits if h.path.endswith("/statistics")]  # type: ignore[attr-defined]
+
+    async def mailing_statistics(self, request: web.Request) -> web.StreamResponse:
+        self._hit(request)  # type: ignore[attr-defined]
+        if not self._authorised(request):  # type: ignore[attr-defined]
+            return web.json_response({"error": {"message": "Invalid access token"}}, status=401)
+        scripted = await self._scripted(request)  # type: ignore[attr-defined]
+        if scripted is not None:
+            return scripted
+        raw = request.match_info["id"]
+        stats = self.statistics.get((request.match_info["kind"], int(raw))) if raw.isdigit() else None
+        if stats is None:
+            return web.json_response({"error": {"message": "mailing not found"}}, status=404)
+        return web.json_response(stats)
+
+    def add_statistics_routes(self, app: web.Application) -> None:
+        app.router.add_get(r"/v4/{kind:ms|html}/emailing/{id}/statistics", self.mailing_statistics)
+
+
 @dataclass
-class FakeCopernica(FakeWebhooks):
+class FakeCopernica(FakeWebhooks, FakeStatistics):
     token: str = field(default_factory=lambda: "tok-" + secrets.token_hex(12))
     auth_shape: str = "object"  # object | string | bare
     jwt_exp: bool = True  # put `exp` in the JWT payload
@@ -373,6 +410,7 @@ class FakeCopernica(FakeWebhooks):
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
         self.init_webhooks()
+        self.init_statistics()
 
     # --- set-up -------------------------------------------------------------------------------
 
@@ -558,6 +596,7 @@ class FakeCopernica(FakeWebhooks):
         app.router.add_get("/v4/logfiles", self.logfiles)
         app.router.add_get("/v4/logfile/{name}/{fmt}", self.logfile)
         self.add_webhook_routes(app)
+        self.add_statistics_routes(app)
         return app
 
     # --- lifecycle ----------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from tests.test_e2e import post_all
 from tests.workers.test_jobs import _enqueue, envelope
 from workers import jobs
 from workers import metrics as worker_metrics
+from workers.backfill import reconcile_metrics
 
 FORM = "application/x-www-form-urlencoded"
 DASHBOARD = ROOT / "deploy" / "grafana" / "copernica-ingest.json"
@@ -358,7 +359,7 @@ def test_grafana_dashboard_uses_only_exported_metrics() -> None:
     exprs = [t["expr"] for p in panels for t in p.get("targets", [])]
     assert all(p.get("targets") for p in panels), "a panel without a query"
     used = {name for expr in exprs for name in re.findall(r"\bcopernica_ingest_[a-z_]+", expr)}
-    known = exported_names(receiver_metrics.REGISTRY) | exported_names(worker_metrics.REGISTRY)
+    known = set().union(*(exported_names(m.REGISTRY) for m in (receiver_metrics, worker_metrics, reconcile_metrics)))
     assert used and used <= known, used - known
     for wanted in (
         "copernica_ingest_requests_total",
@@ -369,6 +370,9 @@ def test_grafana_dashboard_uses_only_exported_metrics() -> None:
         "copernica_ingest_rejected_total",
         "copernica_ingest_refused_total",
         "copernica_ingest_store_seconds_bucket",
+        "copernica_ingest_reconcile_missing_events",
+        "copernica_ingest_copernica_failed_calls",
+        "copernica_ingest_reconcile_last_success_timestamp_seconds",
     ):
         assert wanted in used, wanted
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}

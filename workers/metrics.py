@@ -155,23 +155,30 @@ def record_abandoned(returned_batches: int) -> None:
         RETURNED_ABANDONED.inc(returned_batches)
 
 
-def serve(port: int, addr: str = "0.0.0.0") -> WSGIServer | None:
-    """Serve REGISTRY on `port` from a daemon thread; None when `port` is 0 or taken.
+def serve(
+    port: int,
+    addr: str = "0.0.0.0",
+    *,
+    registry: CollectorRegistry = REGISTRY,
+    hint: str = "set INGEST_WORKER_METRICS_PORT per worker",
+) -> WSGIServer | None:
+    """Serve `registry` (the worker's by default) on `port` from a daemon thread; None when
+    `port` is 0 or taken.
 
     A port that is taken (two workers on one machine with the same setting) costs the metrics,
-    not the worker: it logs a warning and drains the queue all the same."""
+    not the worker: it logs a warning (ending in `hint`) and drains the queue all the same."""
     if not port:
         return None
     try:
-        server = make_server(addr, port, make_wsgi_app(REGISTRY), ThreadingWSGIServer, handler_class=_QuietHandler)
+        server = make_server(addr, port, make_wsgi_app(registry), ThreadingWSGIServer, handler_class=_QuietHandler)
     except OSError as exc:
-        log.warning("worker metrics not served on port %d: %s (set INGEST_WORKER_METRICS_PORT per worker)", port, exc)
+        log.warning("metrics not served on port %d: %s (%s)", port, exc, hint)
         return None
     # A short poll: `stop` waits for the loop to see it, and a burst worker exits only then.
     threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": STOP_POLL_SECONDS}, name="metrics", daemon=True
     ).start()
-    log.info("worker metrics on http://%s:%d/metrics", addr, port)
+    log.info("metrics on http://%s:%d/metrics", addr, port)
     return server
 
 

@@ -2,10 +2,10 @@
 
 Bad input (a date, a type, a missing file or token) ends with one line and exit code 2. A run
 shows one progress bar on stderr and a summary table on stdout; it exits 1 when a file
-failed (reconcile: also when events had been missing) or its times are in another zone than
-COPERNICA_TIMEZONE / --timezone (one line naming the zone; nothing of that file stored), 130
-when interrupted. Ctrl-C or SIGTERM stop after the current batch (a second Ctrl-C aborts at
-once); what was stored is committed, and a rerun finishes the rest.
+failed (reconcile: also when events had been missing or Copernica logged failed calls) or its
+times are in another zone than COPERNICA_TIMEZONE / --timezone (one line naming the zone;
+nothing of that file stored), 130 when interrupted. Ctrl-C or SIGTERM stop after the current
+batch (a second Ctrl-C aborts at once); what was stored is committed, and a rerun finishes the rest.
 """
 
 from __future__ import annotations
@@ -352,12 +352,16 @@ def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
 
     from workers.backfill.runs import reconcile
 
+    if args.mailing or args.date is None or args.since or args.fix:  # the per-mailing mode
+        from ingest.cli.reconcile_mailings import cmd_reconcile_mailings
+
+        return cmd_reconcile_mailings(settings, args)
     day = parse_day(args.date, "--date")
     types = parse_types(args.types)
     fmt = parse_format(args.format)
     tz = parse_timezone(args, settings)
     with _run(settings, tz, args.batch_size, fmt=fmt) as run:
-        counts, summary = reconcile(run, day, types)
+        counts, summary, calls = reconcile(run, day, types)
     missing = sum(c.added for c in counts)
     failed = sum(c.failed for c in counts)
     if args.json:
@@ -382,6 +386,7 @@ def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
                         }
                         for c in counts
                     ],
+                    "failed_calls": calls.as_json(),
                 }
             ).decode()
         )
@@ -407,9 +412,12 @@ def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
             console.print(f"{missing:,} event(s) had been missing and are now stored")
         elif not failed:
             console.print("nothing was missing")
+        from ingest.cli.reconcile_failed_calls import print_failed_calls
+
+        print_failed_calls(console, calls, day)
     if summary.stopped:
         return EXIT_INTERRUPTED
-    return EXIT_FAILED if missing or failed else EXIT_OK
+    return EXIT_FAILED if missing or failed or calls.total or calls.error else EXIT_OK
 
 
 # --- parser ---------------------------------------------------------------------------------------
@@ -470,11 +478,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="check a day against Copernica's logfiles; store what is missing",
         description=(
             "Read every logfile of a day again and report per log type: events the logfiles hold, how many were "
-            "already stored (webhooks, earlier runs), how many were missing and are now added. "
-            "Exit code 1 when anything had been missing or a file could not be fetched."
+            "already stored (webhooks, earlier runs), how many were missing and are now added; then Copernica's "
+            "failed calls to this receiver that day (feedback-loop-errors) by response, and in how many of their "
+            "minutes events are stored now. Exit code 1 when anything had been missing, a file could not be "
+            "fetched, or Copernica logged failed calls."
         ),
     )
-    rec.add_argument("--date", required=True, metavar="YYYY-MM-DD", help="the day to check")
+    rec.add_argument("--date", metavar="YYYY-MM-DD", help="the day to check (or --mailing)")
+    rec.add_argument(
+        "--mailing", action="append", metavar="ID", help="compare a mailing's statistics at Copernica (repeatable)"
+    )
+    rec.add_argument("--since", metavar="YYYY-MM-DD", help="with --mailing: only from that day on (both sides)")
+    rec.add_argument("--fix", action="store_true", help="with --mailing: backfill its events' days, compare again")
     rec.add_argument(
         "--types",
         metavar="T1,T2",

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
 from workers.backfill.api import FROM_FORMATS, ApiError, AuthError, CopernicaClient, Interrupted
+from workers.backfill.failed_calls import FailedCalls, failed_calls
 from workers.backfill.files import (
     FileResult,
     Run,
@@ -220,10 +221,18 @@ class TypeCount:
     failed: int = 0  # files that could not be fetched
 
 
-def reconcile(run: Run, day: date, types: Sequence[str] | None) -> tuple[list[TypeCount], RunSummary]:
+def reconcile(run: Run, day: date, types: Sequence[str] | None) -> tuple[list[TypeCount], RunSummary, FailedCalls]:
     """Read every logfile of `day` again (completed or not) and store what is missing; count per
-    type what the logfiles hold, what was already stored, what was added."""
+    type what the logfiles hold, what was already stored, what was added. Then Copernica's log
+    of its failed calls of that day (`workers.backfill.failed_calls`, whatever `types`), read
+    after the events are stored so that it can tell which of their minutes are covered."""
     summary = backfill(run, [day], types, force=True)
+    failed = FailedCalls()
+    if not summary.stopped:
+        try:
+            failed = failed_calls(run, day)
+        except Stopped:
+            summary.stopped = True
     counts = {t: TypeCount(t) for t in types or ()}
     for result in summary.files:
         count = counts.setdefault(result.log_type, TypeCount(result.log_type))
@@ -233,4 +242,4 @@ def reconcile(run: Run, day: date, types: Sequence[str] | None) -> tuple[list[Ty
         count.added += result.stored
         count.rejected += result.rejected
         count.failed += result.status == "failed"
-    return list(counts.values()), summary
+    return list(counts.values()), summary, failed
