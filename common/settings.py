@@ -233,6 +233,12 @@ class Settings:
         9400,
         "Port of a worker's Prometheus metrics (`/metrics`); 0 turns them off. One port per worker on a machine.",
     )
+    reconcile_metrics_port: int = setting(
+        "INGEST_RECONCILE_METRICS_PORT",
+        _port,
+        9410,
+        "Port of the Prometheus metrics of `ingest reconcile --follow` (`/metrics`); 0 turns them off.",
+    )
     data_dir: str = setting("INGEST_DATA_DIR", _text, ".ingest", "Where `ingest dev` keeps its embedded servers' data.")
     copernica_timezone: str = setting(
         "COPERNICA_TIMEZONE",

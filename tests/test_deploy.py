@@ -211,19 +211,24 @@ def test_each_role_runs_the_right_command() -> None:
         "Procfile:release": ["ingest", "migrate"],
         "Procfile:web": ["ingest", "serve"],
         "Procfile:worker": ["ingest", "worker"],
+        "Procfile:reconcile": ["ingest", "reconcile", "--follow"],
         "Procfile:dashboard": ["rq-dashboard"],
         "copernica-ingest.service": ["ingest", "serve"],
         "copernica-ingest-worker@.service": ["ingest", "worker"],
         "copernica-ingest-migrate.service": ["ingest", "migrate"],
         "copernica-ingest-dashboard.service": ["rq-dashboard"],
+        "copernica-ingest-reconcile.service": ["ingest", "reconcile", "--follow"],
         "compose:receiver": ["ingest", "serve"],
         "compose:worker": ["ingest", "worker"],
         "compose:migrate": ["ingest", "migrate"],
         "compose:dashboard": ["rq-dashboard"],
+        "compose:reconcile": ["ingest", "reconcile", "--follow"],
         "receiver-deployment.yaml:receiver": ["ingest", "serve"],
         "worker-deployment.yaml:worker": ["ingest", "worker"],
         "worker-deployment.yaml:migrate": ["ingest", "migrate"],
         "migrate-job.yaml:migrate": ["ingest", "migrate"],
+        "reconcile-deployment.yaml:reconcile": ["ingest", "reconcile", "--follow"],
+        "reconcile-deployment.yaml:migrate": ["ingest", "migrate"],
         "Dockerfile:CMD": ["ingest", "serve"],
     }
     for where, prefix in expected.items():
@@ -255,23 +260,24 @@ def test_compose_file_follows_the_compose_spec() -> None:
 def test_compose_services_fit_together() -> None:
     compose = load_one(COMPOSE)
     services = compose["services"]
-    assert set(services) == {"receiver", "worker", "migrate", "redis", "postgres", "dashboard"}
+    assert set(services) == {"receiver", "worker", "migrate", "reconcile", "redis", "postgres", "dashboard"}
     for name, service in services.items():
         for dependency in service.get("depends_on", {}):
             assert dependency in services, f"{name} depends on unknown service {dependency}"
 
     # One image for every role, built from the repository root with the root Dockerfile.
-    for name in ("receiver", "worker", "migrate", "dashboard"):
+    for name in ("receiver", "worker", "migrate", "reconcile", "dashboard"):
         build = services[name]["build"]
         assert (COMPOSE.parent / build["context"] / build["dockerfile"]).resolve() == DOCKERFILE
     # Migrate is one-shot; workers wait for it; the receiver must not (it never uses PostgreSQL).
     assert services["migrate"]["restart"] == "no"
-    assert services["worker"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    for name in ("worker", "reconcile"):
+        assert services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully", name
     assert "migrate" not in services["receiver"]["depends_on"]
     assert "postgres" not in services["receiver"]["depends_on"]
     assert services["worker"]["deploy"]["replicas"] >= 1
     # The image's HEALTHCHECK probes the receiver's port: roles without it turn it off.
-    for name in ("worker", "migrate", "dashboard"):
+    for name in ("worker", "migrate", "reconcile", "dashboard"):
         assert services[name]["healthcheck"] == {"disable": True}, name
 
     receiver = services["receiver"]
@@ -298,11 +304,25 @@ def test_compose_services_fit_together() -> None:
 
 def test_compose_environment_is_valid_settings() -> None:
     services = load_one(COMPOSE)["services"]
-    for name in ("receiver", "worker", "migrate", "dashboard"):
-        env = {k: expand(str(v), {"POSTGRES_PASSWORD": "pw"}) for k, v in services[name]["environment"].items()}
+    for name in ("receiver", "worker", "migrate", "reconcile", "dashboard"):
+        given = {"POSTGRES_PASSWORD": "pw", "COPERNICA_ACCESS_TOKEN": "tok"}
+        env = {k: expand(str(v), given) for k, v in services[name]["environment"].items()}
         settings = Settings.from_env(env, dotenv=False)
         settings.require("redis_url", "database_url")
         assert settings.queue == DEFAULTS.queue
+
+
+def test_compose_reconcile_is_one_process_with_its_token_from_the_environment() -> None:
+    reconcile = load_one(COMPOSE)["services"]["reconcile"]
+    assert reconcile["deploy"]["replicas"] == 1
+    assert "postgres" in reconcile["depends_on"] and "migrate" in reconcile["depends_on"]
+    env = reconcile["environment"]
+    # Compose refuses to start without the token; it is never written in the file.
+    assert env["COPERNICA_ACCESS_TOKEN"].startswith("${COPERNICA_ACCESS_TOKEN:?")
+    port = Settings.from_env({k: expand(str(v), {}) for k, v in env.items()}, dotenv=False).reconcile_metrics_port
+    assert port == DEFAULTS.reconcile_metrics_port
+    assert [p.rsplit(":", 1)[1] for p in reconcile["ports"]] == [str(port)]
+    assert seconds(reconcile["stop_grace_period"].replace("m", "min")) >= 60
 
 
 # --- Kubernetes -------------------------------------------------------------------------------
@@ -410,6 +430,25 @@ def test_keda_scaled_object_scales_the_worker_on_the_rq_queue() -> None:
     assert re.fullmatch(r"[\w.-]+:\d+", address), "KEDA's redis scaler wants host:port"
 
 
+def test_reconcile_deployment_is_one_pod_with_its_metrics_port() -> None:
+    deployment = k8s_kind("Deployment", "copernica-ingest-reconcile")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"]["type"] == "Recreate", "never two reconciles during a rollout"
+    spec = pod_spec(deployment)
+    (container,) = spec["containers"]
+    env = {item["name"]: item["value"] for item in container.get("env", [])}
+    port = Settings.from_env(env, dotenv=False).reconcile_metrics_port
+    assert port == DEFAULTS.reconcile_metrics_port
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"metrics": port}
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(port) and annotations["prometheus.io/path"] == "/metrics"
+    # The token comes from the Secret the pod reads, never from the manifest.
+    assert "COPERNICA_ACCESS_TOKEN" in k8s_kind("Secret")["stringData"]
+    assert "COPERNICA_ACCESS_TOKEN" not in env and "COPERNICA_ACCESS_TOKEN" not in k8s_kind("ConfigMap")["data"]
+    assert [c["command"] for c in spec["initContainers"]] == [["ingest", "migrate"]]
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"], "logfiles are spooled to /tmp"
+
+
 def test_kubernetes_config_is_valid_settings() -> None:
     env = {**k8s_kind("ConfigMap")["data"], **k8s_kind("Secret")["stringData"]}
     settings = Settings.from_env(env, dotenv=False)
@@ -426,6 +465,7 @@ UNITS = {
     "worker": "copernica-ingest-worker@.service",
     "migrate": "copernica-ingest-migrate.service",
     "dashboard": "copernica-ingest-dashboard.service",
+    "reconcile": "copernica-ingest-reconcile.service",
 }
 HARDENING = {
     "NoNewPrivileges": "yes",
@@ -459,13 +499,24 @@ def test_systemd_unit(role: str) -> None:
     assert int(unit_value(unit, "Service", "LimitNOFILE")) >= 65536
     stop = seconds(unit_value(unit, "Service", "TimeoutStopSec"))
     # Receiver: aiohttp drains for up to 30 s. Worker: RQ finishes the batch it is storing.
-    assert stop >= {"receiver": 35, "worker": 60, "dashboard": 5}[role]
+    assert stop >= {"receiver": 35, "worker": 60, "dashboard": 5, "reconcile": 60}[role]
     requires = " ".join(unit_values(unit, "Unit", "Requires")).split()
     after = " ".join(unit_values(unit, "Unit", "After")).split()
-    if role == "worker":
+    if role in ("worker", "reconcile"):
         assert UNITS["migrate"] in requires and UNITS["migrate"] in after
     else:  # the receiver must accept webhooks while PostgreSQL or the migration is down
         assert UNITS["migrate"] not in requires
+
+
+def test_systemd_reconcile_metrics_port_is_not_a_workers() -> None:
+    """worker@N serves on 940N (N = 1..9): the reconcile on the same machine needs another port."""
+    worker = read_unit(SYSTEMD / UNITS["worker"])
+    (template,) = [v for v in unit_values(worker, "Service", "Environment") if "INGEST_WORKER_METRICS_PORT" in v]
+    worker_ports = {int(template.split("=", 1)[1].replace("%i", str(n))) for n in range(1, 10)}
+    reconcile = read_unit(SYSTEMD / UNITS["reconcile"])
+    env = dict(v.split("=", 1) for v in unit_values(reconcile, "Service", "Environment"))
+    port = Settings.from_env(env, dotenv=False).reconcile_metrics_port
+    assert port and port not in worker_ports and port != DEFAULTS.port
 
 
 def test_systemd_env_example_is_valid_settings() -> None:
@@ -501,6 +552,7 @@ def analysable_units() -> list[str]:
         UNITS["receiver"],
         UNITS["migrate"],
         UNITS["dashboard"],
+        UNITS["reconcile"],
         UNITS["worker"],
         UNITS["worker"].replace("@.", "@1."),
     ]
@@ -818,7 +870,8 @@ def test_hadolint_accepts_the_dockerfile() -> None:
 
 def test_procfile() -> None:
     processes = procfile()
-    assert set(processes) == {"release", "web", "worker", "dashboard"}
+    assert set(processes) == {"release", "web", "worker", "reconcile", "dashboard"}
+    assert processes["reconcile"] == "ingest reconcile --follow"
     # A platform routes to $PORT; without one the receiver's own setting applies.
     assert expand(processes["web"], {}) == f"ingest serve --port {DEFAULTS.port}"
     assert expand(processes["web"], {"PORT": "5000"}) == "ingest serve --port 5000"
@@ -859,3 +912,10 @@ def test_no_secrets_in_deploy_files(path: Path) -> None:
         if key.endswith("FromEnv"):
             continue  # KEDA: the value names an environment variable, it is not the secret
         assert PLACEHOLDER.match(value.strip("\"'")), f"{path.name}: {key} holds a real-looking value"
+
+
+def test_reconcile_scrape_job_is_documented_where_the_alerts_assume_it() -> None:
+    job = "copernica-ingest-reconcile"
+    assert f'job="{job}"' in (DEPLOY / "prometheus" / "alerts.yml").read_text(encoding="utf-8")
+    readme = (DEPLOY / "README.md").read_text(encoding="utf-8")
+    assert f"| `{job}` |" in readme and "INGEST_RECONCILE_METRICS_PORT" in readme

@@ -26,7 +26,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "ingest.cli.stats",  # stats
     "ingest.cli.webhooks",  # webhooks list | create | delete
     "ingest.cli.verify",  # verify-url
-    "ingest.cli.backfill",  # backfill, import, reconcile
+    "ingest.cli.backfill",  # backfill, import
+    "ingest.cli.reconcile",  # reconcile (--date, --mailing, --follow)
     "ingest.cli.rejected",  # rejected list | replay
     "ingest.cli.jobs",  # requeue-failed
 )

@@ -1,9 +1,10 @@
-"""`ingest backfill`, `ingest import`, `ingest reconcile`: recover events from Copernica's logfiles.
+"""`ingest backfill`, `ingest import`: recover events from Copernica's logfiles; and the pieces
+every logfile command shares (argument checks, `open_run`, `handler`), which `ingest reconcile`
+(`ingest.cli.reconcile`, `ingest.cli.reconcile_mailings`) uses too.
 
 Bad input (a date, a type, a missing file or token) ends with one line and exit code 2. A run
 shows one progress bar on stderr and a summary table on stdout; it exits 1 when a file
-failed (reconcile: also when events had been missing or Copernica logged failed calls) or its
-times are in another zone than COPERNICA_TIMEZONE / --timezone (one line naming the zone;
+failed or its times are in another zone than COPERNICA_TIMEZONE / --timezone (one line naming the zone;
 nothing of that file stored), 130 when interrupted. Ctrl-C or SIGTERM stop after the current
 batch (a second Ctrl-C aborts at once); what was stored is committed, and a rerun finishes the rest.
 """
@@ -41,7 +42,7 @@ class BadInput(Exception):
     """One-line message for bad arguments; exit code 2."""
 
 
-def _handler(func: Callable[[Settings, argparse.Namespace], int]) -> Callable[[Settings, argparse.Namespace], int]:
+def handler(func: Callable[[Settings, argparse.Namespace], int]) -> Callable[[Settings, argparse.Namespace], int]:
     @functools.wraps(func)
     def run(settings: Settings, args: argparse.Namespace) -> int:
         from workers.backfill.api import AuthError
@@ -115,7 +116,7 @@ def _positive(text: str) -> float:
 # --- the pieces every command needs ---------------------------------------------------------------
 
 
-def _connect(settings: Settings) -> psycopg.Connection:
+def connect(settings: Settings) -> psycopg.Connection:
     from workers.storage import store
     from workers.storage.queries import scalar
 
@@ -128,14 +129,14 @@ def _connect(settings: Settings) -> psycopg.Connection:
     return conn
 
 
-def _client(settings: Settings, stop: threading.Event) -> CopernicaClient:
+def api_client(settings: Settings, stop: threading.Event) -> CopernicaClient:
     from workers.backfill.api import client_from_settings
 
     return client_from_settings(settings, stop)
 
 
 @contextlib.contextmanager
-def _stop_on_signals() -> Iterator[threading.Event]:
+def stop_on_signals() -> Iterator[threading.Event]:
     """SIGINT/SIGTERM set the event (stop after the current batch); a second SIGINT aborts."""
     stop = threading.Event()
 
@@ -149,8 +150,8 @@ def _stop_on_signals() -> Iterator[threading.Event]:
     try:
         yield stop
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for sig, previous_handler in previous.items():
+            signal.signal(sig, previous_handler)
 
 
 class _Bar:
@@ -217,12 +218,12 @@ def _progress() -> Iterator[_Bar]:
             bar = _Bar(progress)
             yield bar
         finally:
-            for handler, old in zip(handlers, olds, strict=False):
+            for stream_handler, old in zip(handlers, olds, strict=False):
                 if old is not None:
-                    handler.setStream(old)
+                    stream_handler.setStream(old)
 
 
-def _out() -> Any:
+def stdout_console() -> Any:
     from rich.console import Console
 
     return Console(width=None if sys.stdout.isatty() else 160)
@@ -232,7 +233,7 @@ def _summary_table(summary: RunSummary, title: str) -> int:
     """Print the per-file summary; return the exit code it implies."""
     from rich.table import Table
 
-    console = _out()
+    console = stdout_console()
     shown = [f for f in summary.files if f.status != "skipped"]
     skipped = len(summary.files) - len(shown)
     table = Table(title=title, title_justify="left")
@@ -284,14 +285,14 @@ def _summary_table(summary: RunSummary, title: str) -> int:
 
 
 @contextlib.contextmanager
-def _run(settings: Settings, tz: str, batch_size: int, *, fmt: str = "json", api: bool = True) -> Iterator[Run]:
+def open_run(settings: Settings, tz: str, batch_size: int, *, fmt: str = "json", api: bool = True) -> Iterator[Run]:
     """What one command's run needs, set up and torn down in order: the stop signals, the REST
     client (`api`), the database connection and the progress bar."""
     from workers.backfill.files import Run
 
-    with _stop_on_signals() as stop:
-        client = _client(settings, stop) if api else None
-        conn = _connect(settings)
+    with stop_on_signals() as stop:
+        client = api_client(settings, stop) if api else None
+        conn = connect(settings)
         try:
             with _progress() as bar:
                 yield Run(conn, tz, stop=stop, reporter=bar, batch_size=batch_size, client=client, fmt=fmt)
@@ -302,7 +303,7 @@ def _run(settings: Settings, tz: str, batch_size: int, *, fmt: str = "json", api
 # --- commands -------------------------------------------------------------------------------------
 
 
-@_handler
+@handler
 def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
     from workers.backfill.runs import backfill, date_range, follow, today_in
 
@@ -321,7 +322,7 @@ def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
         until = parse_day(args.until, "--until") if args.until else today_in(tz)
         if since > until:
             raise BadInput(f"--since {since} is after --until {until}")
-    with _run(settings, tz, args.batch_size, fmt=fmt) as run:
+    with open_run(settings, tz, args.batch_size, fmt=fmt) as run:
         if args.follow:
             summary = follow(run, types, interval=args.interval, max_polls=args.max_polls)
         else:
@@ -332,7 +333,7 @@ def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
     return _summary_table(summary, "backfill")
 
 
-@_handler
+@handler
 def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
     from workers.backfill.files import import_files, plan_import
 
@@ -341,90 +342,16 @@ def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
     planned = plan_import(args.paths, args.type, fmt)
     if args.batch_size <= 0:
         raise BadInput("--batch-size must be positive")
-    with _run(settings, tz, args.batch_size, api=False) as run:
+    with open_run(settings, tz, args.batch_size, api=False) as run:
         summary = import_files(run, planned)
     return _summary_table(summary, "import")
-
-
-@_handler
-def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
-    from rich.table import Table
-
-    from workers.backfill.runs import reconcile
-
-    if args.mailing or args.date is None or args.since or args.fix:  # the per-mailing mode
-        from ingest.cli.reconcile_mailings import cmd_reconcile_mailings
-
-        return cmd_reconcile_mailings(settings, args)
-    day = parse_day(args.date, "--date")
-    types = parse_types(args.types)
-    fmt = parse_format(args.format)
-    tz = parse_timezone(args, settings)
-    with _run(settings, tz, args.batch_size, fmt=fmt) as run:
-        counts, summary, calls = reconcile(run, day, types)
-    missing = sum(c.added for c in counts)
-    failed = sum(c.failed for c in counts)
-    if args.json:
-        import orjson
-
-        print(
-            orjson.dumps(
-                {
-                    "date": day.isoformat(),
-                    "missing": missing,
-                    "failed_files": failed,
-                    "stopped": summary.stopped,
-                    "types": [
-                        {
-                            "type": c.log_type,
-                            "files": c.files,
-                            "in_logfiles": c.events,
-                            "already_stored": c.already,
-                            "added": c.added,
-                            "rejected": c.rejected,
-                            "failed_files": c.failed,
-                        }
-                        for c in counts
-                    ],
-                    "failed_calls": calls.as_json(),
-                }
-            ).decode()
-        )
-    else:
-        table = Table(title=f"reconcile {day}", title_justify="left")
-        for column in ("type", "files", "in logfiles", "already stored", "added", "rejected", "failed files"):
-            table.add_column(column, justify="left" if column == "type" else "right")
-        for c in counts:
-            table.add_row(
-                c.log_type,
-                str(c.files),
-                f"{c.events:,}",
-                f"{c.already:,}",
-                f"[bold red]{c.added:,}[/bold red]" if c.added else "0",
-                f"{c.rejected:,}",
-                f"[red]{c.failed}[/red]" if c.failed else "0",
-            )
-        console = _out()
-        console.print(table)
-        for f in summary.failed:
-            console.print(f"[red]failed[/red] {f.name}: {f.error}", highlight=False)
-        if missing:
-            console.print(f"{missing:,} event(s) had been missing and are now stored")
-        elif not failed:
-            console.print("nothing was missing")
-        from ingest.cli.reconcile_failed_calls import print_failed_calls
-
-        print_failed_calls(console, calls, day)
-    if summary.stopped:
-        return EXIT_INTERRUPTED
-    return EXIT_FAILED if missing or failed or calls.total or calls.error else EXIT_OK
 
 
 # --- parser ---------------------------------------------------------------------------------------
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add `backfill`, `import` and `reconcile` to the `ingest` command line."""
+    """Add `backfill` and `import` to the `ingest` command line."""
     backfill = sub.add_parser(
         "backfill",
         help="store missed events from Copernica's logfiles (REST API)",
@@ -453,7 +380,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     backfill.add_argument(
         "--batch-size", type=int, default=5000, metavar="N", help="events stored per transaction (default 5000)"
     )
-    _timezone_option(backfill)
+    timezone_option(backfill)
     backfill.set_defaults(handler=cmd_backfill)
 
     imp = sub.add_parser(
@@ -470,39 +397,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     imp.add_argument(
         "--batch-size", type=int, default=5000, metavar="N", help="events stored per transaction (default 5000)"
     )
-    _timezone_option(imp)
+    timezone_option(imp)
     imp.set_defaults(handler=cmd_import)
 
-    rec = sub.add_parser(
-        "reconcile",
-        help="check a day against Copernica's logfiles; store what is missing",
-        description=(
-            "Read every logfile of a day again and report per log type: events the logfiles hold, how many were "
-            "already stored (webhooks, earlier runs), how many were missing and are now added; then Copernica's "
-            "failed calls to this receiver that day (feedback-loop-errors) by response, and in how many of their "
-            "minutes events are stored now. Exit code 1 when anything had been missing, a file could not be "
-            "fetched, or Copernica logged failed calls."
-        ),
-    )
-    rec.add_argument("--date", metavar="YYYY-MM-DD", help="the day to check (or --mailing)")
-    rec.add_argument(
-        "--mailing", action="append", metavar="ID", help="compare a mailing's statistics at Copernica (repeatable)"
-    )
-    rec.add_argument("--since", metavar="YYYY-MM-DD", help="with --mailing: only from that day on (both sides)")
-    rec.add_argument("--fix", action="store_true", help="with --mailing: backfill its events' days, compare again")
-    rec.add_argument(
-        "--types",
-        metavar="T1,T2",
-        help="log types, comma-separated (default: every cdm-*/pom-* event log the day lists)",
-    )
-    rec.add_argument("--format", default="json", metavar="json|csv|xml", help="download format (default json)")
-    rec.add_argument("--batch-size", type=int, default=5000, metavar="N", help=argparse.SUPPRESS)
-    rec.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    _timezone_option(rec)
-    rec.set_defaults(handler=cmd_reconcile)
 
-
-def _timezone_option(parser: argparse.ArgumentParser) -> None:
+def timezone_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--timezone",
         metavar="ZONE",

@@ -29,12 +29,12 @@ from ingest.cli.backfill import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     BadInput,
-    _out,
-    _run,
+    open_run,
     parse_day,
     parse_format,
     parse_timezone,
     parse_types,
+    stdout_console,
 )
 
 if TYPE_CHECKING:
@@ -323,7 +323,7 @@ def _print(
 
         print(orjson.dumps([_as_json(c, since, args.fix) for c in checks]).decode())
         return
-    console = _out()
+    console = stdout_console()
     title = "reconcile mailings" + (f" since {since}" if since else "") + (" after --fix" if args.fix else "")
     console.print(_table(checks, title, args.fix))
     for check in checks:
@@ -344,7 +344,7 @@ def cmd_reconcile_mailings(settings: Settings, args: argparse.Namespace) -> int:
     types = parse_types(args.types)
     fmt = parse_format(args.format)
     tz = parse_timezone(args, settings)
-    with _run(settings, tz, args.batch_size, fmt=fmt) as run:
+    with open_run(settings, tz, args.batch_size, fmt=fmt) as run:
         checks, summary = reconcile_mailings(run, mailing_ids, since, fix=args.fix, types=types)
     _print(checks, args, since, summary)
     if summary is not None and summary.stopped:

@@ -92,3 +92,28 @@ def mailing_counts(
     for row in rows:
         found[row[0]] = MailingCounts(*row)
     return found
+
+
+# Mailings with events at or after a time, found as above: their own mailing id, or (events
+# without one) the mailing of their message's `sent` event, whenever that was sent.
+_RECENT_QUERY = """
+SELECT mailing_id FROM events
+WHERE mailing_id IS NOT NULL AND occurred_at >= %(since)s
+UNION
+SELECT s.mailing_id
+FROM (
+    SELECT DISTINCT message_id FROM events
+    WHERE occurred_at >= %(since)s AND mailing_id IS NULL AND message_id IS NOT NULL
+) AS recent
+JOIN events s ON s.message_id = recent.message_id
+WHERE s.event_type = 'sent' AND s.mailing_id IS NOT NULL
+ORDER BY 1
+"""
+
+
+def recent_mailings(conn: psycopg.Connection, since: datetime) -> list[int]:
+    """The mailings with an event that occurred at or after `since` (an aware datetime), in id
+    order: what the scheduled reconcile compares with Copernica's statistics. Read in a
+    transaction of its own."""
+    with conn.transaction():
+        return [row[0] for row in conn.execute(_RECENT_QUERY, {"since": since}).fetchall()]
