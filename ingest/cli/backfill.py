@@ -335,7 +335,7 @@ def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
 
 @handler
 def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
-    from workers.backfill.files import import_files, plan_import
+    from workers.backfill.imports import import_files, plan_import
 
     fmt = parse_format(args.format) if args.format else None
     tz = parse_timezone(args, settings)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import email.utils
 import http.client
+import importlib.metadata
 import logging
 import random
 import socket
@@ -50,7 +51,10 @@ UNDONE_STATUSES = frozenset({429, 503})  # rate limit, load balancer: the reques
 JWT_LIFETIME = 24 * 3600  # documented lifetime when the JWT carries no `exp`
 JWT_MARGIN = 60  # renew this many seconds before the JWT expires
 CHUNK = 1 << 16
-USER_AGENT = "copernica-ingest/0.1"
+try:
+    USER_AGENT = f"copernica-ingest/{importlib.metadata.version('copernica-ingest')}"
+except importlib.metadata.PackageNotFoundError:  # run from a checkout that was never installed
+    USER_AGENT = "copernica-ingest"
 # `?from=` is documented for these download formats only; for CSV the whole file comes back.
 FROM_FORMATS = frozenset({"json", "xml"})
 

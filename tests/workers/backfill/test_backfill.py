@@ -21,15 +21,8 @@ from common.envelope import Envelope
 from ingest.cli import main
 from tests.fake_copernica import FakeCopernica, LogFile, make_records, webhook_fields
 from workers.backfill.api import CopernicaClient, RetryPolicy
-from workers.backfill.files import (
-    BackfillError,
-    Run,
-    check_types,
-    default_types,
-    import_files,
-    plan_import,
-    sniff_format,
-)
+from workers.backfill.files import BackfillError, Run, check_types, default_types
+from workers.backfill.imports import import_files, plan_import, sniff_format
 from workers.backfill.runs import follow, today_in
 from workers.jobs import parse_calls
 from workers.storage import store
