@@ -7,6 +7,7 @@ core 0, the measured process on core 1. The embedded Redis and PostgreSQL are pi
 too, as if on other machines: the measured process has its core to itself.
 
     python -m bench [--quick] [--seconds S] [--reps N] [--burst N] [--drain N] [--skip-receivers]
+                    [--only receivers|replicas|drain|burst]
 
 Uses BENCH_REDIS_URL / BENCH_DATABASE_URL when set, else starts the embedded servers.
 """
@@ -28,7 +29,7 @@ import redis
 from rich.console import Console
 from rich.table import Table
 
-from bench import drain
+from bench import drain, replicas
 from bench.loadgen import INSTALL_HINT, LoadResult, have_wrk, pinned, run_wrk, status_mib
 from ingest.devstack.embedded import EmbeddedPostgres, EmbeddedValkey
 from ingest.processes import child_pids, free_port, stop_process, wait_for_port
@@ -40,8 +41,8 @@ LOAD_CORE = 0
 
 
 @contextmanager
-def receiver(kind: str, redis_url: str, database_url: str, queue: str):
-    """Start one receiver pinned to the server core; yield (url, pid)."""
+def receiver(kind: str, redis_url: str, database_url: str, queue: str, extra_env: dict[str, str] | None = None):
+    """Start one receiver pinned to the server core (`extra_env`: settings of its own); yield (url, pid)."""
     port = free_port()
     env = {
         **os.environ,
@@ -52,6 +53,7 @@ def receiver(kind: str, redis_url: str, database_url: str, queue: str):
         "INGEST_PORT": str(port),
         "INGEST_HOST": "127.0.0.1",
         "INGEST_AUTH": "none",
+        **(extra_env or {}),
     }
     if kind == "project":
         argv = [sys.executable, "-m", "ingest", "serve"]
@@ -112,7 +114,11 @@ def pin_tree(pid: int, core: int) -> None:
     """Pin a server process, its threads and its children (PostgreSQL's background processes;
     later backends inherit it from the postmaster) to one core."""
     for each in [pid, *child_pids(pid)]:
-        for task in Path(f"/proc/{each}/task").iterdir():
+        try:
+            tasks = list(Path(f"/proc/{each}/task").iterdir())
+        except FileNotFoundError:  # a short-lived child (initdb's, a backend) already gone
+            continue
+        for task in tasks:
             with contextlib.suppress(OSError):
                 os.sched_setaffinity(int(task.name), {core})
 
@@ -212,6 +218,24 @@ def receiver_table(rows: list[Row]) -> Table:
     return table
 
 
+PARTS = ("receivers", "replicas", "drain", "burst")
+REPLICA_SECONDS = 6.0  # per run of the replica-wait rows: they add about 35 s to a full run
+
+
+def chosen_parts(args: argparse.Namespace) -> set[str]:
+    """The parts to measure: `--only` one, else all but those switched off."""
+    if args.only:
+        return {args.only}
+    parts = set(PARTS)
+    if args.skip_receivers:
+        parts -= {"receivers", "replicas"}
+    if not args.drain:
+        parts.discard("drain")
+    if not args.burst:
+        parts.discard("burst")
+    return parts
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="keep-alive scenarios only, shorter runs")
@@ -225,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drain", type=int, default=200_000, help="events for the drain measurement (0 skips it)")
     parser.add_argument("--burst", type=int, default=500_000, help="events in the burst (0 skips it)")
     parser.add_argument("--skip-receivers", action="store_true", help="measure only the drain and the burst")
+    parser.add_argument("--only", choices=PARTS, help="measure only this part")
     parser.add_argument(
         "--fsync",
         choices=("always", "everysec"),
@@ -232,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         help="the embedded Redis's appendfsync (default always: what the contract needs)",
     )
     args = parser.parse_args(argv)
-    if not have_wrk() and not (args.skip_receivers and not args.burst):
+    parts = chosen_parts(args)
+    if not have_wrk() and parts & {"receivers", "replicas", "burst"}:
         console.print(INSTALL_HINT)
         return 2
     if args.quick:
@@ -256,15 +282,32 @@ def main(argv: list[str] | None = None) -> int:
             fsync = conn.config_get("appendfsync").get("appendfsync", "?")
         console.print(f"redis {redis_url} (appendfsync {fsync})  postgres {database_url}  cores {os.cpu_count()}")
 
-        if not args.skip_receivers:
+        if "receivers" in parts:
             console.rule("receiver")
             rows = run_receivers(redis_url, database_url, args.seconds, args.quick, max(1, args.reps))
             console.print(receiver_table(rows))
-
-        if args.drain:
+        if "replicas" in parts:
+            console.rule("replica wait")
+            console.print(
+                replicas.replicas_table(
+                    replicas.measure_replicas(
+                        redis_url,
+                        database_url,
+                        tmp / "valkey-replica",
+                        seconds=min(args.seconds, REPLICA_SECONDS),
+                        reps=max(1, args.reps),
+                        receiver_ctx=receiver,
+                        pin=lambda pid: pin_tree(pid, LOAD_CORE),
+                        load_core=LOAD_CORE,
+                        empty=empty,
+                        log=console.print,
+                    )
+                )
+            )
+        if "drain" in parts:
             console.rule("drain")
             console.print(drain.drain_table(drain.measure_drain(redis_url, database_url, args.drain, core=SERVER_CORE)))
-        if args.burst:
+        if "burst" in parts:
             console.rule("burst")
             console.print(
                 drain.burst_table(

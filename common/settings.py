@@ -214,6 +214,18 @@ class Settings:
         1.0,
         "Seconds a Redis write may take before the calls it carries get 503.",
     )
+    redis_min_replicas: int = setting(
+        "INGEST_REDIS_MIN_REPLICAS",
+        _non_negative_int,
+        0,
+        "Replicas that must have a batch (Redis `WAIT`) before its calls get 200; fewer in time: 503. 0: no wait.",
+    )
+    redis_replica_timeout: int = setting(
+        "INGEST_REDIS_REPLICA_TIMEOUT",
+        _positive_int,
+        500,
+        "Milliseconds a batch waits for INGEST_REDIS_MIN_REPLICAS replicas to have it before its calls get 503.",
+    )
     retry_after: int = setting("INGEST_RETRY_AFTER", _positive_int, 5, "Seconds sent in Retry-After with a 503.")
     job_retries: int = setting(
         "INGEST_JOB_RETRIES",

@@ -76,6 +76,12 @@ ENQUEUE_SECONDS = Histogram(
 ENQUEUE_FAILURES = PromCounter(
     f"{PREFIX}_enqueue_failed_batches", "Batches Redis did not take (their calls were answered 503).", registry=REGISTRY
 )
+REPLICA_WAITS_FAILED = PromCounter(
+    f"{PREFIX}_replica_waits_failed",
+    "Batches written but not on INGEST_REDIS_MIN_REPLICAS replicas within INGEST_REDIS_REPLICA_TIMEOUT "
+    "(their calls were answered 503).",
+    registry=REGISTRY,
+)
 REFUSED_CONNECTIONS = PromCounter(
     f"{PREFIX}_connections_refused",
     "Connections answered 503 and closed at once: INGEST_MAX_CONNECTIONS were open (ingest.connections).",

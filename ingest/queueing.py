@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import redis
@@ -25,6 +26,7 @@ from rq import Queue, Retry
 from common.envelope import pack_calls
 from common.rqcontract import JOB_FUNCTION, JobTemplate
 from common.settings import Settings
+from ingest import metrics
 
 log = logging.getLogger("ingest.queueing")
 
@@ -33,6 +35,13 @@ FAILURE_TTL = 365 * 24 * 3600  # a failed batch rests in the failed registry for
 RESULT_TTL = 0  # a stored batch leaves Redis at once: the rows are in PostgreSQL
 
 _BACK_OFF = (5, 10, 30, 60, 120, 300, 600)
+LOG_EVERY = 10.0  # seconds between two warnings of batches that missed their replicas
+
+
+class NotReplicated(Exception):
+    """A batch was written, but fewer replicas than INGEST_REDIS_MIN_REPLICAS had it in time.
+    Its calls are answered 503 (the committer's `WriteFailed`); the batch may still be stored,
+    and their senders' retries are stored once (storing is idempotent)."""
 
 
 def retry_intervals(retries: int) -> list[int]:
@@ -54,6 +63,11 @@ def _client_options(settings: Settings, timeout: float | None, *, for_asyncio: b
         "retry_on_timeout": False,
         "health_check_interval": 0,
     }
+
+
+def _resp(*parts: bytes) -> bytes:
+    """One command in RESP, as it goes on the wire."""
+    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(part), part) for part in parts)
 
 
 def redis_client(settings: Settings, *, timeout: float | None = None) -> redis.Redis:
@@ -79,6 +93,17 @@ class BatchQueue:
             url, **{**_client_options(settings, None, for_asyncio=True), "socket_timeout": None}
         )
         self._idle: list[aredis.connection.AbstractConnection] = []
+        # INGEST_REDIS_MIN_REPLICAS: a `WAIT` sent with each script call, in the same send on
+        # the same connection, so the count it answers is for that write. None: no wait at all.
+        self._min_replicas = settings.redis_min_replicas
+        self._wait: bytes | None = None
+        self._limit = settings.redis_timeout * 2
+        if self._min_replicas:
+            timeout_ms = settings.redis_replica_timeout
+            self._wait = _resp(b"WAIT", b"%d" % self._min_replicas, b"%d" % timeout_ms)
+            self._limit += timeout_ms / 1000
+        self._not_replicated = 0  # batches since the last warning
+        self._warned_at = float("-inf")
 
     def template(self) -> JobTemplate:
         """Built at the first batch (it asks Redis its version: run it off the event loop)."""
@@ -103,18 +128,26 @@ class BatchQueue:
         if template is None:
             template = await asyncio.get_running_loop().run_in_executor(None, self.template)
         job_id, command = self._pack(template, calls)
-        async with asyncio.timeout(self.settings.redis_timeout * 2):
-            await self._send(command)
+        async with asyncio.timeout(self._limit):
+            replicas = await self._send(command)
+        if replicas is not None and replicas < self._min_replicas:
+            self._missed_replicas(replicas)
         return job_id
 
-    async def _send(self, command: bytes) -> None:
+    async def _send(self, command: bytes) -> int | None:
         """Send one command and read its reply; once more on a fresh connection if the first broke.
-        A retried batch may be queued twice when the first reply was lost: storing is idempotent."""
+        A retried batch may be queued twice when the first reply was lost: storing is idempotent.
+        With INGEST_REDIS_MIN_REPLICAS, the `WAIT` goes in the same send: the replicas that
+        acknowledged are returned (else None)."""
+        wait = self._wait
         for attempt in (1, 2):
             conn = self._idle.pop() if self._idle else self._connections.make_connection()
             try:
-                await conn.send_packed_command(command, check_health=False)
+                await conn.send_packed_command(command if wait is None else (command, wait), check_health=False)
                 await conn.read_response()  # an error reply raises, after it was read whole
+                # (an error reply leaves the WAIT's reply unread: the socket is dropped below)
+                if wait is not None:
+                    return int(await conn.read_response())
             except redis.ConnectionError:
                 await conn.disconnect()
                 if attempt == 2:
@@ -123,9 +156,26 @@ class BatchQueue:
                 await conn.disconnect()
                 raise
             else:
-                return
+                return None
             finally:
                 self._idle.append(conn)
+        return None  # not reached: the second attempt returns or raises
+
+    def _missed_replicas(self, replicas: int) -> None:
+        """Count a batch that missed its replicas, warn at most every LOG_EVERY seconds, and fail it."""
+        metrics.REPLICA_WAITS_FAILED.inc()
+        self._not_replicated += 1
+        now = time.monotonic()
+        if now - self._warned_at >= LOG_EVERY:
+            log.warning(
+                "%d batch(es) on %d of %d replicas within %d ms (the last one): answered 503",
+                self._not_replicated,
+                replicas,
+                self._min_replicas,
+                self.settings.redis_replica_timeout,
+            )
+            self._warned_at, self._not_replicated = now, 0
+        raise NotReplicated(f"on {replicas} of {self._min_replicas} replicas in time")
 
     def write_sync(self, conn: redis.Redis, calls: list[dict[str, Any]]) -> str:
         """Queue one batch from synchronous code (the benchmark, tests) the same way."""

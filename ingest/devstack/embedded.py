@@ -181,11 +181,19 @@ class EmbeddedValkey(_Server):
     name = "valkey"
 
     def __init__(
-        self, data_dir: Path, port: int | None = None, *, appendfsync: str = "always", maxmemory: str = "0"
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        *,
+        appendfsync: str = "always",
+        maxmemory: str = "0",
+        replica_of: tuple[str, int] | None = None,
     ) -> None:
+        """`replica_of`: (host, port) of a primary this server replicates (`--replicaof`)."""
         super().__init__(data_dir, port)
         self.appendfsync = appendfsync
         self.maxmemory = maxmemory
+        self.replica_of = replica_of
 
     @property
     def url(self) -> str:
@@ -226,6 +234,7 @@ class EmbeddedValkey(_Server):
                 "noeviction",
                 "--logfile",
                 "",
+                *(["--replicaof", self.replica_of[0], str(self.replica_of[1])] if self.replica_of else []),
             ]
         )
         self._wait_ready(timeout)

@@ -11,6 +11,7 @@ import pytest
 
 from common.settings import SECRETS, SPEC, Settings, SettingsError
 from tests.conftest import ROOT
+from tests.processes import ingest_env, run_ingest
 
 
 def test_defaults() -> None:
@@ -36,6 +37,13 @@ def test_casts() -> None:
     assert s.redis_url == "redis://h:1/2"
 
 
+def test_replica_settings() -> None:
+    s = Settings.from_env({}, dotenv=False)
+    assert (s.redis_min_replicas, s.redis_replica_timeout) == (0, 500)
+    s = Settings.from_env({"INGEST_REDIS_MIN_REPLICAS": "2", "INGEST_REDIS_REPLICA_TIMEOUT": "250"}, dotenv=False)
+    assert (s.redis_min_replicas, s.redis_replica_timeout) == (2, 250)
+
+
 @pytest.mark.parametrize(
     ("var", "value", "says"),
     [
@@ -46,6 +54,10 @@ def test_casts() -> None:
         ("DATABASE_URL", "mysql://x", "postgresql://"),
         ("COPERNICA_TIMEZONE", "Nowhere/Town", "time zone"),
         ("INGEST_LOG_LEVEL", "LOUD", "one of"),
+        ("INGEST_REDIS_MIN_REPLICAS", "-1", "zero or a positive"),
+        ("INGEST_REDIS_MIN_REPLICAS", "one", "whole number"),
+        ("INGEST_REDIS_REPLICA_TIMEOUT", "0", "positive"),
+        ("INGEST_REDIS_REPLICA_TIMEOUT", "0.5", "whole number"),
     ],
 )
 def test_bad_value_names_the_setting(var: str, value: str, says: str) -> None:
@@ -130,3 +142,12 @@ def test_connection_bounds_settings() -> None:
     for var, value in (("INGEST_HEAD_TIMEOUT", "0"), ("INGEST_MAX_CONNECTIONS", "-1")):
         with pytest.raises(SettingsError, match=f"^{var}="):
             Settings.from_env({var: value}, dotenv=False)
+
+
+def test_bad_replica_setting_stops_the_receiver_in_one_line() -> None:
+    env = ingest_env("redis://127.0.0.1:1/0", "postgresql://u@127.0.0.1:1/db", INGEST_REDIS_MIN_REPLICAS="-1")
+    done = run_ingest(["serve"], env, timeout=30)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "ingest: INGEST_REDIS_MIN_REPLICAS='-1' is not valid: must be zero or a positive whole number"
+    )

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import aiohttp
 import psycopg
+import redis
 
 from ingest.devstack.embedded import EmbeddedPostgres, EmbeddedValkey
 from tests.payloads import BASE_TIME, FORM, webhook_body
@@ -61,6 +64,34 @@ def servers(tmp: Path, appendfsync: str = "always") -> Iterator[Servers]:
     finally:
         valkey.stop()
         postgres.stop()
+
+
+@contextlib.contextmanager
+def replica(data_dir: Path, primary: EmbeddedValkey) -> Iterator[EmbeddedValkey]:
+    """A Valkey replicating `primary`, in sync with it when yielded."""
+    server = EmbeddedValkey(data_dir, replica_of=("127.0.0.1", primary.port))
+    server.start()
+    try:
+        wait_for(lambda: replication(server)["master_link_status"] == "up", timeout=20, interval=0.1)
+        yield server
+    finally:
+        server.stop()
+
+
+def replication(server: EmbeddedValkey) -> dict[str, object]:
+    with redis.Redis.from_url(server.url) as conn:
+        return dict(conn.info("replication"))
+
+
+@contextlib.contextmanager
+def frozen(server: EmbeddedValkey) -> Iterator[None]:
+    """The server SIGSTOPped: connected, but answering nothing (a hung machine), until SIGCONT."""
+    assert server.process is not None
+    os.kill(server.process.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
 
 
 @dataclass

@@ -20,7 +20,8 @@ from rq.utils import utcformat
 from common.envelope import pack_calls, unpack_calls
 from common.rqcontract import JobTemplate, TemplateError
 from common.settings import Settings
-from ingest.queueing import FAILURE_TTL, JOB_FUNCTION, JOB_TIMEOUT, RESULT_TTL, BatchQueue
+from ingest import metrics
+from ingest.queueing import FAILURE_TTL, JOB_FUNCTION, JOB_TIMEOUT, RESULT_TTL, BatchQueue, NotReplicated
 from tests.clients import enqueue
 from tests.payloads import queued_call
 
@@ -194,3 +195,48 @@ def test_the_asyncio_client_gets_an_asyncio_retry(settings: Settings) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         asyncio.run(go())
+
+
+def test_too_few_replicas_fails_the_batch_in_time(
+    redis_url: str, redis_conn: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """INGEST_REDIS_MIN_REPLICAS=1 against a Redis without replicas: each batch is written, but
+    fails after the replica timeout (its calls get 503); one warning for both; an error reply
+    of the script leaves the connection in step (the WAIT's reply is not read as the next's)."""
+    env = {"REDIS_URL": redis_url, "INGEST_REDIS_MIN_REPLICAS": "1", "INGEST_REDIS_REPLICA_TIMEOUT": "200"}
+    settings = Settings.from_env(env, dotenv=False)
+    before = metrics.REGISTRY.get_sample_value("copernica_ingest_replica_waits_failed_total")
+
+    async def go() -> float:
+        queue = BatchQueue(settings)
+        try:
+            started = time.monotonic()
+            with pytest.raises(NotReplicated, match="on 0 of 1 replicas"):
+                await queue.enqueue(calls(1))
+            elapsed = time.monotonic() - started
+            used = int(redis_conn.info("memory")["used_memory"])
+            redis_conn.config_set("maxmemory", str(max(used - 1024 * 1024, 1)))
+            try:
+                with pytest.raises(redis.ResponseError, match="maxmemory"):
+                    await queue.enqueue(calls(50))
+            finally:
+                redis_conn.config_set("maxmemory", "0")
+            with pytest.raises(NotReplicated):
+                await queue.enqueue(calls(1, 1))
+            return elapsed
+        finally:
+            await queue.close()
+
+    with caplog.at_level("WARNING", logger="ingest.queueing"):
+        elapsed = asyncio.run(go())
+    assert 0.18 <= elapsed < 1.0, elapsed
+    assert metrics.REGISTRY.get_sample_value("copernica_ingest_replica_waits_failed_total") - before == 2
+    assert len([r for r in caplog.records if "replicas" in r.getMessage()]) == 1  # at most one per 10 s
+    assert len(Queue("copernica", connection=redis_conn).get_job_ids()) == 2  # written, just not replicated
+
+
+def test_no_wait_without_min_replicas(settings: Settings, redis_conn: redis.Redis) -> None:
+    assert settings.redis_min_replicas == 0
+    redis_conn.config_resetstat()
+    enqueue(settings, calls(2))
+    assert "cmdstat_wait" not in redis_conn.info("commandstats")
