@@ -20,9 +20,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ingest.cli import main
 from ingest.processes import free_port, wait_for_port
+from tests.commands import count, send_webhooks, set_api_env
 from tests.fake_copernica import ZONE, FakeCopernica, make_records
-from tests.ingest.cli.test_reconcile_mailings import STATS_42, send_webhooks
-from tests.workers.backfill.test_backfill import send_webhooks as send_plain_webhooks
+from tests.ingest.cli.test_reconcile_mailings import STATS_42
 from tests.workers.backfill.test_failed_calls import failed
 from tests.workers.backfill.test_statistics import TZ, mailing_of, store_records
 from workers.backfill import reconcile_metrics
@@ -42,23 +42,6 @@ FAILED = 7  # failed calls Copernica logged: 5 yesterday, 2 today
 STATISTICS_MISSING = 10
 
 
-@pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url: str, fake: FakeCopernica) -> dict[str, str]:
-    values = {
-        "DATABASE_URL": database_url,
-        "COPERNICA_RETRY_DELAY": "0.01",
-        "COPERNICA_RETRIES": "3",
-        "COPERNICA_TIMEZONE": TZ,
-        "INGEST_LOG_LEVEL": "INFO",
-        "INGEST_RECONCILE_METRICS_PORT": "0",
-        **fake.env(),
-    }
-    for name, value in values.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.chdir(tmp_path)  # no stray .env
-    return values
-
-
 @pytest.fixture(autouse=True)
 def fresh_gauges() -> None:
     """The gauges are module state: every test starts from a process that has run no round."""
@@ -66,6 +49,13 @@ def fresh_gauges() -> None:
     reconcile_metrics.record_statistics_missing(0)
     reconcile_metrics.record_failed_calls(0)
     reconcile_metrics.LAST_SUCCESS.set(0)
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url: str, fake: FakeCopernica) -> dict[str, str]:
+    return set_api_env(
+        monkeypatch, tmp_path, fake, DATABASE_URL=database_url, COPERNICA_TIMEZONE=TZ, INGEST_RECONCILE_METRICS_PORT="0"
+    )
 
 
 def gauges() -> dict[str, float]:
@@ -101,10 +91,6 @@ def wait_for(check: Callable[[], bool], timeout: float = 30) -> None:
         time.sleep(0.05)
 
 
-def count(db: psycopg.Connection, sql: str, *params: object) -> int:
-    return db.execute(sql, params).fetchone()[0]
-
-
 def at(day: date, hour: int, minute: int) -> int:
     return int(datetime(day.year, day.month, day.day, hour, minute, tzinfo=ZONE).timestamp())
 
@@ -117,7 +103,7 @@ def a_week_with_gaps(fake: FakeCopernica, database_url: str) -> date:
     yesterday = today - timedelta(days=1)
     clicks = make_records("cdm-click", yesterday, 80, seed=7, start_hour=1)
     fake.add_file("cdm-click", yesterday, clicks)
-    send_plain_webhooks(database_url, "cdm-click", clicks[:40])
+    send_webhooks(database_url, "cdm-click", clicks[:40])
     calls = [failed(at(yesterday, 1, n), "503") for n in range(5)]
     fake.add_file("feedback-loop-errors", yesterday, calls)
     fake.add_file("feedback-loop-errors", today, [failed(at(today, 0, 0), "timeout"), failed(at(today, 0, 1), 504)])
@@ -126,8 +112,8 @@ def a_week_with_gaps(fake: FakeCopernica, database_url: str) -> date:
     records = mailing_of(42, 10, day=earlier)
     for log_type, items in records.items():
         fake.add_file(log_type, earlier, items)  # for --fix; the logfile pass reads only yesterday and today
-    send_webhooks(database_url, "cdm-delivery", records["cdm-delivery"][:6], 42)
-    send_webhooks(database_url, "cdm-impression", records["cdm-impression"][:1], 42)
+    send_webhooks(database_url, "cdm-delivery", records["cdm-delivery"][:6], mailing="42")
+    send_webhooks(database_url, "cdm-impression", records["cdm-impression"][:1], mailing="42")
     fake.add_statistics(42, STATS_42)
     return yesterday
 
@@ -187,7 +173,9 @@ def test_recent_mailings_by_their_id_or_through_their_sent_event(database_url, d
     click[0]["id"] = m43["cdm-attempts"][0]["id"]
     store_records(database_url, "cdm-click", click)
     store_records(database_url, "cdm-attempts", mailing_of(44, 3, day=old)["cdm-attempts"])
-    send_webhooks(database_url, "cdm-delivery", mailing_of(45, 3, day=today - timedelta(days=2))["cdm-delivery"], 45)
+    send_webhooks(
+        database_url, "cdm-delivery", mailing_of(45, 3, day=today - timedelta(days=2))["cdm-delivery"], mailing="45"
+    )
     with psycopg.connect(database_url) as conn:
         assert recent_mailings(conn, now - timedelta(days=7)) == [43, 45]
         assert recent_mailings(conn, now - timedelta(days=60)) == [43, 44, 45]

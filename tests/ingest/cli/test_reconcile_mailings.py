@@ -3,21 +3,16 @@
 
 from __future__ import annotations
 
-import time
-import urllib.parse
 from datetime import date
 from pathlib import Path
 
 import orjson
-import psycopg
 import pytest
 
-from common.envelope import Envelope
-from ingest.cli import main
-from tests.fake_copernica import FakeCopernica, webhook_fields
+from tests.commands import count, send_webhooks, set_api_env
+from tests.commands import run as run_ingest
+from tests.fake_copernica import FakeCopernica
 from tests.workers.backfill.test_statistics import TZ, mailing_of, store_records
-from workers.jobs import parse_calls
-from workers.storage import store
 
 DAY = date(2026, 11, 25)
 # What Copernica counts for mailing_of(42, 10): 10 deliveries, 4 opens of 3 messages, 2 clicks of
@@ -37,46 +32,15 @@ STATS_42 = {
 
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url: str, fake: FakeCopernica) -> dict[str, str]:
-    values = {
-        "DATABASE_URL": database_url,
-        "COPERNICA_RETRY_DELAY": "0.01",
-        "COPERNICA_RETRIES": "3",
-        "COPERNICA_TIMEZONE": TZ,
-        "INGEST_LOG_LEVEL": "INFO",
-        **fake.env(),
-    }
-    for name, value in values.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.chdir(tmp_path)  # no stray .env
-    return values
+    return set_api_env(monkeypatch, tmp_path, fake, DATABASE_URL=database_url, COPERNICA_TIMEZONE=TZ)
 
 
 def run(capsys: pytest.CaptureFixture, fake: FakeCopernica, *argv: str) -> tuple[int, str, str]:
-    code = main(["reconcile", *argv])
-    out, err = capsys.readouterr()
+    """`ingest reconcile ARGV`; neither the access token nor a JWT is ever printed."""
+    code, out, err = run_ingest(capsys, "reconcile", *argv)
     for secret in (fake.token, *fake.issued):
         assert secret not in out and secret not in err
     return code, out, err
-
-
-def count(db: psycopg.Connection, sql: str, *params: object) -> int:
-    return db.execute(sql, params).fetchone()[0]
-
-
-def send_webhooks(database_url: str, log_type: str, records: list[dict], mailing: int) -> None:
-    """Store events as the worker would have from webhooks that carry the mailing id."""
-    calls = [
-        Envelope(
-            body=urllib.parse.urlencode(webhook_fields(log_type, r) | {"mailing": str(mailing)}).encode(),
-            content_type="application/x-www-form-urlencoded",
-            received_at=time.time(),
-        ).to_wire()
-        for r in records
-    ]
-    events, origins, rejects = parse_calls(calls, TZ)
-    assert not rejects
-    with store.connect(database_url) as conn:
-        assert store.store(conn, events, rejects, origins).stored == len(records)
 
 
 def serve(fake: FakeCopernica, records: dict[str, list[dict]], day: date = DAY) -> None:
@@ -105,8 +69,8 @@ def test_a_mailing_stored_exactly_exits_0(capsys, database_url, fake) -> None:
 def test_missing_webhooks_are_filled_by_fix_from_the_logfiles(capsys, db, database_url, fake) -> None:
     records = mailing_of(42, 10)
     serve(fake, records)
-    send_webhooks(database_url, "cdm-delivery", records["cdm-delivery"][:6], 42)
-    send_webhooks(database_url, "cdm-impression", records["cdm-impression"][:1], 42)
+    send_webhooks(database_url, "cdm-delivery", records["cdm-delivery"][:6], mailing="42")
+    send_webhooks(database_url, "cdm-impression", records["cdm-impression"][:1], mailing="42")
     fake.add_statistics(42, STATS_42)
 
     code, out, _ = run(capsys, fake, "--mailing", "42", "--json")

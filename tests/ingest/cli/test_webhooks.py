@@ -10,8 +10,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from ingest.cli import main
 from ingest.cli.webhooks import redact_url
+from tests.commands import run as run_ingest
+from tests.commands import set_api_env
 from tests.fake_copernica import WEBHOOK_TRIGGERS, FakeCopernica
 from workers.backfill.webhooks import TRIGGERS, Webhook
 
@@ -21,17 +22,11 @@ URL = "https://events.example.com/copernica"
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fake: FakeCopernica) -> dict[str, str]:
     """The environment of an `ingest webhooks` run against the fake API (in-process or a subprocess)."""
-    values = {"COPERNICA_RETRY_DELAY": "0.01", "COPERNICA_RETRIES": "3", "INGEST_LOG_LEVEL": "INFO", **fake.env()}
-    for name, value in values.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.chdir(tmp_path)  # no stray .env
-    return values
+    return set_api_env(monkeypatch, tmp_path, fake)
 
 
 def run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
-    code = main(["webhooks", *argv])
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_ingest(capsys, "webhooks", *argv)
 
 
 def listed(capsys: pytest.CaptureFixture) -> list[dict]:

@@ -9,70 +9,30 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.parse
 from datetime import date
 from pathlib import Path
 
 import orjson
-import psycopg
 import pytest
 
-from common.envelope import Envelope
-from ingest.cli import main
-from tests.fake_copernica import FakeCopernica, LogFile, make_records, webhook_fields
+from tests.commands import count, run, send_webhooks, set_api_env
+from tests.fake_copernica import FakeCopernica, LogFile, make_records
 from workers.backfill.api import CopernicaClient, RetryPolicy
 from workers.backfill.files import BackfillError, Run, check_types, default_types
 from workers.backfill.imports import import_files, plan_import, sniff_format
 from workers.backfill.runs import follow, today_in
-from workers.jobs import parse_calls
 from workers.storage import store
-
-TZ = "Europe/Amsterdam"
-DAY = date(2026, 11, 25)
-NEXT = date(2026, 11, 26)
 
 
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url: str, fake: FakeCopernica) -> dict[str, str]:
     """The environment of an `ingest` run against the fake API (in-process or a subprocess)."""
-    values = {
-        "DATABASE_URL": database_url,
-        "COPERNICA_RETRY_DELAY": "0.01",
-        "COPERNICA_RETRIES": "3",
-        "INGEST_LOG_LEVEL": "INFO",
-        **fake.env(),
-    }
-    for name, value in values.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.chdir(tmp_path)  # no stray .env
-    return values
+    return set_api_env(monkeypatch, tmp_path, fake, DATABASE_URL=database_url)
 
 
-def run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def count(db: psycopg.Connection, sql: str, *params: object) -> int:
-    return db.execute(sql, params).fetchone()[0]
-
-
-def send_webhooks(database_url: str, log_type: str, records: list[dict]) -> None:
-    """Store events as the worker would have from webhooks (the same parse and store path)."""
-    calls = [
-        Envelope(
-            body=urllib.parse.urlencode(webhook_fields(log_type, r)).encode(),
-            content_type="application/x-www-form-urlencoded",
-            received_at=time.time(),
-        ).to_wire()
-        for r in records
-    ]
-    events, origins, rejects = parse_calls(calls, TZ)
-    assert not rejects
-    with store.connect(database_url) as conn:
-        result = store.store(conn, events, rejects, origins)
-    assert result.stored == len(records)
+TZ = "Europe/Amsterdam"
+DAY = date(2026, 11, 25)
+NEXT = date(2026, 11, 26)
 
 
 def write(tmp_path: Path, name: str, body: bytes) -> Path:

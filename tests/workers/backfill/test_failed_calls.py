@@ -3,22 +3,17 @@ the fake Copernica API and a real PostgreSQL."""
 
 from __future__ import annotations
 
-import time
-import urllib.parse
 from datetime import date, datetime
 from pathlib import Path
 
 import orjson
-import psycopg
 import pytest
 
-from common.envelope import Envelope
-from ingest.cli import main
-from tests.fake_copernica import ZONE, FakeCopernica, local_time, make_records, webhook_fields
+from tests.commands import count, run, send_webhooks, set_api_env
+from tests.fake_copernica import ZONE, FakeCopernica, local_time, make_records
 from workers.backfill.api import CopernicaClient, RetryPolicy
 from workers.backfill.failed_calls import FailedCalls, failed_calls
 from workers.backfill.files import Run
-from workers.jobs import parse_calls
 from workers.storage import store
 
 TZ = "Europe/Amsterdam"
@@ -28,32 +23,13 @@ FILE = "feedback-loop-errors.2026-11-25.log"
 
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url: str, fake: FakeCopernica) -> None:
-    values = {
-        "DATABASE_URL": database_url,
-        "COPERNICA_RETRY_DELAY": "0.01",
-        "COPERNICA_RETRIES": "3",
-        "COPERNICA_TIMEZONE": TZ,
-        **fake.env(),
-    }
-    for name, value in values.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.chdir(tmp_path)
-
-
-def run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
+    set_api_env(monkeypatch, tmp_path, fake, DATABASE_URL=database_url, COPERNICA_TIMEZONE=TZ)
 
 
 def reconcile_json(capsys: pytest.CaptureFixture) -> tuple[int, dict]:
     code, out, err = run(capsys, "reconcile", "--date", DAY.isoformat(), "--json")
     assert err.count("Traceback") == 0, err
     return code, orjson.loads(out)
-
-
-def count(db: psycopg.Connection, sql: str, *params: object) -> int:
-    return db.execute(sql, params).fetchone()[0]
 
 
 def at(hour: int, minute: int, second: int = 0) -> int:
@@ -71,22 +47,6 @@ def failed(unix: int, response: object, header: str = "") -> dict:
     }
 
 
-def send_webhooks(database_url: str, records: list[dict]) -> None:
-    """Store clicks as the worker would have from webhooks."""
-    calls = [
-        Envelope(
-            body=urllib.parse.urlencode(webhook_fields("cdm-click", r)).encode(),
-            content_type="application/x-www-form-urlencoded",
-            received_at=time.time(),
-        ).to_wire()
-        for r in records
-    ]
-    events, origins, rejects = parse_calls(calls, TZ)
-    assert not rejects
-    with store.connect(database_url) as conn:
-        store.store(conn, events, rejects, origins)
-
-
 def a_day_with_failed_calls(fake: FakeCopernica, database_url: str) -> list[dict]:
     """80 clicks 08:00:00-08:09:13, one every 7 s; the webhooks brought the first 40 (to
     08:04:33), the logfile holds all. Copernica logged five failed calls: three in minutes of
@@ -94,7 +54,7 @@ def a_day_with_failed_calls(fake: FakeCopernica, database_url: str) -> list[dict
     one at 23:10 when no event occurred."""
     clicks = make_records("cdm-click", DAY, 80)
     fake.add_file("cdm-click", DAY, clicks)
-    send_webhooks(database_url, clicks[:40])
+    send_webhooks(database_url, "cdm-click", clicks[:40])
     calls = [
         failed(at(8, 0, 10), "503"),
         failed(at(8, 0, 40), 503),
@@ -164,7 +124,7 @@ def test_failed_calls_table_after_the_per_type_table(capsys, fake, database_url)
 def test_a_day_without_the_file_logs_none_and_exits_as_before(capsys, fake, database_url) -> None:
     clicks = make_records("cdm-click", DAY, 30)
     fake.add_file("cdm-click", DAY, clicks)
-    send_webhooks(database_url, clicks)
+    send_webhooks(database_url, "cdm-click", clicks)
     code, out, _ = run(capsys, "reconcile", "--date", DAY.isoformat())
     assert code == 0
     assert "nothing was missing" in out
@@ -212,7 +172,7 @@ def test_a_download_that_fails_is_reported_and_exits_1(capsys, db, fake) -> None
 
 def test_result_object_and_message_ids_from_the_header(database_url, fake) -> None:
     clicks = make_records("cdm-click", DAY, 3)
-    send_webhooks(database_url, clicks[:1])
+    send_webhooks(database_url, "cdm-click", clicks[:1])
     fake.add_file(
         "feedback-loop-errors",
         DAY,

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.commands import count, run, send_webhooks
 from tests.fake_copernica import FakeCopernica, LogFile, make_records
-from tests.workers.backfill.test_backfill import DAY, count, run, send_webhooks, write
+from tests.workers.backfill.test_backfill import DAY, write
 from workers.backfill import zonecheck
 from workers.backfill.zonecheck import Sample, judge, zone_for
 
