@@ -152,6 +152,20 @@ def _dns_server(raw: str) -> str:
     return f"[{host}]:{port_number}" if ":" in host else f"{host}:{port_number}"
 
 
+def _sentinels(raw: str) -> Items:
+    addresses = []
+    for item in _items(raw):
+        host, sep, port = item.rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")
+        try:
+            if not sep or not host or not 0 < int(port) <= 65535:
+                raise ValueError
+        except ValueError:
+            raise ValueError("must be a comma-separated list of host:port (10.0.0.1:26379,10.0.0.2:26379)") from None
+        addresses.append(f"{host}:{int(port)}")
+    return Items(addresses)
+
+
 def setting(var: str, cast: Callable[[str], Any], default: Any, doc: str, *, secret: bool = False) -> Any:
     """One setting, written once: its variable, cast, default and help text (the README's settings
     table lists them). A secret is kept out of `repr` and never repeated in an error message."""
@@ -165,6 +179,26 @@ class Settings:
         _url("redis", "rediss", "unix"),
         None,
         "Redis/Valkey holding the queue. Unset: `ingest dev` starts an embedded Valkey.",
+    )
+    redis_sentinels: Items | None = setting(
+        "REDIS_SENTINELS",
+        _sentinels,
+        None,
+        "Redis Sentinels (comma-separated `host:port`): the current primary is asked of them, and "
+        "followed when it changes; `REDIS_URL` then gives only the database number and password.",
+    )
+    redis_sentinel_master: str | None = setting(
+        "REDIS_SENTINEL_MASTER",
+        _text,
+        None,
+        "The name the Sentinels monitor the primary by (needed with `REDIS_SENTINELS`).",
+    )
+    redis_sentinel_password: str | None = setting(
+        "REDIS_SENTINEL_PASSWORD",
+        _text,
+        None,
+        "Password of the Sentinels themselves, for Sentinels that require one.",
+        secret=True,
     )
     database_url: str | None = setting(
         "DATABASE_URL",
@@ -389,6 +423,8 @@ class Settings:
     def require(self, *attrs: str) -> None:
         """Stop with a one-line message when a setting a command needs is unset."""
         for attr in attrs:
+            if attr == "redis_url" and self.redis_sentinels:
+                continue  # the Sentinels name the primary; REDIS_URL, if set, its database and password
             if getattr(self, attr) is None:
                 var = next(v for a, v, *_ in SPEC if a == attr)
                 raise SettingsError(f"{var} is not set (run `ingest dev` for the embedded servers)")
@@ -396,7 +432,7 @@ class Settings:
     def required(self, attr: Literal["redis_url", "database_url"]) -> str:
         """A server's URL a command cannot do without: its value, or `require`'s message."""
         self.require(attr)
-        value: str = getattr(self, attr)
+        value: str = getattr(self, attr) or "redis://"  # (only None with REDIS_SENTINELS)
         return value
 
     def to_env(self) -> dict[str, str]:

@@ -23,6 +23,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry as RedisRetry
 from rq import Queue, Retry
 
+from common import redisconn
 from common.envelope import pack_calls
 from common.rqcontract import JOB_FUNCTION, JobTemplate
 from common.settings import Settings
@@ -72,16 +73,15 @@ def _resp(*parts: bytes) -> bytes:
 
 def redis_client(settings: Settings, *, timeout: float | None = None) -> redis.Redis:
     """A synchronous client that fails fast (used by commands and tests)."""
-    return redis.Redis.from_url(settings.required("redis_url"), **_client_options(settings, timeout))
+    return redisconn.sync_client(settings, **_client_options(settings, timeout))
 
 
 class BatchQueue:
     """Writes batches of raw calls to the RQ queue from the event loop."""
 
     def __init__(self, settings: Settings) -> None:
-        url = settings.required("redis_url")
         self.settings = settings
-        self.connection = aredis.Redis.from_url(url, **_client_options(settings, None, for_asyncio=True))
+        self.connection = redisconn.async_client(settings, **_client_options(settings, None, for_asyncio=True))
         self._sync = redis_client(settings)
         self.queue = Queue(settings.queue, connection=self._sync)
         self.retry = Retry(max=settings.job_retries, interval=retry_intervals(settings.job_retries))
@@ -89,9 +89,13 @@ class BatchQueue:
         # Connections of our own for the batch writes (the committer bounds how many at once):
         # redis-py's pool costs more per checkout than the whole write. They have no socket
         # timeout of their own (it costs a task per send): `enqueue` bounds the whole write.
-        self._connections = aredis.ConnectionPool.from_url(
-            url, **{**_client_options(settings, None, for_asyncio=True), "socket_timeout": None}
+        self._connections = redisconn.async_pool(
+            settings, **{**_client_options(settings, None, for_asyncio=True), "socket_timeout": None}
         )
+        # Through Sentinel a connection must ask for the primary before its first send (a bare
+        # send would connect to its default address); one that broke, or got READONLY from a
+        # demoted primary, is dropped and asks again.
+        self._sentinel = redisconn.uses_sentinel(settings)
         self._idle: list[aredis.connection.AbstractConnection] = []
         # INGEST_REDIS_MIN_REPLICAS: a `WAIT` sent with each script call, in the same send on
         # the same connection, so the count it answers is for that write. None: no wait at all.
@@ -143,6 +147,8 @@ class BatchQueue:
         for attempt in (1, 2):
             conn = self._idle.pop() if self._idle else self._connections.make_connection()
             try:
+                if self._sentinel and not conn.is_connected:
+                    await conn.connect()
                 await conn.send_packed_command(command if wait is None else (command, wait), check_health=False)
                 await conn.read_response()  # an error reply raises, after it was read whole
                 # (an error reply leaves the WAIT's reply unread: the socket is dropped below)
@@ -192,7 +198,12 @@ class BatchQueue:
         return job_id
 
     async def ping(self) -> bool:
+        """Redis answers (for /readyz). Through Sentinel: the server named the primary still is
+        one (`ROLE`), so a demoted primary that still answers does not count as ready."""
         try:
+            if self._sentinel:
+                role = await asyncio.wait_for(self.connection.execute_command("ROLE"), self.settings.redis_timeout)
+                return bool(role) and role[0] in (b"master", "master")
             return bool(await asyncio.wait_for(self.connection.ping(), timeout=self.settings.redis_timeout))
         except (TimeoutError, redis.RedisError, OSError):
             return False

@@ -8,6 +8,7 @@ import logging
 import redis
 from rq import Queue
 
+from common import redisconn
 from common.rqcontract import HeartbeatWorker
 from common.settings import Settings
 from workers import coalesce, metrics
@@ -43,11 +44,16 @@ class StoreWorker(HeartbeatWorker):
 
 
 def make_worker(settings: Settings, name: str | None = None) -> StoreWorker:
-    connection = redis.Redis.from_url(settings.required("redis_url"))
+    connection = redisconn.sync_client(settings)
     queue = Queue(settings.queue, connection=connection)
-    return StoreWorker(
+    worker = StoreWorker(
         [queue], connection=connection, name=name, maintenance_interval=MAINTENANCE_INTERVAL, worker_ttl=WORKER_TTL
     )
+    if redisconn.uses_sentinel(settings):
+        # RQ's scheduler would rebuild its connection from the pool's arguments and lose Sentinel
+        # (common.rqcontract.FactoryScheduler): it builds its own, after the fork.
+        worker.scheduler_connection = lambda: redisconn.sync_client(settings)
+    return worker
 
 
 def run_worker(settings: Settings, *, burst: bool = False, name: str | None = None) -> int:

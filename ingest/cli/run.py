@@ -46,6 +46,11 @@ def register(sub: Any) -> None:
     dev.add_argument("--redis-port", type=int, default=16379, help="embedded Valkey port (default 16379)")
     dev.add_argument("--postgres-port", type=int, default=15432, help="embedded PostgreSQL port (default 15432)")
     dev.add_argument("--dashboard-port", type=int, default=9181, help="rq-dashboard port (default 9181)")
+    dev.add_argument(
+        "--ha",
+        action="store_true",
+        help="embedded Valkey as a primary, a replica and three Sentinels (try a failover: kill the primary)",
+    )
     dev.set_defaults(handler=cmd_dev)
 
 
@@ -67,5 +72,9 @@ def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
     from ingest.devstack.dev import run_dev
 
     return run_dev(
-        settings, redis_port=args.redis_port, postgres_port=args.postgres_port, dashboard_port=args.dashboard_port
+        settings,
+        redis_port=args.redis_port,
+        postgres_port=args.postgres_port,
+        dashboard_port=args.dashboard_port,
+        ha=args.ha,
     )

@@ -10,11 +10,11 @@ from typing import Any
 
 import orjson
 import psycopg
-import redis
 from rq import Queue
 from rq.job import Job
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 
+from common import redisconn
 from common.settings import Settings
 from ingest.cli.base import EXIT_USAGE, fail
 
@@ -38,7 +38,7 @@ def collect(settings: Settings) -> PipelineStats:
     from workers.storage.queries import scalar
 
     settings.require("redis_url", "database_url")
-    connection = redis.Redis.from_url(settings.required("redis_url"), socket_timeout=5, socket_connect_timeout=5)
+    connection = redisconn.sync_client(settings, socket_timeout=5, socket_connect_timeout=5)
     try:
         queue = Queue(settings.queue, connection=connection)
         oldest_age = None

@@ -21,8 +21,16 @@ import sys
 import time
 from pathlib import Path
 
+from common import redisconn
 from common.settings import Settings
-from ingest.devstack.embedded import EmbeddedPostgres, EmbeddedValkey, _die_with_parent, prune_stale
+from ingest.devstack.embedded import (
+    EmbeddedPostgres,
+    EmbeddedSentinel,
+    EmbeddedValkey,
+    _die_with_parent,
+    _Server,
+    prune_stale,
+)
 from ingest.processes import StopSignals
 
 log = logging.getLogger("ingest.devstack.dev")
@@ -33,7 +41,7 @@ class Stack:
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
-        self.servers: list[EmbeddedValkey | EmbeddedPostgres] = []
+        self.servers: list[_Server] = []
         self.children: dict[str, subprocess.Popen[bytes]] = {}
 
     def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
@@ -88,8 +96,67 @@ def _wait_for_receiver(host: str, port: int, process: subprocess.Popen[bytes], t
     return False
 
 
+SENTINEL_MASTER = "ingest"
+
+
+def start_ha(stack: Stack, data_dir: Path, redis_port: int) -> dict[str, str]:
+    """`ingest dev --ha`: a primary on `redis_port`, its replica on the next port and three
+    Sentinels (quorum 2) on the three after; the settings that reach the primary through them."""
+    primary = EmbeddedValkey(data_dir / "valkey", redis_port)
+    primary.start()
+    stack.servers.append(primary)
+    replica = EmbeddedValkey(data_dir / "valkey-replica", redis_port + 1, replica_of=("127.0.0.1", redis_port))
+    replica.start()
+    stack.servers.append(replica)
+    sentinels = []
+    for n in range(3):
+        sentinel = EmbeddedSentinel(
+            data_dir / f"sentinel-{n + 1}", ("127.0.0.1", redis_port), redis_port + 2 + n, master_name=SENTINEL_MASTER
+        )
+        sentinel.start()
+        stack.servers.append(sentinel)
+        sentinels.append(sentinel.address)
+    return {
+        "REDIS_URL": "redis:///0",
+        "REDIS_SENTINELS": ",".join(sentinels),
+        "REDIS_SENTINEL_MASTER": SENTINEL_MASTER,
+    }
+
+
+def _redis_env(settings: Settings, stack: Stack, data_dir: Path, redis_port: int, *, ha: bool) -> dict[str, str]:
+    """The Redis settings of the stack's children: the embedded server(s) unless set."""
+    if ha and settings.redis_url is None and not settings.redis_sentinels:
+        return start_ha(stack, data_dir, redis_port)
+    if settings.redis_url is None and not settings.redis_sentinels:
+        valkey = EmbeddedValkey(data_dir / "valkey", redis_port)
+        valkey.start()
+        stack.servers.append(valkey)
+        return {"REDIS_URL": valkey.url}
+    env = settings.to_env()
+    return {var: env[var] for var in ("REDIS_URL", "REDIS_SENTINELS", "REDIS_SENTINEL_MASTER") if var in env}
+
+
+def _redis_banner(redis: dict[str, str], failover: str | None) -> tuple[str, str]:
+    """The banner's Redis lines and the variables other commands need."""
+    exports = " ".join(f"{var}={value}" for var, value in redis.items())
+    if "REDIS_SENTINELS" not in redis:
+        return f"  redis URL      {redis['REDIS_URL']}\n", exports
+    line = f"  redis          through Sentinels {redis['REDIS_SENTINELS']}\n"
+    if failover:
+        line += (
+            f"  try a failover {failover}\n"
+            "                 (Sentinel promotes the replica within seconds; the stack follows it)\n"
+        )
+    return line, exports
+
+
 def run_dev(
-    settings: Settings, *, redis_port: int = 16379, postgres_port: int = 15432, dashboard_port: int = 9181
+    settings: Settings,
+    *,
+    redis_port: int = 16379,
+    postgres_port: int = 15432,
+    dashboard_port: int = 9181,
+    ha: bool = False,
 ) -> int:
     from workers.storage.schema import apply_migrations
 
@@ -98,12 +165,8 @@ def run_dev(
     stack = Stack(data_dir)
     signals = StopSignals()
     try:
-        redis_url, database_url = settings.redis_url, settings.database_url
-        if redis_url is None:
-            valkey = EmbeddedValkey(data_dir / "valkey", redis_port)
-            valkey.start()
-            stack.servers.append(valkey)
-            redis_url = valkey.url
+        redis = _redis_env(settings, stack, data_dir, redis_port, ha=ha)
+        database_url = settings.database_url
         if database_url is None:
             postgres = EmbeddedPostgres(data_dir / "postgres", postgres_port)
             postgres.start()
@@ -111,7 +174,7 @@ def run_dev(
             database_url = postgres.url
         apply_migrations(database_url)
 
-        env = {**os.environ, **settings.to_env(), "REDIS_URL": redis_url, "DATABASE_URL": database_url}
+        env = {**os.environ, **settings.to_env(), **redis, "DATABASE_URL": database_url}
         # On one's own machine anyone may post, unless INGEST_AUTH says otherwise; so by default
         # only this machine can reach the receiver, unless INGEST_HOST says otherwise (said at start).
         env["INGEST_AUTH"] = auth = str(settings.auth) if _chosen("INGEST_AUTH") else "none"
@@ -127,9 +190,11 @@ def run_dev(
         stack.spawn("worker", [python, "-m", "ingest", "worker"], env)
         dashboard = shutil.which("rq-dashboard", path=str(Path(python).parent)) or shutil.which("rq-dashboard")
         if dashboard:
+            dashboard_url = redisconn.dashboard_url(Settings.from_env(redis, dotenv=False))
+            argv = [dashboard, "--redis-url", dashboard_url, "--port", str(dashboard_port), "--bind", "127.0.0.1"]
             stack.spawn(
                 "dashboard",
-                [dashboard, "--redis-url", redis_url, "--port", str(dashboard_port), "--bind", "127.0.0.1"],
+                argv,
                 env,
             )
         host = "127.0.0.1" if listen in ("0.0.0.0", "::") else listen
@@ -137,6 +202,9 @@ def run_dev(
             log.error("the receiver did not start")
             return 1
         shown = f"[{host}]" if ":" in host else host
+        ha_started = any(isinstance(server, EmbeddedSentinel) for server in stack.servers)
+        failover = f"kill -9 $(cat {data_dir / 'valkey' / 'valkey.pid'})" if ha_started else None
+        redis_line, exports = _redis_banner(redis, failover)
         print(
             "\ncopernica-ingest is running (Ctrl-C stops everything)\n"
             f"  webhook URL    http://{shown}:{settings.port}/copernica\n"
@@ -144,9 +212,9 @@ def run_dev(
             f"  who may post   INGEST_AUTH={auth}{anyone}\n"
             f"  dashboard      http://127.0.0.1:{dashboard_port}/\n"
             f"  database URL   {database_url}\n"
-            f"  redis URL      {redis_url}\n"
+            f"{redis_line}"
             "  for other commands in another terminal:\n"
-            f"    export REDIS_URL={redis_url} DATABASE_URL={database_url}\n",
+            f"    export {exports} DATABASE_URL={database_url}\n",
             flush=True,
         )
         while not signals.caught:

@@ -240,6 +240,57 @@ class EmbeddedValkey(_Server):
         self._wait_ready(timeout)
 
 
+class EmbeddedSentinel(_Server):
+    """A Sentinel (the Valkey binary with `--sentinel`) watching one primary, with a short
+    down-after and failover timeout so a failover can be tried by hand (`ingest dev --ha`) and
+    in tests. Three of them, quorum 2, elect a new primary within a few seconds of a kill."""
+
+    name = "sentinel"
+
+    def __init__(
+        self,
+        data_dir: Path,
+        primary: tuple[str, int],
+        port: int | None = None,
+        *,
+        master_name: str = "ingest",
+        quorum: int = 2,
+        down_after_ms: int = 1000,
+        failover_timeout_ms: int = 5000,
+    ) -> None:
+        super().__init__(data_dir, port)
+        self.primary = primary
+        self.master_name = master_name
+        self.quorum = quorum
+        self.down_after_ms = down_after_ms
+        self.failover_timeout_ms = failover_timeout_ms
+        self.config_file = self.data_dir / "sentinel.conf"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def config(self) -> str:
+        name = self.master_name
+        return (
+            f"port {self.port}\nbind 127.0.0.1\nprotected-mode no\ndaemonize no\n"
+            f'dir "{self.data_dir}"\nlogfile ""\n'
+            f"sentinel monitor {name} {self.primary[0]} {self.primary[1]} {self.quorum}\n"
+            f"sentinel down-after-milliseconds {name} {self.down_after_ms}\n"
+            f"sentinel failover-timeout {name} {self.failover_timeout_ms}\n"
+            f"sentinel parallel-syncs {name} 1\n"
+        )
+
+    def start(self, timeout: float = 20.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        prune_stale(self.pid_file, "valkey-server")
+        # Sentinel rewrites its config file (what it learnt of replicas and peers): a fresh one
+        # per start, so a restarted dev stack does not follow a stale primary.
+        self.config_file.write_text(self.config())
+        self._spawn([EmbeddedValkey.binary(), str(self.config_file), "--sentinel"])
+        self._wait_ready(timeout)
+
+
 class EmbeddedPostgres(_Server):
     name = "postgres"
     stop_signal = signal.SIGINT  # "fast" shutdown: in-flight transactions roll back, then exit

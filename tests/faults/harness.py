@@ -105,6 +105,7 @@ class Stream:
     concurrency: int = 16
     pause: float = 0.0  # seconds between one worker's posts (to stretch a stream over time)
     statuses: dict[int, int] = field(default_factory=dict)
+    answered_at: dict[int, float] = field(default_factory=dict)  # time.monotonic() of each answer
     thread: threading.Thread | None = None
     stopping: threading.Event = field(default_factory=threading.Event)
 
@@ -145,6 +146,7 @@ class Stream:
                             self.statuses[n] = resp.status
                     except (TimeoutError, aiohttp.ClientError, OSError):
                         self.statuses[n] = 0
+                    self.answered_at[n] = time.monotonic()
                     if self.pause:
                         await asyncio.sleep(self.pause)
 

@@ -1,0 +1,153 @@
+"""Fault: the Redis primary SIGKILLed under load, with a replica and three Sentinels. Sentinel
+promotes the replica; the receiver and the worker (never restarted) follow it through Sentinel
+(REDIS_SENTINELS). Calls whose batch could not be written get 503, never a 200 for a write that
+may be lost; the receiver answers 200 again within seconds of the switch; /readyz never says
+ready while no primary answers. (INGEST_REDIS_MIN_REPLICAS=0: after the failover the new
+primary has no replica, and a wait for one would refuse every call.)"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import redis
+
+from ingest.devstack.embedded import EmbeddedPostgres, EmbeddedSentinel, EmbeddedValkey
+from tests.faults.harness import Stream, assert_stored_exactly_once, replica, stored_ids, wait_for
+from tests.processes import Process, ingest_env, receiver
+from workers.storage.schema import apply_migrations
+
+# Over a minute: a job held by the worker at the kill comes back only through RQ's abandoned-job
+# handling (its heartbeat lapses after 30 s, maintenance runs every 15 s, the retry waits 5 s).
+pytestmark = [pytest.mark.faults, pytest.mark.slow]
+
+MASTER = "ingest"
+RECOVERY = 15.0  # seconds from the kill to the receiver's first 200 again, at most
+
+
+def role(server: EmbeddedValkey) -> str:
+    with redis.Redis(port=server.port, socket_timeout=1, socket_connect_timeout=1) as conn:
+        return str(conn.execute_command("ROLE")[0], "ascii") if conn else ""
+
+
+@contextlib.contextmanager
+def sentinels(tmp: Path, primary: EmbeddedValkey) -> Iterator[list[EmbeddedSentinel]]:
+    """Three Sentinels (quorum 2) watching `primary`; each knows the replica and its two peers
+    when yielded (else a failover could not be authorised)."""
+    started = [
+        EmbeddedSentinel(tmp / f"sentinel-{n}", ("127.0.0.1", primary.port), master_name=MASTER) for n in range(3)
+    ]
+    try:
+        for sentinel in started:
+            sentinel.start()
+        for sentinel in started:
+            with redis.Redis(port=sentinel.port, decode_responses=True) as conn:
+                wait_for(
+                    lambda conn=conn: (
+                        len(conn.sentinel_slaves(MASTER)) == 1 and len(conn.sentinel_sentinels(MASTER)) == 2
+                    ),
+                    timeout=20,
+                    interval=0.1,
+                )
+        yield started
+    finally:
+        for sentinel in started:
+            sentinel.stop()
+
+
+@dataclass
+class ReadyProbe:
+    """Polls /readyz from a thread: (sent at, answered at, status) of each probe."""
+
+    base: str
+    probes: list[tuple[float, float, int]] = field(default_factory=list)
+    stopping: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            sent = time.monotonic()
+            try:
+                with urllib.request.urlopen(self.base + "/readyz", timeout=5) as resp:
+                    status = resp.status
+            except urllib.error.HTTPError as exc:
+                status = exc.code
+            except OSError:
+                status = 0
+            self.probes.append((sent, time.monotonic(), status))
+            time.sleep(0.05)
+
+
+def watch_promotion(replica_server: EmbeddedValkey, timeout: float) -> float:
+    """Polls the replica until it is the primary; the send time of the last poll that still saw
+    it a replica (before it, no server was primary: the old one was dead)."""
+    last_replica = time.monotonic()
+    deadline = last_replica + timeout
+    while time.monotonic() < deadline:
+        sent = time.monotonic()
+        if role(replica_server) == "master":
+            return last_replica
+        last_replica = sent
+        time.sleep(0.05)
+    raise AssertionError(f"Sentinel did not promote the replica within {timeout:.0f} s")
+
+
+def test_failover_through_sentinel(tmp_path: Path) -> None:
+    postgres = EmbeddedPostgres(tmp_path / "postgres")
+    primary = EmbeddedValkey(tmp_path / "primary")
+    postgres.start()
+    primary.start()
+    try:
+        apply_migrations(postgres.url)
+        with replica(tmp_path / "replica", primary) as standby, sentinels(tmp_path, primary) as watching:
+            env = ingest_env(
+                "redis:///0",
+                postgres.url,
+                REDIS_SENTINELS=",".join(s.address for s in watching),
+                REDIS_SENTINEL_MASTER=MASTER,
+                INGEST_REDIS_MIN_REPLICAS="0",
+            )
+            with receiver(env) as serving, Process(["worker"], env) as worker:
+                probe = ReadyProbe(serving)
+                probing = threading.Thread(target=probe.run, daemon=True)
+                probing.start()
+                stream = Stream(serving.url, count=1_000_000, tag="sentinel", concurrency=8, pause=0.005).start()
+                time.sleep(2.0)
+                primary.kill()  # SIGKILL, mid-stream
+                killed_at = time.monotonic()
+                no_primary_until = watch_promotion(standby, timeout=RECOVERY)
+
+                def answered_200_again() -> bool:
+                    return any(
+                        status == 200 and stream.answered_at.get(n, 0) > killed_at + 0.5
+                        for n, status in list(stream.statuses.items())
+                    )
+
+                wait_for(answered_200_again, timeout=RECOVERY - (time.monotonic() - killed_at), interval=0.1)
+                time.sleep(1.0)
+                stream.stop()
+                probe.stopping.set()
+                probing.join(10)
+
+                stream.check_answers()
+                answers = set(stream.statuses.values())
+                assert answers <= {200, 503}, answers
+                assert 503 in answers, "the failover should have refused some calls"
+                lies = [p for p in probe.probes if p[2] == 200 and killed_at < p[0] and p[1] < no_primary_until]
+                assert not lies, f"/readyz said ready while no primary answered: {lies[:3]}"
+                assert any(p[2] == 503 for p in probe.probes), "/readyz never said unavailable"
+                assert probe.probes[-1][2] == 200, "/readyz not ready again after the failover"
+
+                accepted = stream.accepted()
+                wait_for(lambda: accepted <= set(stored_ids(postgres.url, stream.tag)), timeout=90, interval=0.5)
+                assert worker.popen is not None and worker.popen.poll() is None, "the worker stopped"
+                assert_stored_exactly_once(postgres.url, stream)
+    finally:
+        primary.stop()
+        postgres.stop()
