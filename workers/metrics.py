@@ -37,11 +37,18 @@ UNATTRIBUTED = "unattributed"
 STORE_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 STORE_BATCH_BUCKETS = (1, 10, 50, 100, 500, 1000, 2500, 5000, 10000, 25000)
 
-# The worker's own registry: the receiver's metrics never appear on a worker's port.
-REGISTRY = CollectorRegistry()
-ProcessCollector(registry=REGISTRY)
-PlatformCollector(registry=REGISTRY)
-GCCollector(registry=REGISTRY)
+
+def process_registry() -> CollectorRegistry:
+    """A registry of a process's own (the receiver's metrics never appear on its port), with the
+    standard process, platform and GC metrics."""
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
+
+
+REGISTRY = process_registry()  # the worker's
 
 EVENTS_STORED = PromCounter(
     f"{PREFIX}_events_stored",

@@ -25,24 +25,18 @@ import logging
 import time
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Gauge
-from prometheus_client.gc_collector import GCCollector
-from prometheus_client.platform_collector import PlatformCollector
-from prometheus_client.process_collector import ProcessCollector
+from prometheus_client import Gauge
 
 from workers import metrics as worker_metrics
 
 log = logging.getLogger("workers.backfill.reconcile_metrics")
 
-PREFIX = "copernica_ingest"
+PREFIX = worker_metrics.PREFIX
 LOGFILE = "logfile"
 STATISTICS = "statistics"
 SOURCES = (LOGFILE, STATISTICS)
 
-REGISTRY = CollectorRegistry()
-ProcessCollector(registry=REGISTRY)
-PlatformCollector(registry=REGISTRY)
-GCCollector(registry=REGISTRY)
+REGISTRY = worker_metrics.process_registry()  # the reconcile's own
 
 MISSING_EVENTS = Gauge(
     f"{PREFIX}_reconcile_missing_events",
