@@ -39,7 +39,7 @@ from prometheus_client.registry import Collector
 from rq.registry import FailedJobRegistry
 from rq.utils import utcparse
 
-from common.rqcontract import job_key, queue_key
+from common.rqcontract.jobs import job_key, queue_key
 
 log = logging.getLogger("ingest.metrics")
 

@@ -2,7 +2,7 @@
 
 RQ stays the authority on what a job looks like in Redis: at the first batch, RQ's own enqueue
 builds a job onto a recording pipeline and what it wrote becomes a template
-(`common.rqcontract.JobTemplate`, where every RQ behaviour we rely on is kept). Each batch then
+(`common.rqcontract.jobs.JobTemplate`, where every RQ behaviour we rely on is kept). Each batch then
 fills in only what differs per job (its id, its data, its times, its description) and the
 writes go to Redis as one Lua script call on a connection of our own, so they apply together
 or not at all, and cost the event loop one send and one reply. Building an RQ job and replaying
@@ -25,7 +25,7 @@ from rq import Queue, Retry
 
 from common import redisconn
 from common.envelope import pack_calls
-from common.rqcontract import JOB_FUNCTION, JobTemplate
+from common.rqcontract.jobs import JOB_FUNCTION, JobTemplate
 from common.settings import Settings
 from ingest import metrics
 

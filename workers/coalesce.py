@@ -32,7 +32,7 @@ from typing import Any
 import redis
 
 from common.envelope import unpack_calls
-from common.rqcontract import STORE_FUNCTIONS, job_key, queue_key, queued_calls
+from common.rqcontract.jobs import STORE_FUNCTIONS, job_key, queue_key, queued_calls
 
 log = logging.getLogger("workers.coalesce")
 

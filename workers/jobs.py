@@ -106,7 +106,7 @@ def store_batch(batch: bytes | list[dict[str, Any]]) -> dict[str, int]:
 
 
 def store_packed(batch: bytes) -> dict[str, int]:
-    """RQ job of a batch packed as one zstd frame (common.rqcontract.JOB_FUNCTION): `store_batch`
+    """RQ job of a batch packed as one zstd frame (common.rqcontract.jobs.JOB_FUNCTION): `store_batch`
     under a name of its own, which workers from before the format do not have."""
     return store_batch(batch)
 

@@ -1,5 +1,5 @@
 """Running RQ workers for the store jobs: non-forking, with the scheduler for retries. What of
-RQ's worker this relies on is in `common.rqcontract.HeartbeatWorker`."""
+RQ's worker this relies on is in `common.rqcontract.worker.HeartbeatWorker`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import redis
 from rq import Queue
 
 from common import redisconn
-from common.rqcontract import HeartbeatWorker
+from common.rqcontract.worker import HeartbeatWorker
 from common.settings import Settings
 from workers import coalesce, metrics
 
@@ -51,7 +51,7 @@ def make_worker(settings: Settings, name: str | None = None) -> StoreWorker:
     )
     if redisconn.uses_sentinel(settings):
         # RQ's scheduler would rebuild its connection from the pool's arguments and lose Sentinel
-        # (common.rqcontract.FactoryScheduler): it builds its own, after the fork.
+        # (common.rqcontract.worker.FactoryScheduler): it builds its own, after the fork.
         worker.scheduler_connection = lambda: redisconn.sync_client(settings)
     return worker
 

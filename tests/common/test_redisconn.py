@@ -11,7 +11,7 @@ import redis.sentinel as sentinel
 from rq import Queue
 
 from common import redisconn
-from common.rqcontract import FactoryScheduler, HeartbeatWorker
+from common.rqcontract.worker import FactoryScheduler, HeartbeatWorker
 from common.settings import Settings, SettingsError
 from tests.processes import ingest_env, run_ingest
 

@@ -1,41 +1,17 @@
-"""The whole contract with RQ: every behaviour of RQ (and of redis-py under it) that the receiver
-and the workers rely on, in one place. Each piece says which behaviour it relies on.
-
-- Keys: a queue is a Redis list of job ids, a job a hash; their names come from RQ's own
-  attributes, never written out.
-- The job template: the receiver writes RQ's jobs without RQ on its hot path, from a record of
-  the writes RQ's own enqueue makes (`JobTemplate`); the record refuses what it cannot place.
-- Borrowing: the workers take queued job ids off the queue's list and read a job's `data` as RQ
-  reads it (`queue_key`, `job_data`, `queued_calls`).
-- The worker: RQ's SimpleWorker with a heartbeat while a job runs, a short abandonment TTL, a
-  pub/sub thread that stops at once and a scheduler whose connection is built by us
-  (`HeartbeatWorker`, `FactoryScheduler`: Sentinel).
-
-Tests marked `rq_contract` check all of it, against the lowest and the highest rq and redis-py
-that pyproject allows (`make test-rq-bounds`).
-"""
+"""RQ's keys, jobs and job data as the receiver and the workers rely on them: the job template
+the receiver writes with (`JobTemplate`, refusing what it cannot place) and what borrowing
+reads (`queue_key`, `job_data`, `queued_calls`)."""
 
 from __future__ import annotations
 
-import contextlib
-import inspect
-import logging
-import threading
-import time
 import uuid
 import zlib
-from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import redis
-from rq import Queue, Retry, SimpleWorker
-from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
+from rq import Queue, Retry
 from rq.job import Job
-from rq.scheduler import RQScheduler
 from rq.utils import now, utcformat
-from rq.worker import WorkerStatus
-
-log = logging.getLogger("common.rqcontract")
 
 
 def _text(value: str | bytes) -> str:
@@ -309,169 +285,3 @@ class JobTemplate:
         job_id = str(uuid.uuid4())
         values = self._values(job_id, (argument,), description)
         return job_id, b"".join(seg if isinstance(seg, bytes) else _bulk(values[seg]) for seg in self._segments)
-
-
-# ---- The worker -------------------------------------------------------------------------------
-# RQ 3 hands the job's Execution to perform_job and maintain_heartbeats; RQ 2 keeps it on the worker.
-_EXECUTION_ARGUMENT = "execution" in inspect.signature(SimpleWorker.perform_job).parameters
-
-
-LOST_REDIS_PAUSE = 1.0  # seconds a worker waits after a bookkeeping call found Redis gone
-
-
-@contextlib.contextmanager
-def _redis_lost(what: str) -> Iterator[None]:
-    """A worker's bookkeeping call that finds Redis gone (a primary killed, a failover under
-    way) logs it and pauses instead of stopping the worker."""
-    try:
-        yield
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        log.warning("%s failed, Redis lost: %s", what, exc)
-        time.sleep(LOST_REDIS_PAUSE)
-
-
-class FactoryScheduler(RQScheduler):
-    """RQ's scheduler with its connection built by a factory of ours.
-
-    RQ: the scheduler does not use the worker's client. It keeps the worker's client class, its
-    pool's connection class and connection kwargs (`rq.connections.parse_connection`), forgets
-    its connection before it forks (`start`), and rebuilds one from those in the child (its
-    `connection` property, read lazily). A Sentinel pool does not survive that rebuild (a plain
-    pool of Sentinel-managed connections tied to the parent's pool): retries never ran, or
-    `--burst` hung. The property is overridden here, so the child builds its own client (through
-    Sentinel) with the factory, after the fork."""
-
-    def __init__(self, *args: Any, connection_factory: Callable[[], redis.Redis], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._factory = connection_factory
-
-    @property
-    def connection(self) -> redis.Redis:
-        connection: redis.Redis | None = self._connection  # RQ resets it before the fork
-        if connection is None:
-            connection = self._factory()
-            self._connection = connection  # type: ignore[assignment]  # RQ declares it None
-        return connection
-
-
-class HeartbeatWorker(SimpleWorker):
-    """RQ's SimpleWorker (jobs run in this process) with:
-
-    - a heartbeat thread while a job runs (RQ's SimpleWorker has none: its job counts as alive
-      for its whole timeout plus a minute), each beat extending the job's entry in RQ's started
-      registry by `abandoned_after` seconds (`get_heartbeat_ttl`). RQ's registry cleanup (any
-      worker's maintenance) retries a job whose entry lapsed: its worker died.
-    - a pub/sub thread that polls every `pubsub_poll` seconds. RQ starts it with a 60 s wait
-      (rq >= 2.6) and, on exit, asks it to stop then waits for it (redis-py >= 8.2 joins it in
-      `stop()`): when RQ's unsubscribe reply woke it just before, it waited the whole 60 s.
-    """
-
-    heartbeat_interval: float = 10.0
-    abandoned_after: int = 30
-    pubsub_poll: float = 0.2
-    # Builds the scheduler's own connection (`FactoryScheduler`); None: RQ's rebuild.
-    scheduler_connection: Callable[[], redis.Redis] | None = None
-
-    def _start_scheduler(
-        self,
-        burst: bool = False,
-        logging_level: Any = "INFO",
-        date_format: str = DEFAULT_LOGGING_DATE_FORMAT,
-        log_format: str = DEFAULT_LOGGING_FORMAT,
-    ) -> None:
-        # RQ: `work(with_scheduler=True)` calls this with these four arguments; it makes
-        # `self.scheduler`, which takes the scheduler locks of the worker's queues; with them, a
-        # burst worker enqueues the due jobs once, in this process, any other starts the
-        # scheduler's process. Later, maintenance restarts that process through the same
-        # scheduler (`acquire_locks(auto_start=True)`), so it keeps our connection factory.
-        factory = self.scheduler_connection
-        if factory is None:
-            super()._start_scheduler(burst, logging_level, date_format, log_format)
-            return
-        self.scheduler = FactoryScheduler(
-            self.queues,
-            connection=self.connection,
-            logging_level=logging_level if logging_level is not None else self.log.level,
-            date_format=date_format,
-            log_format=log_format,
-            serializer=self.serializer,
-            connection_factory=factory,
-        )
-        self.scheduler.acquire_locks()
-        if not self.scheduler.acquired_locks:
-            return
-        if not burst:
-            self.scheduler.start()
-            return
-        try:
-            self.scheduler.register_birth()
-            self.scheduler.enqueue_scheduled_jobs()
-        finally:
-            self.scheduler.release_locks()
-            self.scheduler.register_death()
-
-    def subscribe(self) -> None:
-        # RQ: `subscribe` sets `pubsub` and `pubsub_thread` (the thread `unsubscribe` stops),
-        # handles commands with `handle_payload` and survives reconnects with its handler.
-        self.pubsub = self.connection.pubsub()
-        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
-        self.pubsub_thread = self.pubsub.run_in_thread(  # type: ignore[assignment]  # RQ declares it None
-            sleep_time=self.pubsub_poll, daemon=True, exception_handler=self._pubsub_exception_handler
-        )
-
-    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:  # noqa: ARG002 - RQ's signature
-        # RQ: the TTL `prepare_execution` and `maintain_heartbeats` give the started-registry
-        # entry, counted from the current whole second (so it must be well above 1).
-        return self.abandoned_after
-
-    def execute_job(self, job: Job, queue: Queue) -> None:
-        # RQ: its work loop quits the worker on any exception out of a job's bookkeeping, and
-        # on a Redis timeout. Redis lost while a job runs (its primary killed, before a failover)
-        # must not stop the worker: the job stays in RQ's started registry (on the new primary,
-        # through replication), its entry lapses after `abandoned_after` seconds and RQ's
-        # registry cleanup retries it (idempotent storing makes a second run harmless).
-        try:
-            self._execute_job(job, queue)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            log.warning("Redis lost while job %s ran (%s): it is retried once abandoned", job.id, exc)
-
-    def heartbeat(self, *args: Any, **kwargs: Any) -> None:
-        # RQ: the work loop beats after each job, checks for suspension and runs maintenance
-        # outside the dequeue's reconnect loop (which waits for Redis with a back-off): these
-        # three wait out a lost Redis here, then the dequeue's loop takes over.
-        with _redis_lost("worker heartbeat"):
-            super().heartbeat(*args, **kwargs)
-
-    def check_for_suspension(self, burst: bool) -> None:
-        with _redis_lost("suspension check"):
-            super().check_for_suspension(burst)
-
-    def run_maintenance_tasks(self) -> None:
-        with _redis_lost("worker maintenance"):
-            super().run_maintenance_tasks()
-
-    def _execute_job(self, job: Job, queue: Queue) -> None:
-        # RQ: SimpleWorker.execute_job is prepare_execution, perform_job, then state IDLE.
-        execution = self.prepare_execution(job)
-        stop = threading.Event()
-        beat = threading.Thread(target=self._beat, args=(job, execution, stop), name="heartbeat", daemon=True)
-        beat.start()
-        try:
-            if _EXECUTION_ARGUMENT:
-                self.perform_job(job, queue, execution)
-            else:
-                self.perform_job(job, queue)  # type: ignore[call-arg]
-        finally:
-            stop.set()
-            beat.join()
-        self.set_state(WorkerStatus.IDLE)
-
-    def _beat(self, job: Job, execution: Any, stop: threading.Event) -> None:
-        while not stop.wait(self.heartbeat_interval):
-            try:
-                if _EXECUTION_ARGUMENT:
-                    self.maintain_heartbeats(job, execution)
-                else:
-                    self.maintain_heartbeats(job)  # type: ignore[call-arg]
-            except redis.RedisError as exc:  # the job goes on; at worst it is retried (idempotent)
-                log.warning("heartbeat for job %s failed: %s", job.id, exc)
