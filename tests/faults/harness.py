@@ -19,7 +19,7 @@ import aiohttp
 import psycopg
 import redis
 
-from ingest.devstack.embedded import EmbeddedPostgres, EmbeddedValkey
+from ingest.devstack.embedded import EmbeddedPostgres, EmbeddedSentinel, EmbeddedValkey
 from tests.payloads import BASE_TIME, FORM, webhook_body
 from tests.processes import ingest_env
 from workers.storage.schema import apply_migrations
@@ -76,6 +76,53 @@ def replica(data_dir: Path, primary: EmbeddedValkey) -> Iterator[EmbeddedValkey]
         yield server
     finally:
         server.stop()
+
+
+MASTER = "ingest"  # the name the Sentinels of the fault tests monitor
+
+
+def role(server: EmbeddedValkey) -> str:
+    with redis.Redis(port=server.port, socket_timeout=1, socket_connect_timeout=1) as conn:
+        return str(conn.execute_command("ROLE")[0], "ascii") if conn else ""
+
+
+@contextlib.contextmanager
+def sentinels(tmp: Path, primary: EmbeddedValkey) -> Iterator[list[EmbeddedSentinel]]:
+    """Three Sentinels (quorum 2) watching `primary`; each knows the replica and its two peers
+    when yielded (else a failover could not be authorised)."""
+    started = [
+        EmbeddedSentinel(tmp / f"sentinel-{n}", ("127.0.0.1", primary.port), master_name=MASTER) for n in range(3)
+    ]
+    try:
+        for sentinel in started:
+            sentinel.start()
+        for sentinel in started:
+            with redis.Redis(port=sentinel.port, decode_responses=True) as conn:
+                wait_for(
+                    lambda conn=conn: (
+                        len(conn.sentinel_slaves(MASTER)) == 1 and len(conn.sentinel_sentinels(MASTER)) == 2
+                    ),
+                    timeout=20,
+                    interval=0.1,
+                )
+        yield started
+    finally:
+        for sentinel in started:
+            sentinel.stop()
+
+
+def watch_promotion(replica_server: EmbeddedValkey, timeout: float) -> float:
+    """Polls the replica until it is the primary; the send time of the last poll that still saw
+    it a replica (before it, no server was primary: the old one was dead)."""
+    last_replica = time.monotonic()
+    deadline = last_replica + timeout
+    while time.monotonic() < deadline:
+        sent = time.monotonic()
+        if role(replica_server) == "master":
+            return last_replica
+        last_replica = sent
+        time.sleep(0.05)
+    raise AssertionError(f"Sentinel did not promote the replica within {timeout:.0f} s")
 
 
 def replication(server: EmbeddedValkey) -> dict[str, object]:

@@ -7,59 +7,34 @@ primary has no replica, and a wait for one would refuse every call.)"""
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import redis
 
-from ingest.devstack.embedded import EmbeddedPostgres, EmbeddedSentinel, EmbeddedValkey
-from tests.faults.harness import Stream, assert_stored_exactly_once, replica, stored_ids, wait_for
+from ingest.devstack.embedded import EmbeddedPostgres, EmbeddedValkey
+from tests.faults.harness import (
+    MASTER,
+    Stream,
+    assert_stored_exactly_once,
+    replica,
+    sentinels,
+    stored_ids,
+    wait_for,
+    watch_promotion,
+)
 from tests.processes import Process, ingest_env, receiver
 from workers.storage.schema import apply_migrations
 
-# Over a minute: a job held by the worker at the kill comes back only through RQ's abandoned-job
-# handling (its heartbeat lapses after 30 s, maintenance runs every 15 s, the retry waits 5 s).
-pytestmark = [pytest.mark.faults, pytest.mark.slow]
+# About a quarter of a minute, so in the fast suite (a job held by the worker at the kill is requeued by the worker as
+# soon as the new primary answers; batches it had borrowed come back when their lease lapses).
+pytestmark = pytest.mark.faults
 
-MASTER = "ingest"
 RECOVERY = 15.0  # seconds from the kill to the receiver's first 200 again, at most
-
-
-def role(server: EmbeddedValkey) -> str:
-    with redis.Redis(port=server.port, socket_timeout=1, socket_connect_timeout=1) as conn:
-        return str(conn.execute_command("ROLE")[0], "ascii") if conn else ""
-
-
-@contextlib.contextmanager
-def sentinels(tmp: Path, primary: EmbeddedValkey) -> Iterator[list[EmbeddedSentinel]]:
-    """Three Sentinels (quorum 2) watching `primary`; each knows the replica and its two peers
-    when yielded (else a failover could not be authorised)."""
-    started = [
-        EmbeddedSentinel(tmp / f"sentinel-{n}", ("127.0.0.1", primary.port), master_name=MASTER) for n in range(3)
-    ]
-    try:
-        for sentinel in started:
-            sentinel.start()
-        for sentinel in started:
-            with redis.Redis(port=sentinel.port, decode_responses=True) as conn:
-                wait_for(
-                    lambda conn=conn: (
-                        len(conn.sentinel_slaves(MASTER)) == 1 and len(conn.sentinel_sentinels(MASTER)) == 2
-                    ),
-                    timeout=20,
-                    interval=0.1,
-                )
-        yield started
-    finally:
-        for sentinel in started:
-            sentinel.stop()
 
 
 @dataclass
@@ -82,20 +57,6 @@ class ReadyProbe:
                 status = 0
             self.probes.append((sent, time.monotonic(), status))
             time.sleep(0.05)
-
-
-def watch_promotion(replica_server: EmbeddedValkey, timeout: float) -> float:
-    """Polls the replica until it is the primary; the send time of the last poll that still saw
-    it a replica (before it, no server was primary: the old one was dead)."""
-    last_replica = time.monotonic()
-    deadline = last_replica + timeout
-    while time.monotonic() < deadline:
-        sent = time.monotonic()
-        if role(replica_server) == "master":
-            return last_replica
-        last_replica = sent
-        time.sleep(0.05)
-    raise AssertionError(f"Sentinel did not promote the replica within {timeout:.0f} s")
 
 
 def test_failover_through_sentinel(tmp_path: Path) -> None:

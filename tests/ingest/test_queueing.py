@@ -18,7 +18,7 @@ from rq.job import Job, JobStatus
 from rq.utils import utcformat
 
 from common.envelope import pack_calls, unpack_calls
-from common.rqcontract import JobTemplate, TemplateError
+from common.rqcontract.jobs import JobTemplate, TemplateError
 from common.settings import Settings
 from ingest import metrics
 from ingest.queueing import FAILURE_TTL, JOB_FUNCTION, JOB_TIMEOUT, RESULT_TTL, BatchQueue, NotReplicated
