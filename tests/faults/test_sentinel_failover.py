@@ -30,8 +30,8 @@ from tests.faults.harness import (
 from tests.processes import Process, ingest_env, receiver
 from workers.storage.schema import apply_migrations
 
-# About a quarter of a minute, so in the fast suite (a job held by the worker at the kill is requeued by the worker as
-# soon as the new primary answers; batches it had borrowed come back when their lease lapses).
+# About a quarter of a minute, so in the fast suite: a job held by the worker at the kill is
+# requeued by the worker itself as soon as the new primary answers.
 pytestmark = pytest.mark.faults
 
 RECOVERY = 15.0  # seconds from the kill to the receiver's first 200 again, at most
