@@ -111,6 +111,37 @@ def sentinels(tmp: Path, primary: EmbeddedValkey) -> Iterator[list[EmbeddedSenti
             sentinel.stop()
 
 
+@dataclass
+class SentinelStack:
+    postgres: EmbeddedPostgres
+    primary: EmbeddedValkey
+    standby: EmbeddedValkey  # the replica, promoted by the Sentinels when the primary dies
+    env: dict[str, str]  # for `ingest` processes: through the Sentinels, with `extra` settings
+
+
+@contextlib.contextmanager
+def sentinel_stack(tmp: Path, **extra: str) -> Iterator[SentinelStack]:
+    """PostgreSQL (migrated), a Valkey primary, its replica and three Sentinels watching them."""
+    postgres = EmbeddedPostgres(tmp / "postgres")
+    primary = EmbeddedValkey(tmp / "primary")
+    postgres.start()
+    primary.start()
+    try:
+        apply_migrations(postgres.url)
+        with replica(tmp / "replica", primary) as standby, sentinels(tmp, primary) as watching:
+            env = ingest_env(
+                "redis:///0",
+                postgres.url,
+                REDIS_SENTINELS=",".join(s.address for s in watching),
+                REDIS_SENTINEL_MASTER=MASTER,
+                **extra,
+            )
+            yield SentinelStack(postgres, primary, standby, env)
+    finally:
+        primary.stop()
+        postgres.stop()
+
+
 def watch_promotion(replica_server: EmbeddedValkey, timeout: float) -> float:
     """Polls the replica until it is the primary; the send time of the last poll that still saw
     it a replica (before it, no server was primary: the old one was dead)."""

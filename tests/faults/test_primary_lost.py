@@ -13,6 +13,7 @@ receiver and the worker (never restarted) follow it.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from dataclasses import dataclass
@@ -21,19 +22,16 @@ from pathlib import Path
 import pytest
 import redis
 
-from ingest.devstack.embedded import EmbeddedPostgres, EmbeddedValkey
+from ingest.devstack.embedded import EmbeddedValkey
 from tests.faults.harness import (
-    MASTER,
     Stream,
-    replica,
     role,
-    sentinels,
+    sentinel_stack,
     stored_ids,
     wait_for,
     watch_promotion,
 )
-from tests.processes import Process, ingest_env, receiver
-from workers.storage.schema import apply_migrations
+from tests.processes import Process, receiver
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
@@ -59,78 +57,61 @@ def answered_200_since(stream: Stream, since: float) -> bool:
 
 def lose_the_primary(tmp: Path, min_replicas: int, *, old_returns: bool) -> Outcome:
     """Runs the scenario and drains the queue; the stream's answers and what was stored."""
-    postgres = EmbeddedPostgres(tmp / "postgres")
-    primary = EmbeddedValkey(tmp / "primary")
-    postgres.start()
-    primary.start()
-    servers: list[EmbeddedValkey] = [primary]
-    try:
-        apply_migrations(postgres.url)
-        with replica(tmp / "replica", primary) as standby, sentinels(tmp, primary) as watching:
-            env = ingest_env(
-                "redis:///0",
-                postgres.url,
-                REDIS_SENTINELS=",".join(s.address for s in watching),
-                REDIS_SENTINEL_MASTER=MASTER,
-                INGEST_REDIS_MIN_REPLICAS=str(min_replicas),
-                INGEST_REDIS_REPLICA_TIMEOUT="500",
+    with (
+        sentinel_stack(tmp, INGEST_REDIS_MIN_REPLICAS=str(min_replicas), INGEST_REDIS_REPLICA_TIMEOUT="500") as stack,
+        contextlib.ExitStack() as cleanup,
+    ):
+        primary, standby, postgres, env = stack.primary, stack.standby, stack.postgres, stack.env
+        with receiver(env) as serving, Process(["worker"], env) as worker:
+            stream = Stream(serving.url, count=10 * EVENTS, tag=f"lost{min_replicas}", concurrency=CONNECTIONS).start()
+            wait_for(lambda: stream.sent >= KILL_AFTER, timeout=120, interval=0.02)
+
+            primary.kill()  # the machine is gone, and its disk with it
+            shutil.rmtree(primary.data_dir)
+            killed_at = time.monotonic()
+            watch_promotion(standby, timeout=RECOVERY)
+
+            if old_returns:
+                # The old machine back at its address, its disk empty, not told to replicate:
+                # Sentinel must turn it into a replica of the new primary.
+                comeback = EmbeddedValkey(primary.data_dir, port=primary.port)
+            else:
+                comeback = EmbeddedValkey(tmp / "fresh", replica_of=("127.0.0.1", standby.port))
+            comeback.start()
+            cleanup.callback(comeback.stop)
+
+            # Sentinel turns a returning primary into a replica only after watching it a few of
+            # its publish periods (about 8 s), then the replica syncs.
+            wait_for(
+                lambda: answered_200_since(stream, killed_at),
+                timeout=RETURN_RECOVERY if old_returns else RECOVERY,
+                interval=0.05,
             )
-            with receiver(env) as serving, Process(["worker"], env) as worker:
-                stream = Stream(
-                    serving.url, count=10 * EVENTS, tag=f"lost{min_replicas}", concurrency=CONNECTIONS
-                ).start()
-                wait_for(lambda: stream.sent >= KILL_AFTER, timeout=120, interval=0.02)
+            recovered_after = min(
+                at - killed_at
+                for n, at in list(stream.answered_at.items())
+                if at > killed_at + 0.5 and stream.statuses.get(n) == 200
+            )
+            wait_for(lambda: stream.sent >= EVENTS, timeout=120, interval=0.1)
+            time.sleep(1.0)
+            stream.stop()
 
-                primary.kill()  # the machine is gone, and its disk with it
-                shutil.rmtree(primary.data_dir)
-                killed_at = time.monotonic()
-                watch_promotion(standby, timeout=RECOVERY)
+            stream.check_answers()
+            answers = set(stream.statuses.values())
+            assert answers <= {200, 503}, answers
+            assert 503 in answers, "the loss of the primary should have refused some calls"
+            if old_returns:
+                assert role(comeback) == "slave", "Sentinel did not make the returning machine a replica"
 
-                if old_returns:
-                    # The old machine back at its address, its disk empty, not told to replicate:
-                    # Sentinel must turn it into a replica of the new primary.
-                    comeback = EmbeddedValkey(primary.data_dir, port=primary.port)
-                else:
-                    comeback = EmbeddedValkey(tmp / "fresh", replica_of=("127.0.0.1", standby.port))
-                comeback.start()
-                servers.append(comeback)
-
-                # Sentinel turns a returning primary into a replica only after watching it a few of
-                # its publish periods (about 8 s), then the replica syncs.
-                wait_for(
-                    lambda: answered_200_since(stream, killed_at),
-                    timeout=RETURN_RECOVERY if old_returns else RECOVERY,
-                    interval=0.05,
-                )
-                recovered_after = min(
-                    at - killed_at
-                    for n, at in list(stream.answered_at.items())
-                    if at > killed_at + 0.5 and stream.statuses.get(n) == 200
-                )
-                wait_for(lambda: stream.sent >= EVENTS, timeout=120, interval=0.1)
-                time.sleep(1.0)
-                stream.stop()
-
-                stream.check_answers()
-                answers = set(stream.statuses.values())
-                assert answers <= {200, 503}, answers
-                assert 503 in answers, "the loss of the primary should have refused some calls"
-                if old_returns:
-                    assert role(comeback) == "slave", "Sentinel did not make the returning machine a replica"
-
-                accepted = stream.accepted()
-                if min_replicas:
-                    wait_for(lambda: accepted <= set(stored_ids(postgres.url, stream.tag)), timeout=90, interval=0.5)
-                else:  # some acknowledged events may be gone: wait until the queue is drained
-                    drained(standby, postgres.url, stream.tag)
-                assert worker.popen is not None and worker.popen.poll() is None, "the worker stopped"
-                ids = stored_ids(postgres.url, stream.tag)
-                assert len(ids) == len(set(ids)), "an event was stored twice"
-                return Outcome(stream, recovered_after, accepted - set(ids))
-    finally:
-        for server in servers:
-            server.stop()
-        postgres.stop()
+            accepted = stream.accepted()
+            if min_replicas:
+                wait_for(lambda: accepted <= set(stored_ids(postgres.url, stream.tag)), timeout=90, interval=0.5)
+            else:  # some acknowledged events may be gone: wait until the queue is drained
+                drained(standby, postgres.url, stream.tag)
+            assert worker.popen is not None and worker.popen.poll() is None, "the worker stopped"
+            ids = stored_ids(postgres.url, stream.tag)
+            assert len(ids) == len(set(ids)), "an event was stored twice"
+            return Outcome(stream, recovered_after, accepted - set(ids))
 
 
 def drained(primary: EmbeddedValkey, database_url: str, tag: str) -> None:

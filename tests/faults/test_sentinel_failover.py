@@ -16,19 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from ingest.devstack.embedded import EmbeddedPostgres, EmbeddedValkey
 from tests.faults.harness import (
-    MASTER,
     Stream,
     assert_stored_exactly_once,
-    replica,
-    sentinels,
+    sentinel_stack,
     stored_ids,
     wait_for,
     watch_promotion,
 )
-from tests.processes import Process, ingest_env, receiver
-from workers.storage.schema import apply_migrations
+from tests.processes import Process, receiver
 
 # About a quarter of a minute, so in the fast suite: a job held by the worker at the kill is
 # requeued by the worker itself as soon as the new primary answers.
@@ -60,55 +56,40 @@ class ReadyProbe:
 
 
 def test_failover_through_sentinel(tmp_path: Path) -> None:
-    postgres = EmbeddedPostgres(tmp_path / "postgres")
-    primary = EmbeddedValkey(tmp_path / "primary")
-    postgres.start()
-    primary.start()
-    try:
-        apply_migrations(postgres.url)
-        with replica(tmp_path / "replica", primary) as standby, sentinels(tmp_path, primary) as watching:
-            env = ingest_env(
-                "redis:///0",
-                postgres.url,
-                REDIS_SENTINELS=",".join(s.address for s in watching),
-                REDIS_SENTINEL_MASTER=MASTER,
-                INGEST_REDIS_MIN_REPLICAS="0",
-            )
-            with receiver(env) as serving, Process(["worker"], env) as worker:
-                probe = ReadyProbe(serving)
-                probing = threading.Thread(target=probe.run, daemon=True)
-                probing.start()
-                stream = Stream(serving.url, count=1_000_000, tag="sentinel", concurrency=8, pause=0.005).start()
-                time.sleep(2.0)
-                primary.kill()  # SIGKILL, mid-stream
-                killed_at = time.monotonic()
-                no_primary_until = watch_promotion(standby, timeout=RECOVERY)
+    with sentinel_stack(tmp_path, INGEST_REDIS_MIN_REPLICAS="0") as stack:
+        primary, standby, postgres, env = stack.primary, stack.standby, stack.postgres, stack.env
+        with receiver(env) as serving, Process(["worker"], env) as worker:
+            probe = ReadyProbe(serving)
+            probing = threading.Thread(target=probe.run, daemon=True)
+            probing.start()
+            stream = Stream(serving.url, count=1_000_000, tag="sentinel", concurrency=8, pause=0.005).start()
+            time.sleep(2.0)
+            primary.kill()  # SIGKILL, mid-stream
+            killed_at = time.monotonic()
+            no_primary_until = watch_promotion(standby, timeout=RECOVERY)
 
-                def answered_200_again() -> bool:
-                    return any(
-                        status == 200 and stream.answered_at.get(n, 0) > killed_at + 0.5
-                        for n, status in list(stream.statuses.items())
-                    )
+            def answered_200_again() -> bool:
+                return any(
+                    status == 200 and stream.answered_at.get(n, 0) > killed_at + 0.5
+                    for n, status in list(stream.statuses.items())
+                )
 
-                wait_for(answered_200_again, timeout=RECOVERY - (time.monotonic() - killed_at), interval=0.1)
-                time.sleep(1.0)
-                stream.stop()
-                probe.stopping.set()
-                probing.join(10)
+            wait_for(answered_200_again, timeout=RECOVERY - (time.monotonic() - killed_at), interval=0.1)
+            time.sleep(1.0)
+            stream.stop()
+            probe.stopping.set()
+            probing.join(10)
 
-                stream.check_answers()
-                answers = set(stream.statuses.values())
-                assert answers <= {200, 503}, answers
-                assert 503 in answers, "the failover should have refused some calls"
-                lies = [p for p in probe.probes if p[2] == 200 and killed_at < p[0] and p[1] < no_primary_until]
-                assert not lies, f"/readyz said ready while no primary answered: {lies[:3]}"
-                assert any(p[2] == 503 for p in probe.probes), "/readyz never said unavailable"
-                assert probe.probes[-1][2] == 200, "/readyz not ready again after the failover"
+            stream.check_answers()
+            answers = set(stream.statuses.values())
+            assert answers <= {200, 503}, answers
+            assert 503 in answers, "the failover should have refused some calls"
+            lies = [p for p in probe.probes if p[2] == 200 and killed_at < p[0] and p[1] < no_primary_until]
+            assert not lies, f"/readyz said ready while no primary answered: {lies[:3]}"
+            assert any(p[2] == 503 for p in probe.probes), "/readyz never said unavailable"
+            assert probe.probes[-1][2] == 200, "/readyz not ready again after the failover"
 
-                accepted = stream.accepted()
-                wait_for(lambda: accepted <= set(stored_ids(postgres.url, stream.tag)), timeout=90, interval=0.5)
-                assert worker.popen is not None and worker.popen.poll() is None, "the worker stopped"
-                assert_stored_exactly_once(postgres.url, stream)
-    finally:
-        primary.stop()
-        postgres.stop()
+            accepted = stream.accepted()
+            wait_for(lambda: accepted <= set(stored_ids(postgres.url, stream.tag)), timeout=90, interval=0.5)
+            assert worker.popen is not None and worker.popen.poll() is None, "the worker stopped"
+            assert_stored_exactly_once(postgres.url, stream)
