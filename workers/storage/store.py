@@ -97,11 +97,16 @@ def connect_options(database_url: str) -> dict[str, str]:
     return {name: value for name, value in CONNECT_DEFAULTS.items() if name not in given}
 
 
+def conninfo(database_url: str) -> str:
+    """DATABASE_URL with CONNECT_DEFAULTS added, for every connection the project makes."""
+    return make_conninfo(database_url, **connect_options(database_url))
+
+
 def connect(database_url: str) -> psycopg.Connection:
     # A statement that runs for minutes is a sick database: fail it, so the job is retried
     # rather than held (a worker's job must finish well within its timeout).
     return psycopg.connect(
-        make_conninfo(database_url, **connect_options(database_url)),
+        conninfo(database_url),
         autocommit=False,
         application_name="copernica-ingest",
         options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
