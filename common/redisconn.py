@@ -89,10 +89,34 @@ def async_pool(settings: Settings, **options: Any) -> aredis.ConnectionPool:
 
 
 def dashboard_url(settings: Settings) -> str:
-    """The `--redis-url` for rq-dashboard: REDIS_URL, or with Sentinel its `redis+sentinel://`
-    form (`host:port,...,/master/db`, which rq-dashboard reads with redis-sentinel-url). Passwords
-    stay out: rq-dashboard takes them from its own settings."""
+    """The Redis URL for rq-dashboard: REDIS_URL, or with Sentinel its `redis+sentinel://` form
+    (`host:port,...,/master/db`, which rq-dashboard reads with redis-sentinel-url). With Sentinel
+    the passwords stay out of it: `dashboard_config` hands them to rq-dashboard apart."""
     if not uses_sentinel(settings):
         return settings.required("redis_url")
     db = _primary_options(settings).get("db", 0)
     return f"redis+sentinel://{','.join(settings.redis_sentinels or ())}/{_master_name(settings)}/{db}"
+
+
+def dashboard_config(settings: Settings) -> dict[str, Any]:
+    """rq-dashboard's Flask settings for our Redis (`rq-dashboard --config common.dashboard_settings`).
+
+    rq-dashboard 0.9 connects with `redis_sentinel_url.connect(url, sentinel_options={"password":
+    RQ_DASHBOARD_REDIS_SENTINEL_PASSWORD}, client_options={"password": RQ_DASHBOARD_REDIS_PASSWORD})`,
+    and those two settings can only come from a config module or file, never from its command line
+    or environment. Its Sentinel URL carries no user name and no TLS, so a Sentinel-managed primary
+    that needs either is refused here with the reason rather than failing at the first page."""
+    url = dashboard_url(settings)
+    if not uses_sentinel(settings):
+        return {"RQ_DASHBOARD_REDIS_URL": url}  # the URL carries user, password and TLS itself
+    primary = _primary_options(settings)
+    if primary.get("username") or primary.get("ssl"):
+        raise SettingsError(
+            "rq-dashboard cannot reach a Sentinel-managed primary with a user name or TLS "
+            "(its redis+sentinel URL carries neither): use REDIS_URL=redis://:PASSWORD@/DB"
+        )
+    return {
+        "RQ_DASHBOARD_REDIS_URL": url,
+        "RQ_DASHBOARD_REDIS_PASSWORD": primary.get("password"),
+        "RQ_DASHBOARD_REDIS_SENTINEL_PASSWORD": settings.redis_sentinel_password,
+    }

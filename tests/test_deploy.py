@@ -8,6 +8,7 @@ are used when installed and skipped otherwise, with the reason.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -877,8 +878,19 @@ def test_procfile() -> None:
     assert expand(processes["web"], {"PORT": "5000"}) == "ingest serve --port 5000"
     assert expand(processes["web"], {"INGEST_PORT": "9000"}) == "ingest serve --port 9000"
     dashboard = shlex.split(processes["dashboard"])
-    assert dashboard[dashboard.index("--redis-url") + 1] == "$REDIS_URL"
+    assert dashboard[dashboard.index("--config") + 1] == "common.dashboard_settings"
     assert dashboard[dashboard.index("--bind") + 1] == "0.0.0.0"
+
+
+def test_every_dashboard_reads_our_settings() -> None:
+    """rq-dashboard takes its Redis (and through Sentinel, the passwords) from the settings module,
+    never a URL on its command line, in every way of running it."""
+    dashboards = [argv for where, argv in deploy_commands() if argv[0] == "rq-dashboard"]
+    assert len(dashboards) == 3, dashboards  # Procfile, systemd, compose
+    for argv in dashboards:
+        assert argv[argv.index("--config") + 1] == "common.dashboard_settings", argv
+        assert "--redis-url" not in argv, argv
+    assert importlib.util.find_spec("common.dashboard_settings") is not None
 
 
 def test_dashboard_port_is_the_same_everywhere() -> None:

@@ -30,6 +30,11 @@ log = logging.getLogger("workers.jobs")
 
 _settings: Settings | None = None
 _conn: psycopg.Connection | None = None
+_last_used = 0.0  # time.monotonic() when a job last took the connection
+# A connection idle this long is checked (one empty query) before a job uses it: a switch to
+# another PostgreSQL (DATABASE_URL with several hosts) or a restart closes idle connections
+# unnoticed, and without the check the next job would fail on it and wait for its retry.
+IDLE_CHECK_SECONDS = 5.0
 
 
 def settings() -> Settings:
@@ -40,11 +45,33 @@ def settings() -> Settings:
 
 
 def connection() -> psycopg.Connection:
-    """The worker's long-lived connection, reopened after it broke."""
-    global _conn
+    """The worker's long-lived connection, reopened after it broke or, when it sat idle, once
+    it turns out closed at the server's end; with several hosts in DATABASE_URL the new one is
+    made to whichever is the primary now (`target_session_attrs=read-write`)."""
+    global _conn, _last_used
+    if _conn is not None and time.monotonic() - _last_used >= IDLE_CHECK_SECONDS and not _alive(_conn):
+        log.warning("the database connection was closed while idle: reconnecting")
+        _conn.close()
     if _conn is None or _conn.closed or _conn.broken:
         _conn = store.connect(settings().required("database_url"))
+    _last_used = time.monotonic()
     return _conn
+
+
+def _alive(conn: psycopg.Connection) -> bool:
+    """One empty query outside any transaction: whether the server still answers on `conn`."""
+    if conn.closed or conn.broken:
+        return False
+    try:
+        conn.autocommit = True  # no BEGIN for the check; the job's work stays transactional
+        try:
+            conn.execute("")
+        finally:
+            if not conn.broken:
+                conn.autocommit = False
+    except psycopg.Error:
+        return False
+    return True
 
 
 def parse_calls(calls: list[dict[str, Any]], tz: str) -> tuple[list[Event], list[Envelope], list[store.Rejected]]:

@@ -71,6 +71,7 @@ def _line(part: Partition) -> str:
 def cmd_prune(settings: Settings, args: argparse.Namespace) -> int:
     import psycopg
 
+    from workers.storage import store
     from workers.storage.partitions import RetentionError, parse_age, prune
 
     try:
@@ -79,7 +80,7 @@ def cmd_prune(settings: Settings, args: argparse.Namespace) -> int:
         print(f"ingest: prune --older-than: {exc}", file=sys.stderr)
         return EXIT_USAGE
     with psycopg.connect(
-        settings.required("database_url"), autocommit=True, application_name="copernica-ingest prune"
+        store.conninfo(settings.required("database_url")), autocommit=True, application_name="copernica-ingest prune"
     ) as conn:
         try:
             result = prune(conn, age, dry_run=args.dry_run)

@@ -21,7 +21,6 @@ import sys
 import time
 from pathlib import Path
 
-from common import redisconn
 from common.settings import Settings
 from ingest.devstack.embedded import (
     EmbeddedPostgres,
@@ -97,6 +96,7 @@ def _wait_for_receiver(host: str, port: int, process: subprocess.Popen[bytes], t
 
 
 SENTINEL_MASTER = "ingest"
+DASHBOARD_CONFIG = "common.dashboard_settings"  # rq-dashboard --config: its settings from ours
 
 
 def start_ha(stack: Stack, data_dir: Path, redis_port: int) -> dict[str, str]:
@@ -190,8 +190,8 @@ def run_dev(
         stack.spawn("worker", [python, "-m", "ingest", "worker"], env)
         dashboard = shutil.which("rq-dashboard", path=str(Path(python).parent)) or shutil.which("rq-dashboard")
         if dashboard:
-            dashboard_url = redisconn.dashboard_url(Settings.from_env(redis, dotenv=False))
-            argv = [dashboard, "--redis-url", dashboard_url, "--port", str(dashboard_port), "--bind", "127.0.0.1"]
+            # Its Redis (and through Sentinel, the passwords) from the same environment as the rest.
+            argv = [dashboard, "--config", DASHBOARD_CONFIG, "--port", str(dashboard_port), "--bind", "127.0.0.1"]
             stack.spawn(
                 "dashboard",
                 argv,

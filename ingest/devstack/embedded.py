@@ -297,9 +297,58 @@ class EmbeddedPostgres(_Server):
     user_name = "pgserver"  # PostgreSQL refuses to run as root
     database = "ingest"
 
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        *,
+        primary: EmbeddedPostgres | None = None,
+    ) -> None:
+        """`primary`: see `replica_of`."""
+        super().__init__(data_dir, port)
+        self.primary = primary
+
+    @classmethod
+    def replica_of(cls, primary: EmbeddedPostgres, data_dir: Path, port: int | None = None) -> EmbeddedPostgres:
+        """A streaming replica of the running `primary`: at its first start its data directory is
+        a `pg_basebackup -R` of the primary's (standby.signal and primary_conninfo written), then
+        it runs as a hot standby, read-only, until `promote()`."""
+        return cls(data_dir, port, primary=primary)
+
     @property
     def url(self) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{self.database}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def in_recovery(self) -> bool:
+        """Whether this server is a standby (read-only, replaying the primary's WAL)."""
+        import psycopg
+
+        with psycopg.connect(self.admin_url, autocommit=True, connect_timeout=5) as conn:
+            row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+        return bool(row and row[0])
+
+    def promote(self, timeout: int = 60) -> None:
+        """Make this standby a primary (`pg_promote`), returning once it accepts writes."""
+        import psycopg
+
+        with psycopg.connect(self.admin_url, autocommit=True, connect_timeout=5) as conn:
+            row = conn.execute("SELECT pg_promote(true, %s)", (timeout,)).fetchone()
+        if not (row and row[0]):
+            raise EmbeddedError(f"embedded postgres on {self.port} was not promoted within {timeout}s")
+
+    def crash(self) -> None:
+        """Immediate shutdown (what `pg_ctl stop -m immediate` sends, SIGQUIT): every backend
+        exits at once, without a checkpoint, as when the machine is lost."""
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signal.SIGQUIT)
+            self.process.wait(30)
+            self.process = None
+            self.pid_file.unlink(missing_ok=True)
 
     @property
     def pgdata(self) -> Path:
@@ -344,28 +393,7 @@ class EmbeddedPostgres(_Server):
         self._chown(socket_dir, user)
         self._chown(self.data_dir, user)
         if not (self.pgdata / "PG_VERSION").exists():
-            shutil.rmtree(self.pgdata, ignore_errors=True)
-            self.pgdata.mkdir()
-            self._chown(self.pgdata, user)
-            with open(self.log_file, "ab") as out:
-                done = subprocess.run(
-                    [
-                        str(self.bin_dir() / "initdb"),
-                        "-D",
-                        str(self.pgdata),
-                        "-U",
-                        "postgres",
-                        "--auth=trust",
-                        "--encoding=UTF8",
-                        "--locale=C",
-                        "--no-sync",
-                    ],
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    preexec_fn=_die_with_parent(signal.SIGKILL, user),
-                )
-            if done.returncode != 0:
-                raise EmbeddedError(f"initdb failed (see {self.log_file})")
+            self._create_cluster(user)
         self._spawn(
             [
                 str(self.bin_dir() / "postgres"),
@@ -389,13 +417,35 @@ class EmbeddedPostgres(_Server):
             user,
         )
         self._wait_ready(timeout)
-        self._ensure_database()
+        if self.primary is None:
+            self._ensure_database()  # a replica has the primary's, and cannot create one
+
+    def _create_cluster(self, user: pwd.struct_passwd | None) -> None:
+        """initdb, or for a replica a base backup of its primary (streaming the WAL it needs)."""
+        shutil.rmtree(self.pgdata, ignore_errors=True)
+        self.pgdata.mkdir(mode=0o700)
+        self._chown(self.pgdata, user)
+        bin_dir, pgdata = self.bin_dir(), str(self.pgdata)
+        if self.primary is None:
+            what = "initdb"
+            argv = [str(bin_dir / what), "-D", pgdata, "-U", "postgres", "--auth=trust", "--encoding=UTF8"]
+            argv += ["--locale=C", "--no-sync"]
+        else:
+            what = "pg_basebackup"
+            argv = [str(bin_dir / what), "-D", pgdata, "-R", "-X", "stream", "--checkpoint=fast", "--no-sync"]
+            argv += ["-h", "127.0.0.1", "-p", str(self.primary.port), "-U", "postgres"]
+        with open(self.log_file, "ab") as out:
+            done = subprocess.run(
+                argv, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent(signal.SIGKILL, user)
+            )
+        if done.returncode != 0:
+            raise EmbeddedError(f"{what} failed (see {self.log_file})")
 
     def _ready(self) -> bool:
         import psycopg
 
         try:
-            with psycopg.connect(f"postgresql://postgres@127.0.0.1:{self.port}/postgres", connect_timeout=1):
+            with psycopg.connect(self.admin_url, connect_timeout=1):
                 return True
         except psycopg.Error:
             return False
@@ -403,7 +453,7 @@ class EmbeddedPostgres(_Server):
     def _ensure_database(self) -> None:
         import psycopg
 
-        with psycopg.connect(f"postgresql://postgres@127.0.0.1:{self.port}/postgres", autocommit=True) as conn:
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
             exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.database,)).fetchone()
             if not exists:
                 conn.execute(f'CREATE DATABASE "{self.database}"')

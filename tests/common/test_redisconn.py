@@ -118,3 +118,23 @@ def test_worker_scheduler_builds_its_own_connection(redis_url: str) -> None:
     worker._start_scheduler(burst=True)
     assert isinstance(worker.scheduler, FactoryScheduler)
     assert built and worker.scheduler.connection is built[0]
+
+
+def test_dashboard_config_plain_url_is_the_url_alone() -> None:
+    settings = Settings.from_env({"REDIS_URL": "rediss://user:pw@redis.example:6380/2"}, dotenv=False)
+    assert redisconn.dashboard_config(settings) == {"RQ_DASHBOARD_REDIS_URL": "rediss://user:pw@redis.example:6380/2"}
+
+
+def test_dashboard_config_hands_both_sentinel_passwords_apart() -> None:
+    config = redisconn.dashboard_config(sentinel_settings())
+    assert config == {
+        "RQ_DASHBOARD_REDIS_URL": "redis+sentinel://10.0.0.1:26379,sentinel-b:26380/ingest/3",
+        "RQ_DASHBOARD_REDIS_PASSWORD": "secret",
+        "RQ_DASHBOARD_REDIS_SENTINEL_PASSWORD": "sentinel-secret",
+    }
+
+
+@pytest.mark.parametrize("url", ["redis://reader:pw@x/0", "rediss://:pw@x/0"])
+def test_dashboard_config_refuses_what_its_sentinel_url_cannot_carry(url: str) -> None:
+    with pytest.raises(SettingsError, match="rq-dashboard cannot reach a Sentinel-managed primary"):
+        redisconn.dashboard_config(sentinel_settings(REDIS_URL=url))

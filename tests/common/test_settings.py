@@ -151,3 +151,10 @@ def test_bad_replica_setting_stops_the_receiver_in_one_line() -> None:
     assert done.stderr.strip() == (
         "ingest: INGEST_REDIS_MIN_REPLICAS='-1' is not valid: must be zero or a positive whole number"
     )
+
+
+def test_database_url_may_list_several_hosts() -> None:
+    url = "postgresql://u:pw@10.0.0.1:5432,10.0.0.2:5433/ingest?target_session_attrs=read-write"
+    settings = Settings.from_env({"DATABASE_URL": url}, dotenv=False)
+    assert settings.required("database_url") == url
+    assert settings.to_env()["DATABASE_URL"] == url  # handed to child processes as it is

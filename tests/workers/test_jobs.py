@@ -199,3 +199,34 @@ def test_a_failed_later_transaction_gives_back_its_batches_and_those_borrowed_ah
         job.perform()
     assert db.execute("SELECT count(*) FROM events").fetchone()[0] == 90  # the first transaction stays
     assert _left_over(redis_conn) == (ids[9:], [])  # the 2nd and 3rd transactions' batches, in order
+
+
+def test_a_connection_closed_while_idle_is_replaced_before_the_next_job(
+    worker_settings: Settings, db: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A switch of primary or a restart ends idle connections (here: pg_terminate_backend, as a
+    failover does); the next job reconnects first instead of failing and waiting for its retry."""
+    assert worker_settings.database_url
+    bodies = calls(20)
+    first = [envelope(body, ct, n) for n, (_f, body, ct) in enumerate(bodies[:10])]
+    second = [envelope(body, ct, n) for n, (_f, body, ct) in enumerate(bodies[10:], 10)]
+    assert jobs.store_batch(first)["stored"] == 10
+    old = jobs.connection().info.backend_pid
+    assert db.execute("SELECT pg_terminate_backend(%s)", (old,)).fetchone()[0]
+    db.commit()
+    monkeypatch.setattr(jobs, "_last_used", 0.0)  # it sat idle past IDLE_CHECK_SECONDS
+    assert jobs.store_batch(second)["stored"] == 10  # no OperationalError
+    assert jobs.connection().info.backend_pid != old
+    assert db.execute("SELECT count(*) FROM events").fetchone()[0] == 20
+
+
+def test_a_busy_connection_is_not_checked(worker_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Jobs in quick succession take the connection as it is: no extra round trip under load."""
+    assert worker_settings.database_url
+    conn = jobs.connection()
+
+    def no_check(_conn: psycopg.Connection) -> bool:
+        raise AssertionError("a connection used a moment ago was checked")
+
+    monkeypatch.setattr(jobs, "_alive", no_check)
+    assert jobs.connection() is conn

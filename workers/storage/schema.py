@@ -13,7 +13,7 @@ from importlib import resources
 
 import psycopg
 
-from workers.storage import partitions
+from workers.storage import partitions, store
 from workers.storage.queries import scalar
 
 log = logging.getLogger("workers.storage.schema")
@@ -54,7 +54,7 @@ def apply_migrations(database_url: str, target: int | None = None) -> list[Migra
     transaction; return those applied. Then make the partitions of `events` ahead
     (`workers.storage.partitions.create_ahead`, idempotent)."""
     done: list[Migration] = []
-    with psycopg.connect(database_url, autocommit=True) as conn:
+    with psycopg.connect(store.conninfo(database_url), autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_ID,))
         try:
             conn.execute(

@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 
 import orjson
 import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.types.json import Jsonb
 
 from common.envelope import Envelope
@@ -76,11 +77,36 @@ class StoreResult:
         return self
 
 
+# Connection settings a DATABASE_URL may give itself, else these. With several hosts
+# (`postgresql://h1,h2/db?target_session_attrs=read-write`) each is tried in turn for up to
+# connect_timeout, so a host whose machine is gone (no refusal, just silence) costs seconds
+# rather than libpq's two minutes before the next one; keepalives find a connection to such a
+# machine dead within about half a minute instead of the kernel's quarter of an hour.
+CONNECT_DEFAULTS = {
+    "connect_timeout": "10",
+    "keepalives": "1",
+    "keepalives_idle": "15",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+}
+
+
+def connect_options(database_url: str) -> dict[str, str]:
+    """CONNECT_DEFAULTS the URL does not set itself (keyword arguments would override the URL's)."""
+    given = conninfo_to_dict(database_url)
+    return {name: value for name, value in CONNECT_DEFAULTS.items() if name not in given}
+
+
+def conninfo(database_url: str) -> str:
+    """DATABASE_URL with CONNECT_DEFAULTS added, for every connection the project makes."""
+    return make_conninfo(database_url, **connect_options(database_url))
+
+
 def connect(database_url: str) -> psycopg.Connection:
     # A statement that runs for minutes is a sick database: fail it, so the job is retried
     # rather than held (a worker's job must finish well within its timeout).
     return psycopg.connect(
-        database_url,
+        conninfo(database_url),
         autocommit=False,
         application_name="copernica-ingest",
         options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",

@@ -205,3 +205,18 @@ def test_meanwhile_is_skipped_when_the_producer_fails(db: psycopg.Connection, co
     with pytest.raises(RuntimeError):
         store.store_chunks(conn, chunks(), lambda: called.append(1))
     assert called == [] and _keys(db) == []
+
+
+def test_connect_bounds_each_host_attempt_unless_the_url_says_otherwise() -> None:
+    url = "postgresql://u@10.0.0.1:5432,10.0.0.2:5432/ingest?target_session_attrs=read-write"
+    assert store.connect_options(url) == store.CONNECT_DEFAULTS
+    assert int(store.CONNECT_DEFAULTS["connect_timeout"]) <= 15
+    own = store.connect_options(url + "&connect_timeout=3&keepalives=0")
+    assert "connect_timeout" not in own and "keepalives" not in own and own["keepalives_idle"] == "15"
+
+
+def test_connect_applies_the_defaults(database_url: str) -> None:
+    with store.connect(database_url) as conn:
+        assert conn.info.get_parameters()["connect_timeout"] == store.CONNECT_DEFAULTS["connect_timeout"]
+        assert conn.info.get_parameters()["keepalives_idle"] == "15"
+        assert conn.execute("SHOW statement_timeout").fetchone()[0] == "2min"
