@@ -204,7 +204,8 @@ class Settings:
         "DATABASE_URL",
         _url("postgresql", "postgres"),
         None,
-        "PostgreSQL for the events. Unset: `ingest dev` starts an embedded PostgreSQL.",
+        "PostgreSQL for the events; several hosts (`h1,h2`, with `target_session_attrs=read-write`) "
+        "follow a switch. Unset: `ingest dev` starts an embedded PostgreSQL.",
     )
     queue: str = setting("INGEST_QUEUE", _text, "copernica", "RQ queue the receiver fills and workers drain.")
     host: str = setting(
