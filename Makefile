@@ -58,9 +58,9 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 lint: $(STAMP)
-	$(BIN)/ruff format --check ingest workers common tests bench
-	$(BIN)/ruff check ingest workers common tests bench
-	$(BIN)/mypy ingest workers common
+	$(BIN)/ruff format --check ingest workers common console tests bench
+	$(BIN)/ruff check ingest workers common console tests bench
+	$(BIN)/mypy ingest workers common console
 
 clean:
 	rm -rf .tools $(VENV) $(VENV)-rq-low $(VENV)-rq-high .ingest .pytest_cache

@@ -1,0 +1,54 @@
+// Draws the console's charts with plotly.js from the JSON the page carries (no inline script:
+// the Content-Security-Policy allows scripts from this origin only).
+"use strict";
+(function () {
+  const layout = (title, yTitle) => ({
+    title: { text: title, font: { size: 13 } },
+    margin: { l: 50, r: 10, t: 30, b: 40 },
+    xaxis: { type: "date" },
+    yaxis: { title: { text: yTitle }, rangemode: "tozero" },
+    legend: { orientation: "h", y: -0.2 },
+  });
+  const line = (x, y, name) => ({ x: x, y: y, name: name, type: "scatter", mode: "lines", connectgaps: false });
+  const config = { displaylogo: false, responsive: true };
+
+  function draw(prefix, s) {
+    const x = s.times;
+    Plotly.newPlot(prefix + "-rates", [
+      line(x, s.accepted, "calls accepted /s"),
+      line(x, s.stored, "events stored /s"),
+    ], layout("Intake and drain", "per second"), config);
+    Plotly.newPlot(prefix + "-queue", [
+      line(x, s.queue, "queued jobs"),
+      Object.assign(line(x, s.oldest_age, "oldest job (s)"), { yaxis: "y2" }),
+    ], Object.assign(layout("Queue", "jobs"), {
+      yaxis2: { overlaying: "y", side: "right", title: { text: "seconds" }, rangemode: "tozero" },
+    }), config);
+    const problems = [line(x, s.unavailable, "503 /s"), line(x, s.rejected, "rejected (past hour)")];
+    for (const [reason, values] of Object.entries(s.refused)) {
+      problems.push(line(x, values, "refused /s: " + reason));
+    }
+    Plotly.newPlot(prefix + "-problems", problems, layout("503s, refusals, rejects", "calls"), config);
+  }
+
+  const overview = document.getElementById("chart-data");
+  if (overview) {
+    const data = JSON.parse(overview.textContent);
+    draw("chart-hour", data.hour);
+    draw("chart-day", data.day);
+  }
+  const mailing = document.getElementById("mailing-data");
+  if (mailing) {
+    const m = JSON.parse(mailing.textContent);
+    Plotly.newPlot("chart-mailing", [
+      { x: m.hours, y: m.opens, name: "opens", type: "bar" },
+      { x: m.hours, y: m.clicks, name: "clicks", type: "bar" },
+    ], {
+      barmode: "group",
+      margin: { l: 50, r: 10, t: 10, b: 45 },
+      xaxis: { title: { text: "hours after the send" } },
+      yaxis: { title: { text: "events per hour" } },
+    }, config);
+  }
+  document.documentElement.dataset.chartsDrawn = "yes";
+})();
