@@ -41,6 +41,12 @@ def _calls(job: Job) -> int | None:
         return None
 
 
+def _error(job: Job) -> str:
+    """The job's last exception as RQ keeps it (its latest result)."""
+    result = job.latest_result()
+    return (result.exc_string or "") if result is not None else ""
+
+
 def failed_page(conn: redis.Redis, queue: str, page: int) -> tuple[list[FailedJob], int]:
     """One page of the failed registry, newest first, and how many jobs rest there."""
     registry = FailedJobRegistry(queue=Queue(queue, connection=conn))
@@ -51,7 +57,7 @@ def failed_page(conn: redis.Redis, queue: str, page: int) -> tuple[list[FailedJo
     for job_id, job in zip(ids, Job.fetch_many(ids, connection=conn), strict=True):
         if job is None:
             continue
-        lines = (job.exc_info or "").strip().splitlines()
+        lines = _error(job).strip().splitlines()
         jobs.append(
             FailedJob(job_id, job.func_name, _calls(job), job.enqueued_at, job.ended_at, lines[-1] if lines else "")
         )
