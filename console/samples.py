@@ -153,19 +153,24 @@ def series(records: Sequence[dict[str, Any]]) -> Series:
 
 
 def growth(records: Sequence[dict[str, Any]], key: str) -> float | None:
-    """How much a counter grew over `records`, restarts (a counter going back) skipped."""
+    """How much a counter grew over `records`; after a restart (the counter went back) it
+    counts from zero again."""
     values: list[float] = [rec[key] for rec in records if rec.get(key) is not None]
     if not values:
         return None
-    return sum(max(0.0, b - a) for a, b in itertools.pairwise(values))
+    return sum(_step(a, b) for a, b in itertools.pairwise(values))
+
+
+def _step(old: float, new: float) -> float:
+    return new - old if new >= old else new
 
 
 def refused_growth(records: Sequence[dict[str, Any]]) -> dict[str, float]:
-    """Refused calls over `records`, by reason (restarts skipped)."""
+    """Refused calls over `records`, by reason (counted from zero after a restart)."""
     totals: dict[str, float] = {}
     for old, new in itertools.pairwise(rec for rec in records if rec.get("refused") is not None):
         for reason, value in new["refused"].items():
-            totals[reason] = totals.get(reason, 0.0) + max(0.0, value - old["refused"].get(reason, 0.0))
+            totals[reason] = totals.get(reason, 0.0) + _step(old["refused"].get(reason, 0.0), value)
     return totals
 
 

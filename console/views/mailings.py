@@ -58,7 +58,9 @@ async def mailing(request: web.Request) -> web.StreamResponse:
     found = await db(request, _one, mailing_id)
     if found["stats"] is None:
         raise web.HTTPNotFound(text=f"No stored events for mailing {mailing_id}.")
+    # hours counted from the hour of the send (the timeline's buckets are whole hours)
     start = found["sent"] or (found["timeline"][0][0] if found["timeline"] else None)
+    start = start.replace(minute=0, second=0, microsecond=0) if start else None
     chart = {
         "hours": [(t - start).total_seconds() / 3600 if start else 0 for t, _o, _c in found["timeline"]],
         "times": [t.timestamp() * 1000 for t, _o, _c in found["timeline"]],
