@@ -101,7 +101,7 @@ async def overview(request: web.Request) -> web.StreamResponse:
             "queue": queue,
             "workers": workers,
             "past": past,
-            "charts": {"hour": past["hour"], "day": past["day"]},
+            "charts": {"hour": past["hour"], "day": past["day"], "now": time.time() * 1000},
             "refresh": max(5, round(settings.console_sample_interval)),
             "receivers": len(settings.console_metrics_urls or ()),
             "queue_name": settings.queue,
