@@ -28,6 +28,7 @@ from psycopg_pool import ConnectionPool
 from common import redisconn
 from common.settings import Settings
 from console import auth, samples
+from console.computed import Computed
 
 log = logging.getLogger("console.app")
 
@@ -41,7 +42,7 @@ T = TypeVar("T")
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", ConnectionPool)
 REDIS = web.AppKey("redis", redis.Redis)
-SAMPLER = web.AppKey("sampler", asyncio.Task)
+COMPUTED = web.AppKey("computed", Computed)
 HERE = Path(__file__).resolve().parent
 PUBLIC_PREFIXES = ("/static/", "/login", "/healthz")
 CSP = (
@@ -57,7 +58,12 @@ def plotly_js() -> Path:
 
 async def db(request: web.Request, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """`fn(conn, *args)` with a pooled connection (autocommit), in a thread."""
-    pool = request.app[POOL]
+    return await app_db(request.app, fn, *args, **kwargs)
+
+
+async def app_db(app: web.Application, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`db` for work that may outlive its request (a computation going on in the background)."""
+    pool = app[POOL]
 
     def run() -> T:
         with pool.connection() as conn:
@@ -186,18 +192,21 @@ async def _resources(app: web.Application, sample: bool) -> AsyncIterator[None]:
     pool = ConnectionPool(
         settings.required("database_url"),
         min_size=1,
-        max_size=4,
+        max_size=6,
         kwargs={
             "autocommit": True,
             "connect_timeout": 5,
             "application_name": "copernica-ingest console",
-            "options": "-c statement_timeout=30000 -c timezone=UTC",
+            # Custom plans always: a generic plan of a prepared search does not know which
+            # partitions and how selective its values are (it picked index scans of whole months).
+            "options": "-c statement_timeout=30000 -c timezone=UTC -c plan_cache_mode=force_custom_plan",
         },
         open=False,
     )
     await asyncio.to_thread(pool.open, False)
     app[POOL] = pool
     app[REDIS] = redisconn.sync_client(settings, socket_timeout=5, socket_connect_timeout=5)
+    app[COMPUTED] = Computed(app[REDIS])
     stop = asyncio.Event()
     task = asyncio.create_task(samples.run_sampler(settings, app[REDIS], stop)) if sample else None
     try:
@@ -206,6 +215,7 @@ async def _resources(app: web.Application, sample: bool) -> AsyncIterator[None]:
         stop.set()
         if task is not None:
             await task
+        await app[COMPUTED].close()
         await asyncio.to_thread(pool.close)
         app[REDIS].close()
 

@@ -68,7 +68,11 @@ async def search_page(request: web.Request) -> web.StreamResponse:
         context["error"] = str(exc)
         return _render(request, context, 400)
     if search:
-        rows = await db(request, browse.search_events, search, after=after, limit=browse.PAGE + 1)
+        try:
+            rows = await db(request, browse.search_events, search, after=after, limit=browse.PAGE + 1)
+        except ValueError as exc:
+            context["error"] = str(exc)
+            return _render(request, context, 400)
         more = len(rows) > browse.PAGE
         rows = rows[: browse.PAGE]
         context["rows"] = rows

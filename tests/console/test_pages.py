@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
 from datetime import UTC, datetime, timedelta
 
 import psycopg
+import pytest
 import redis
 from aiohttp.test_utils import TestClient
 
 from console import samples
+from console.app import COMPUTED
+from console.computed import PREFIX
 from tests.console.conftest import store_bodies
 from tests.payloads import BASE_TIME, webhook_body
 
@@ -51,6 +55,16 @@ async def test_the_overview_without_samples(logged_in: tuple[TestClient, str]) -
     assert chart_data(html, "chart-data")["hour"]["times"] == []
 
 
+async def computed_page(client: TestClient, url: str) -> str:
+    """The page once its figures are computed (it says so while they are not, and reloads)."""
+    for _ in range(100):
+        html = await (await client.get(url)).text()
+        if 'id="computing"' not in html:
+            return html
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{url}: the figures were never computed")
+
+
 def mailing_events(database_url: str, mailing: int, sent_at: int, *, recipients: int = 3) -> None:
     bodies = []
     for n in range(recipients):
@@ -80,7 +94,7 @@ async def test_mailings_of_the_last_90_days(logged_in: tuple[TestClient, str], d
     mailing_events(database_url, 4711, recent)
     mailing_events(database_url, 4712, recent)
     mailing_events(database_url, 99, int((datetime.now(UTC) - timedelta(days=120)).timestamp()))
-    html = await (await client.get("/mailings")).text()
+    html = await computed_page(client, "/mailings")
     rows = re.findall(r'<a href="/mailings/(\d+)">', html)
     assert rows == ["4712", "4711"]  # not the mailing of 120 days ago
     assert "unique opens" in html
@@ -92,10 +106,35 @@ async def test_mailings_of_the_last_90_days(logged_in: tuple[TestClient, str], d
 async def test_a_mailing_page(logged_in: tuple[TestClient, str], database_url: str, db: psycopg.Connection) -> None:
     client, _csrf = logged_in
     mailing_events(database_url, 4711, BASE_TIME)
-    html = await (await client.get("/mailings/4711")).text()
+    html = await computed_page(client, "/mailings/4711")
     assert "Sent from 2026-11-26 12:00 UTC" in html
     chart = chart_data(html, "mailing-data")
     assert chart["hours"] == [1.0, 2.0] and chart["opens"] == [3, 0] and chart["clicks"] == [0, 1]
     assert "user unknown" in html and "5.1.1" in html
     assert (await client.get("/mailings/5")).status == 404
     assert db.execute("SELECT count(*) FROM events WHERE mailing_id IS NULL").fetchone()[0] == 4  # attributed
+
+
+async def test_figures_not_computed_yet_are_marked_and_the_page_reloads(
+    logged_in: tuple[TestClient, str], database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from console.views import mailings
+
+    client, _csrf = logged_in
+    recent = int((datetime.now(UTC) - timedelta(days=2)).timestamp())
+    mailing_events(database_url, 4711, recent)
+    mailing_events(database_url, 4712, recent)
+    await computed_page(client, "/mailings/4711")  # 4711's page is kept, not its row of the list
+    await computed_page(client, "/mailings")
+    redis_keys = [f"mailing-stats:{m}" for m in (4711, 4712)]
+    client.server.app[COMPUTED].conn.delete(*(PREFIX + key for key in redis_keys[1:]))  # 4712's row forgotten
+    monkeypatch.setattr(mailings, "LIST_WAIT", 0)
+    html = await (await client.get("/mailings")).text()
+    assert 'id="computing"' in html and '<meta http-equiv="refresh"' in html
+    assert "The figures of 1 mailing are being computed" in html
+    row = html[html.index('href="/mailings/4712"') :].split("</tr>")[0]
+    assert "…" in row
+    monkeypatch.setattr(mailings, "PAGE_WAIT", 0)
+    client.server.app[COMPUTED].conn.delete(PREFIX + "mailing-page:4712")
+    page = await (await client.get("/mailings/4712")).text()
+    assert "Its figures are being computed" in page and 'id="figures"' not in page

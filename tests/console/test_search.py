@@ -30,7 +30,7 @@ async def test_each_field_finds_the_event(
         "message_id=msg-1",
         "mailing_id=4711",
         f"event_key={key}",
-        "event_type=opened",
+        "event_type=opened&since=2026-11-26",
         "since=2026-11-26T12:00:00&until=2026-11-26T12:00:02",
     ):
         resp = await client.get(f"/search?{query}")
@@ -92,7 +92,7 @@ async def test_results_are_paged_newest_first(
 
 async def test_bad_search_input_is_a_400_page(logged_in: tuple[TestClient, str]) -> None:
     client, _csrf = logged_in
-    for query in ("mailing_id=abc", "since=yesterday", "recipient=a&after=broken"):
+    for query in ("mailing_id=abc", "since=yesterday", "recipient=a&after=broken", "event_type=opened"):
         resp = await client.get(f"/search?{query}")
         assert resp.status == 400, query
         assert 'id="search-error"' in await resp.text()

@@ -68,14 +68,32 @@ class Search:
     def __bool__(self) -> bool:
         return any(getattr(self, name) is not None for name in self.__slots__)
 
+    @property
+    def keyed(self) -> bool:
+        """Whether an equality on an indexed column narrows it (else it walks `occurred_at`)."""
+        return any(getattr(self, name) is not None for name in KEYS)
+
+
+# Columns a search can find rows by through their own index.
+KEYS = ("recipient", "message_id", "mailing_id", "event_key")
+
 
 def search_events(
     conn: psycopg.Connection, search: Search, *, after: tuple[datetime, int] | None = None, limit: int = PAGE
 ) -> list[dict[str, Any]]:
     """One page of the events `search` finds, newest first; `after` is the last row of the page
-    before, as (occurred_at, id)."""
+    before, as (occurred_at, id).
+
+    A search by recipient, message id, mailing or event key reads that column's index and sorts
+    what it finds; it orders by `occurred_at + 0` so that PostgreSQL cannot choose to walk the
+    `occurred_at` index of every partition instead, hoping to meet the rows early (with a
+    mailing's rows in one month, it read all the others first). Only a search by time range
+    (and type) walks `occurred_at`; a type alone is refused (a rare type would read the table).
+    """
     if not search:
         raise ValueError("give at least one search field")
+    if not search.keyed and search.since is None and search.until is None:
+        raise ValueError("a type alone is not a search: add another field or a time range")
     where: list[sql.Composable] = []
     params: list[Any] = []
     for column in ("recipient", "message_id", "mailing_id", "event_key", "event_type"):
@@ -92,12 +110,13 @@ def search_events(
     if after is not None:
         where.append(sql.SQL("(occurred_at, id) < (%s, %s)"))
         params.extend(after)
-    query = sql.SQL("SELECT {} FROM events WHERE {} ORDER BY occurred_at DESC, id DESC LIMIT %s").format(
-        sql.SQL(", ").join(map(sql.Identifier, LIST_COLUMNS)), sql.SQL(" AND ").join(where)
+    order = sql.SQL("occurred_at + interval '0 s'" if search.keyed else "occurred_at")
+    query = sql.SQL("SELECT {} FROM events WHERE {} ORDER BY {} DESC, id DESC LIMIT %s").format(
+        sql.SQL(", ").join(map(sql.Identifier, LIST_COLUMNS)), sql.SQL(" AND ").join(where), order
     )
     params.append(limit)
     with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(query, params).fetchall()
+        return cur.execute(query, params, prepare=False).fetchall()
 
 
 def get_event(conn: psycopg.Connection, event_id: int) -> dict[str, Any] | None:
@@ -138,13 +157,15 @@ def recent_mailings(
     bound = before if before is not None else 2**63 - 1
     for _ in range(MAILINGS_LOOKED_AT):
         row = conn.execute(
-            "SELECT mailing_id FROM events WHERE mailing_id < %s ORDER BY mailing_id DESC LIMIT 1", (bound,)
+            "SELECT mailing_id FROM events WHERE mailing_id < %s ORDER BY mailing_id DESC LIMIT 1",
+            (bound,),
+            prepare=False,  # a generic plan cannot prune partitions by `since` (below)
         ).fetchone()
         if row is None:
             break
         bound = row[0]
         recent = conn.execute(
-            "SELECT 1 FROM events WHERE mailing_id = %s AND occurred_at >= %s LIMIT 1", (bound, since)
+            "SELECT 1 FROM events WHERE mailing_id = %s AND occurred_at >= %s LIMIT 1", (bound, since), prepare=False
         ).fetchone()
         if recent is not None:
             found.append(bound)
@@ -201,9 +222,13 @@ def mailing_bounce_reasons(conn: psycopg.Connection, mailing_id: int, limit: int
 
 
 def mailing_first_sent(conn: psycopg.Connection, mailing_id: int) -> datetime | None:
-    """When the mailing's first `sent` event occurred (the send), or None."""
+    """When the mailing's first `sent` event occurred (the send), or None. The subquery (OFFSET 0
+    keeps it apart) reads the mailing's index: as `min()` PostgreSQL would walk `occurred_at`
+    from the oldest event until it met one of the mailing's."""
     row = conn.execute(
-        "SELECT min(occurred_at) FROM events WHERE mailing_id = %s AND event_type = 'sent'", (mailing_id,)
+        "SELECT min(occurred_at) FROM (SELECT occurred_at FROM events"
+        " WHERE mailing_id = %s AND event_type = 'sent' OFFSET 0) AS sent",
+        (mailing_id,),
     ).fetchone()
     return row[0] if row else None
 

@@ -14,9 +14,12 @@ from tests.payloads import BASE_TIME, webhook_body
 from workers.storage import browse
 
 
-def test_a_search_needs_a_field(db: psycopg.Connection) -> None:
+def test_a_search_needs_a_field_and_a_type_needs_more(db: psycopg.Connection) -> None:
     with pytest.raises(ValueError):
         browse.search_events(db, browse.Search())
+    with pytest.raises(ValueError, match="a type alone"):
+        browse.search_events(db, browse.Search(event_type="complained"))
+    assert browse.search_events(db, browse.Search(event_type="complained", since=datetime.now(UTC))) == []
 
 
 def test_search_pages_by_occurred_at_and_id(database_url: str, db: psycopg.Connection) -> None:
