@@ -261,3 +261,26 @@ def test_a_post_without_the_csrf_token_is_refused(
     )
     assert status == 403
     assert db.execute("SELECT count(*) FROM rejected_events").fetchone()[0] == 1  # nothing replayed
+
+
+@pytest.mark.usefixtures("database_url")
+def test_a_mailing_page_draws_opens_after_the_send(page: sync_api.Page, stack: Stack, tmp_path: Path) -> None:
+    sent = int(time.time()) - 7200
+    stack.post(webhook_body("attempt", id="mail-1", time=str(sent), mailing="77", recipient="m@example.com"))
+    stack.post(webhook_body("open", id="mail-1", time=str(sent + 3700), ip="192.0.2.7"))
+    stack.drain()
+    log_in(page, stack)
+    page.wait_for_url(f"{stack.console}/")
+    page.click("header >> text=Mailings")
+    for _ in range(50):  # the figures are computed in the background; the page reloads itself
+        if page.locator("#computing").count() == 0:
+            break
+        page.wait_for_timeout(200)
+        page.reload()
+    shot(page, tmp_path, "mailings")
+    page.click("#mailings a[href='/mailings/77']")
+    page.wait_for_function("document.documentElement.dataset.chartsDrawn === 'yes'", timeout=20000)
+    opens = page.evaluate("() => document.getElementById('chart-mailing').data[0].y")
+    assert sum(opens) == 1
+    assert "unique opens" in page.locator("#figures").inner_text()
+    shot(page, tmp_path, "mailing")
