@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-rq-bounds faults bench lint install clean promtool
+.PHONY: run test test-rq-bounds faults bench lint install clean promtool chromium
 
 install: $(STAMP)
 
@@ -29,8 +29,15 @@ promtool:
 	  dpkg -x prometheus_*.deb .. ) \
 	  || echo "make: promtool could not be fetched; tests/test_alerts.py will skip its promtool tests"
 
+## Chromium for the console's browser tests (tests/console/test_browser.py, Playwright driving the
+## system's browser: no browser is downloaded): the one on the PATH, else Debian's package
+chromium:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  ( apt-get install -y -qq chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) ) \
+	  || echo "make: chromium could not be installed (apt-get install -y chromium); tests/console/test_browser.py will skip"
+
 ## lint, then the whole test suite (real servers, started by the suite) with a fast fault subset
-test: $(STAMP) promtool
+test: $(STAMP) promtool chromium
 	$(MAKE) lint
 	$(BIN)/python -m pytest -q -m "not slow" --durations=10
 
@@ -58,9 +65,9 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 lint: $(STAMP)
-	$(BIN)/ruff format --check ingest workers common tests bench
-	$(BIN)/ruff check ingest workers common tests bench
-	$(BIN)/mypy ingest workers common
+	$(BIN)/ruff format --check ingest workers common console tests bench
+	$(BIN)/ruff check ingest workers common console tests bench
+	$(BIN)/mypy ingest workers common console
 
 clean:
 	rm -rf .tools $(VENV) $(VENV)-rq-low $(VENV)-rq-high .ingest .pytest_cache

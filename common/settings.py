@@ -166,6 +166,39 @@ def _sentinels(raw: str) -> Items:
     return Items(addresses)
 
 
+CONSOLE_HASH = re.compile(r"scrypt\.\d+\.\d+\.\d+\.[A-Za-z0-9_-]{16,}\.[A-Za-z0-9_-]{32,}")
+_CONSOLE_NAME = re.compile(r"[A-Za-z0-9._@-]{1,64}")
+
+
+def _console_users(raw: str) -> Items:
+    """`name:hash,name:hash`: each hash as `ingest console hash-password` prints it."""
+    pairs = _items(raw)
+    names = []
+    for pair in pairs:
+        name, sep, hashed = pair.partition(":")
+        if not sep or not _CONSOLE_NAME.fullmatch(name) or not CONSOLE_HASH.fullmatch(hashed):
+            # The message never repeats a hash.
+            raise ValueError(
+                "must be comma-separated name:hash pairs (names of A-Z a-z 0-9 . _ @ -; "
+                "hashes from `ingest console hash-password`)"
+            )
+        names.append(name)
+    if len(set(names)) != len(names):
+        raise ValueError("names a user twice")
+    return Items(pairs)
+
+
+def _console_secret(raw: str) -> str:
+    if len(raw.strip()) < 32:
+        raise ValueError("must be at least 32 characters")
+    return raw.strip()
+
+
+def _metrics_urls(raw: str) -> Items:
+    cast = _url("http", "https")
+    return Items(cast(item) for item in _items(raw))
+
+
 def setting(var: str, cast: Callable[[str], Any], default: Any, doc: str, *, secret: bool = False) -> Any:
     """One setting, written once: its variable, cast, default and help text (the README's settings
     table lists them). A secret is kept out of `repr` and never repeated in an error message."""
@@ -399,6 +432,49 @@ class Settings:
         4096,
         "Open connections one receiver process keeps; past it a new connection gets 503 with Retry-After "
         "and is closed at once.",
+    )
+
+    console_host: str = setting(
+        "INGEST_CONSOLE_HOST",
+        _text,
+        "127.0.0.1",
+        "Address `ingest console` listens on; without INGEST_CONSOLE_USERS only a loopback address is allowed.",
+    )
+    console_port: int = setting("INGEST_CONSOLE_PORT", _port, 9182, "Port `ingest console` listens on.")
+    console_users: Items | None = setting(
+        "INGEST_CONSOLE_USERS",
+        _console_users,
+        None,
+        "Who may log in to the console: comma-separated `name:hash` (`ingest console hash-password` makes a hash). "
+        "Unset: no login, loopback only.",
+        secret=True,
+    )
+    console_secret: str | None = setting(
+        "INGEST_CONSOLE_SECRET",
+        _console_secret,
+        None,
+        "Key of the console's session cookies (32+ characters; the same on every console replica). "
+        "Unset: a new key at each start (logins end with a restart).",
+        secret=True,
+    )
+    console_metrics_urls: Items | None = setting(
+        "INGEST_CONSOLE_METRICS_URLS",
+        _metrics_urls,
+        None,
+        "The receivers' `/metrics` (comma-separated, one per process) the console samples for calls accepted, "
+        "503s and refusals. Unset: those charts stay empty.",
+    )
+    console_sample_interval: float = setting(
+        "INGEST_CONSOLE_SAMPLE_INTERVAL",
+        _positive_float,
+        10.0,
+        "Seconds between the console's samples of the queue, the database and the receivers (kept 24 h in Redis).",
+    )
+    console_dashboard_url: str = setting(
+        "INGEST_CONSOLE_DASHBOARD_URL",
+        _url("http", "https"),
+        "http://127.0.0.1:9181/",
+        "rq-dashboard's address, linked from the console for the jobs themselves.",
     )
 
     @classmethod

@@ -51,6 +51,12 @@ K8S_VERSION = "1.28"
 # Values a secret may have in these files: a placeholder, or a reference to the environment.
 PLACEHOLDER = re.compile(r"^(CHANGE_ME|\$\{.*\})$")
 # Placeholder environment used to expand ${VAR} in commands before they are parsed.
+SECRETS = "copernica-ingest-secrets"  # the Secret every pod reads (the console's logins are apart)
+# Valid console logins, for the compose file's ${INGEST_CONSOLE_*:?} (compose refuses to start without).
+CONSOLE_LOGINS = {
+    "INGEST_CONSOLE_USERS": "alice:scrypt.16384.8.1.AAAAAAAAAAAAAAAAAAAAAA.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    "INGEST_CONSOLE_SECRET": "a" * 32,
+}
 FAKE_ENV = {"REDIS_URL": "redis://127.0.0.1:6379/0", "DATABASE_URL": "postgresql://u@127.0.0.1/db"}
 
 
@@ -214,6 +220,10 @@ def test_each_role_runs_the_right_command() -> None:
         "Procfile:worker": ["ingest", "worker"],
         "Procfile:reconcile": ["ingest", "reconcile", "--follow"],
         "Procfile:dashboard": ["rq-dashboard"],
+        "Procfile:console": ["ingest", "console"],
+        "copernica-ingest-console.service": ["ingest", "console"],
+        "compose:console": ["ingest", "console"],
+        "console-deployment.yaml:console": ["ingest", "console"],
         "copernica-ingest.service": ["ingest", "serve"],
         "copernica-ingest-worker@.service": ["ingest", "worker"],
         "copernica-ingest-migrate.service": ["ingest", "migrate"],
@@ -261,24 +271,24 @@ def test_compose_file_follows_the_compose_spec() -> None:
 def test_compose_services_fit_together() -> None:
     compose = load_one(COMPOSE)
     services = compose["services"]
-    assert set(services) == {"receiver", "worker", "migrate", "reconcile", "redis", "postgres", "dashboard"}
+    assert set(services) == {"receiver", "worker", "migrate", "reconcile", "redis", "postgres", "dashboard", "console"}
     for name, service in services.items():
         for dependency in service.get("depends_on", {}):
             assert dependency in services, f"{name} depends on unknown service {dependency}"
 
     # One image for every role, built from the repository root with the root Dockerfile.
-    for name in ("receiver", "worker", "migrate", "reconcile", "dashboard"):
+    for name in ("receiver", "worker", "migrate", "reconcile", "dashboard", "console"):
         build = services[name]["build"]
         assert (COMPOSE.parent / build["context"] / build["dockerfile"]).resolve() == DOCKERFILE
     # Migrate is one-shot; workers wait for it; the receiver must not (it never uses PostgreSQL).
     assert services["migrate"]["restart"] == "no"
-    for name in ("worker", "reconcile"):
+    for name in ("worker", "reconcile", "console"):
         assert services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully", name
     assert "migrate" not in services["receiver"]["depends_on"]
     assert "postgres" not in services["receiver"]["depends_on"]
     assert services["worker"]["deploy"]["replicas"] >= 1
     # The image's HEALTHCHECK probes the receiver's port: roles without it turn it off.
-    for name in ("worker", "migrate", "reconcile", "dashboard"):
+    for name in ("worker", "migrate", "reconcile", "dashboard", "console"):
         assert services[name]["healthcheck"] == {"disable": True}, name
 
     receiver = services["receiver"]
@@ -305,8 +315,8 @@ def test_compose_services_fit_together() -> None:
 
 def test_compose_environment_is_valid_settings() -> None:
     services = load_one(COMPOSE)["services"]
-    for name in ("receiver", "worker", "migrate", "reconcile", "dashboard"):
-        given = {"POSTGRES_PASSWORD": "pw", "COPERNICA_ACCESS_TOKEN": "tok"}
+    for name in ("receiver", "worker", "migrate", "reconcile", "dashboard", "console"):
+        given = {"POSTGRES_PASSWORD": "pw", "COPERNICA_ACCESS_TOKEN": "tok", **CONSOLE_LOGINS}
         env = {k: expand(str(v), given) for k, v in services[name]["environment"].items()}
         settings = Settings.from_env(env, dotenv=False)
         settings.require("redis_url", "database_url")
@@ -423,7 +433,7 @@ def test_keda_scaled_object_scales_the_worker_on_the_rq_queue() -> None:
     assert "address" not in meta, "the address comes from the environment, not the manifest"
 
     # KEDA reads *FromEnv variables from the target's container: they must be there.
-    provided = set(k8s_kind("ConfigMap")["data"]) | set(k8s_kind("Secret")["stringData"])
+    provided = set(k8s_kind("ConfigMap")["data"]) | set(k8s_kind("Secret", SECRETS)["stringData"])
     for key in ("addressFromEnv", "passwordFromEnv"):
         if key in meta:
             assert meta[key] in provided, f"{key}: {meta[key]} is in neither the ConfigMap nor the Secret"
@@ -444,14 +454,14 @@ def test_reconcile_deployment_is_one_pod_with_its_metrics_port() -> None:
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/port"] == str(port) and annotations["prometheus.io/path"] == "/metrics"
     # The token comes from the Secret the pod reads, never from the manifest.
-    assert "COPERNICA_ACCESS_TOKEN" in k8s_kind("Secret")["stringData"]
+    assert "COPERNICA_ACCESS_TOKEN" in k8s_kind("Secret", SECRETS)["stringData"]
     assert "COPERNICA_ACCESS_TOKEN" not in env and "COPERNICA_ACCESS_TOKEN" not in k8s_kind("ConfigMap")["data"]
     assert [c["command"] for c in spec["initContainers"]] == [["ingest", "migrate"]]
     assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"], "logfiles are spooled to /tmp"
 
 
 def test_kubernetes_config_is_valid_settings() -> None:
-    env = {**k8s_kind("ConfigMap")["data"], **k8s_kind("Secret")["stringData"]}
+    env = {**k8s_kind("ConfigMap")["data"], **k8s_kind("Secret", SECRETS)["stringData"]}
     settings = Settings.from_env(env, dotenv=False)
     settings.require("redis_url", "database_url")
     assert settings.port == DEFAULTS.port
@@ -467,6 +477,7 @@ UNITS = {
     "migrate": "copernica-ingest-migrate.service",
     "dashboard": "copernica-ingest-dashboard.service",
     "reconcile": "copernica-ingest-reconcile.service",
+    "console": "copernica-ingest-console.service",
 }
 HARDENING = {
     "NoNewPrivileges": "yes",
@@ -500,10 +511,10 @@ def test_systemd_unit(role: str) -> None:
     assert int(unit_value(unit, "Service", "LimitNOFILE")) >= 65536
     stop = seconds(unit_value(unit, "Service", "TimeoutStopSec"))
     # Receiver: aiohttp drains for up to 30 s. Worker: RQ finishes the batch it is storing.
-    assert stop >= {"receiver": 35, "worker": 60, "dashboard": 5, "reconcile": 60}[role]
+    assert stop >= {"receiver": 35, "worker": 60, "dashboard": 5, "reconcile": 60, "console": 5}[role]
     requires = " ".join(unit_values(unit, "Unit", "Requires")).split()
     after = " ".join(unit_values(unit, "Unit", "After")).split()
-    if role in ("worker", "reconcile"):
+    if role in ("worker", "reconcile", "console"):
         assert UNITS["migrate"] in requires and UNITS["migrate"] in after
     else:  # the receiver must accept webhooks while PostgreSQL or the migration is down
         assert UNITS["migrate"] not in requires
@@ -554,6 +565,7 @@ def analysable_units() -> list[str]:
         UNITS["migrate"],
         UNITS["dashboard"],
         UNITS["reconcile"],
+        UNITS["console"],
         UNITS["worker"],
         UNITS["worker"].replace("@.", "@1."),
     ]
@@ -871,7 +883,7 @@ def test_hadolint_accepts_the_dockerfile() -> None:
 
 def test_procfile() -> None:
     processes = procfile()
-    assert set(processes) == {"release", "web", "worker", "reconcile", "dashboard"}
+    assert set(processes) == {"release", "web", "worker", "reconcile", "dashboard", "console"}
     assert processes["reconcile"] == "ingest reconcile --follow"
     # A platform routes to $PORT; without one the receiver's own setting applies.
     assert expand(processes["web"], {}) == f"ingest serve --port {DEFAULTS.port}"
@@ -923,6 +935,8 @@ def test_no_secrets_in_deploy_files(path: Path) -> None:
     ):
         if key.endswith("FromEnv"):
             continue  # KEDA: the value names an environment variable, it is not the secret
+        if key in ("secretKeyRef", "secretRef"):
+            continue  # Kubernetes: names the Secret to read from
         assert PLACEHOLDER.match(value.strip("\"'")), f"{path.name}: {key} holds a real-looking value"
 
 
@@ -931,3 +945,56 @@ def test_reconcile_scrape_job_is_documented_where_the_alerts_assume_it() -> None
     assert f'job="{job}"' in (DEPLOY / "prometheus" / "alerts.yml").read_text(encoding="utf-8")
     readme = (DEPLOY / "README.md").read_text(encoding="utf-8")
     assert f"| `{job}` |" in readme and "INGEST_RECONCILE_METRICS_PORT" in readme
+
+
+# --- the console ------------------------------------------------------------------------------
+
+
+def test_the_console_port_is_the_same_everywhere() -> None:
+    port = DEFAULTS.console_port
+    assert expand(procfile()["console"], {}) == f"ingest console --host 0.0.0.0 --port {port}"
+    assert expand(procfile()["console"], {"PORT": "5000"}).endswith("--port 5000")
+    unit = read_unit(SYSTEMD / UNITS["console"])
+    assert unit_value(unit, "Service", "ExecStart").endswith("ingest console")  # its settings: env file
+    compose = load_one(COMPOSE)["services"]["console"]
+    assert compose["environment"]["INGEST_CONSOLE_PORT"] == str(port)
+    assert compose["ports"] == [f"127.0.0.1:{port}:{port}"]
+    (container,) = pod_spec(k8s_kind("Deployment", "copernica-ingest-console"))["containers"]
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    assert env["INGEST_CONSOLE_PORT"] == str(port)
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"http": port}
+    service = k8s_kind("Service", "copernica-ingest-console")
+    assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [(port, "http")]
+
+
+def test_a_console_off_loopback_always_has_logins() -> None:
+    """The console refuses to start on a non-loopback address without users: every file that
+    binds it elsewhere also gives the users, from a secret (never written in the file)."""
+    from console.auth import is_loopback
+
+    compose = load_one(COMPOSE)["services"]["console"]["environment"]
+    assert not is_loopback(compose["INGEST_CONSOLE_HOST"])
+    for var in ("INGEST_CONSOLE_USERS", "INGEST_CONSOLE_SECRET"):
+        assert compose[var].startswith(f"${{{var}:?"), var
+    (container,) = pod_spec(k8s_kind("Deployment", "copernica-ingest-console"))["containers"]
+    env = {item["name"]: item for item in container["env"]}
+    assert not is_loopback(env["INGEST_CONSOLE_HOST"]["value"])
+    logins = k8s_kind("Secret", "copernica-ingest-console")
+    for var in ("INGEST_CONSOLE_USERS", "INGEST_CONSOLE_SECRET"):
+        ref = env[var]["valueFrom"]["secretKeyRef"]
+        assert ref["name"] == "copernica-ingest-console" and ref["key"] in logins["stringData"], var
+    # Not in the Secret every pod reads: a placeholder there would stop every pod's settings.
+    assert not {"INGEST_CONSOLE_USERS", "INGEST_CONSOLE_SECRET"} & set(k8s_kind("Secret", SECRETS)["stringData"])
+    # The systemd unit keeps the default loopback host; the env file names no other.
+    assert is_loopback(DEFAULTS.console_host)
+    assert "INGEST_CONSOLE_HOST" not in (SYSTEMD / "env.example").read_text(encoding="utf-8")
+
+
+def test_the_console_probes_a_route_of_the_console() -> None:
+    from console.app import build_app
+
+    settings = Settings.from_env(FAKE_ENV, dotenv=False)
+    routes = {(r.method, r.resource.canonical) for r in build_app(settings, sample=False).router.routes() if r.resource}
+    (container,) = pod_spec(k8s_kind("Deployment", "copernica-ingest-console"))["containers"]
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert ("GET", container[probe]["httpGet"]["path"]) in routes

@@ -40,7 +40,7 @@ def register(sub: Any) -> None:
         help="run the whole stack on this machine",
         description=(
             "Start embedded Valkey and PostgreSQL (unless REDIS_URL / DATABASE_URL are set), migrate, and run "
-            "the receiver, one worker and rq-dashboard until Ctrl-C."
+            "the receiver, one worker, the console (ingest console) and rq-dashboard until Ctrl-C."
         ),
     )
     dev.add_argument("--redis-port", type=int, default=16379, help="embedded Valkey port (default 16379)")

@@ -65,6 +65,7 @@ class Sample:
     max_event_id: int | None = None
     accepted_total: float | None = None  # receivers' events accepted, summed
     unavailable_total: float | None = None  # receivers' 503 answers, summed
+    refused_total: dict[str, float] | None = None  # receivers' refused calls by reason, summed
     last_hour: dict[str, int] | None = None
     rejected_last_hour: int | None = None
     errors: list[str] = field(default_factory=list)
@@ -167,9 +168,13 @@ def render_frame(frame: Frame) -> Group:
     return Group(*parts)
 
 
-def read_receivers(urls: Iterable[str], timeout: float = 2.0) -> tuple[float, float]:
-    """Events accepted and 503 answers, summed over the receivers' /metrics."""
+REFUSED = "copernica_ingest_refused_total"
+
+
+def read_receivers(urls: Iterable[str], timeout: float = 2.0) -> tuple[float, float, dict[str, float]]:
+    """Events accepted, 503 answers and refused calls by reason, summed over the receivers' /metrics."""
     accepted = unavailable = 0.0
+    refused: dict[str, float] = {}
     for url in urls:
         with urllib.request.urlopen(url, timeout=timeout) as response:  # the operator's URL (bandit S310)
             text = response.read().decode()
@@ -179,7 +184,10 @@ def read_receivers(urls: Iterable[str], timeout: float = 2.0) -> tuple[float, fl
                     accepted += sample.value
                 elif sample.name == REQUESTS and sample.labels.get("status") == "503":
                     unavailable += sample.value
-    return accepted, unavailable
+                elif sample.name == REFUSED:
+                    reason = sample.labels.get("reason", "")
+                    refused[reason] = refused.get(reason, 0.0) + sample.value
+    return accepted, unavailable, refused
 
 
 class Watcher:
@@ -266,7 +274,7 @@ class Watcher:
 
     def _read_receivers(self, sample: Sample) -> None:
         if self.metrics_urls:
-            sample.accepted_total, sample.unavailable_total = read_receivers(self.metrics_urls)
+            sample.accepted_total, sample.unavailable_total, sample.refused_total = read_receivers(self.metrics_urls)
 
     def frame(self, sample: Sample) -> Frame:
         """The frame for `sample`, with rates against the previous sample; keeps the history."""

@@ -1,7 +1,7 @@
 """`ingest dev`: the whole stack on one machine, in one command.
 
 Starts the embedded Valkey and PostgreSQL (unless REDIS_URL / DATABASE_URL point elsewhere),
-migrates, then runs the receiver, one worker and rq-dashboard as child processes. Anyone may
+migrates, then runs the receiver, one worker, the console and rq-dashboard as child processes. Anyone may
 post (INGEST_AUTH=none) unless INGEST_AUTH is set, so the receiver listens on 127.0.0.1 unless
 INGEST_HOST is set; the banner says both. Ctrl-C or
 SIGTERM stops everything in order; every child also dies with this process (PR_SET_PDEATHSIG),
@@ -150,6 +150,22 @@ def _redis_banner(redis: dict[str, str], failover: str | None) -> tuple[str, str
     return line, exports
 
 
+def _spawn_console(stack: Stack, settings: Settings, env: dict[str, str], host: str, dashboard_port: int) -> str:
+    """`ingest console`, sampling this stack's receiver and linking its rq-dashboard unless told
+    otherwise; its URL."""
+    receiver = f"[{host}]" if ":" in host else host
+    console_env = dict(env)
+    if not _chosen("INGEST_CONSOLE_METRICS_URLS"):
+        console_env["INGEST_CONSOLE_METRICS_URLS"] = f"http://{receiver}:{settings.port}/metrics"
+    if not _chosen("INGEST_CONSOLE_DASHBOARD_URL"):
+        console_env["INGEST_CONSOLE_DASHBOARD_URL"] = f"http://127.0.0.1:{dashboard_port}/"
+    stack.spawn("console", [sys.executable, "-m", "ingest", "console"], console_env)
+    console_host = "127.0.0.1" if settings.console_host in ("0.0.0.0", "::") else settings.console_host
+    shown = f"[{console_host}]" if ":" in console_host else console_host
+    login = "" if settings.console_users else " (no login: this machine only)"
+    return f"http://{shown}:{settings.console_port}/{login}"
+
+
 def run_dev(
     settings: Settings,
     *,
@@ -198,6 +214,7 @@ def run_dev(
                 env,
             )
         host = "127.0.0.1" if listen in ("0.0.0.0", "::") else listen
+        console_url = _spawn_console(stack, settings, env, host, dashboard_port)
         if not _wait_for_receiver(host, settings.port, stack.children["receiver"]):
             log.error("the receiver did not start")
             return 1
@@ -210,6 +227,7 @@ def run_dev(
             f"  webhook URL    http://{shown}:{settings.port}/copernica\n"
             f"  listening on   INGEST_HOST={listen}{reach}\n"
             f"  who may post   INGEST_AUTH={auth}{anyone}\n"
+            f"  console        {console_url}\n"
             f"  dashboard      http://127.0.0.1:{dashboard_port}/\n"
             f"  database URL   {database_url}\n"
             f"{redis_line}"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psycopg
 
-from ingest.processes import free_port
+from ingest.processes import free_port, wait_for_port
 from tests.payloads import FORM, OPEN
 
 
@@ -47,6 +47,7 @@ def listening_addresses(port: int) -> set[str]:
 def start_dev(data_dir: Path, ports: dict[str, int]) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("INGEST_", "REDIS_URL", "DATABASE_URL"))}
     env.update(INGEST_DATA_DIR=str(data_dir), INGEST_PORT=str(ports["http"]))  # INGEST_HOST unset
+    env.update(INGEST_CONSOLE_PORT=str(ports["console"]))
     return subprocess.Popen(
         [
             sys.executable,
@@ -81,7 +82,7 @@ def wait_for_banner(proc: subprocess.Popen[str], timeout: float = 90) -> str:
 
 
 def test_dev_stack_end_to_end(tmp_path: Path) -> None:
-    ports = {name: free_port() for name in ("http", "redis", "pg", "dash")}
+    ports = {name: free_port() for name in ("http", "redis", "pg", "dash", "console")}
     data_dir = tmp_path / "data"
     proc = start_dev(data_dir, ports)
     try:
@@ -109,7 +110,13 @@ def test_dev_stack_end_to_end(tmp_path: Path) -> None:
         assert row == ("opened", "b4icbaqjswyrb7tc")
         with urllib.request.urlopen(f"http://127.0.0.1:{ports['dash']}/", timeout=10) as resp:
             assert resp.status == 200
-        assert len(processes_using(data_dir)) >= 4  # receiver, worker, valkey, postgres (+ dashboard)
+        assert f"console        http://127.0.0.1:{ports['console']}/ (no login" in banner
+        assert wait_for_port(ports["console"], timeout=30)
+        search = f"http://127.0.0.1:{ports['console']}/search?recipient=a%40example.com"
+        with urllib.request.urlopen(search, timeout=10) as resp:
+            page = resp.read().decode()
+            assert resp.status == 200 and "b4icbaqjswyrb7tc" in page  # the event just posted, found
+        assert len(processes_using(data_dir)) >= 5  # receiver, worker, console, valkey, postgres (+ dashboard)
 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
@@ -124,7 +131,7 @@ def test_dev_stack_end_to_end(tmp_path: Path) -> None:
 
 
 def test_dev_restarts_after_kill_9(tmp_path: Path) -> None:
-    ports = {name: free_port() for name in ("http", "redis", "pg", "dash")}
+    ports = {name: free_port() for name in ("http", "redis", "pg", "dash", "console")}
     data_dir = tmp_path / "data"
     first = start_dev(data_dir, ports)
     wait_for_banner(first)

@@ -1,0 +1,140 @@
+"""The overview (tiles and charts from the kept samples, the workers) and the mailings pages."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+import redis
+from aiohttp.test_utils import TestClient
+
+from console import samples
+from console.app import COMPUTED
+from console.computed import PREFIX
+from tests.console.conftest import store_bodies
+from tests.payloads import BASE_TIME, webhook_body
+
+
+def chart_data(html: str, element: str) -> dict:
+    found = re.search(rf'<script type="application/json" id="{element}">(.*?)</script>', html, re.S)
+    assert found, element
+    return json.loads(found.group(1))
+
+
+async def test_the_overview_charts_the_kept_samples(logged_in: tuple[TestClient, str], redis_conn: redis.Redis) -> None:
+    client, _csrf = logged_in
+    now = time.time()
+    samples.save(redis_conn, {"t": now - 7200, "acc": 0}, interval=10)  # older than the hour: the day chart only
+    for n, (acc, maxid) in enumerate([(0, 0), (40, 10), (100, 100)]):
+        t = now - 30 + n * 10
+        rec = {"t": t, "q": 3, "age": 1.5, "acc": acc, "maxid": maxid, "u503": n, "refused": {"token": n * 2}}
+        rec |= {"rej1h": 7, "types1h": {"opened": 90, "clicked": 10}, "errors": []}
+        samples.save(redis_conn, rec, interval=10)
+    html = await (await client.get("/")).text()
+    assert re.search(r'id="accepted-1h">100<', html) and re.search(r'id="stored-1h">100<', html)
+    assert re.search(r'id="unavailable-1h">2<', html) and re.search(r'id="rejected-1h">7<', html)
+    assert "<th>token</th><td>4</td>" in html
+    data = chart_data(html, "chart-data")
+    assert data["hour"]["accepted"] == [None, 4.0, 6.0]
+    assert data["hour"]["stored"] == [None, 1.0, 9.0]
+    assert data["hour"]["refused"] == {"token": [None, 0.2, 0.2]}
+    assert len(data["day"]["times"]) == 2
+    assert 'id="no-workers"' in html  # none registered on the queue
+    assert '<script src="/static/plotly.min.js">' in html
+
+
+async def test_the_overview_without_samples(logged_in: tuple[TestClient, str]) -> None:
+    client, _csrf = logged_in
+    html = await (await client.get("/")).text()
+    assert 'id="accepted-1h">-<' in html
+    assert chart_data(html, "chart-data")["hour"]["times"] == []
+
+
+async def computed_page(client: TestClient, url: str) -> str:
+    """The page once its figures are computed (it says so while they are not, and reloads)."""
+    for _ in range(100):
+        html = await (await client.get(url)).text()
+        if 'id="computing"' not in html:
+            return html
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{url}: the figures were never computed")
+
+
+def mailing_events(database_url: str, mailing: int, sent_at: int, *, recipients: int = 3) -> None:
+    bodies = []
+    for n in range(recipients):
+        message = f"{mailing}-m{n}"
+        bodies.append(webhook_body("attempt", id=message, time=str(sent_at), mailing=str(mailing)))
+        bodies.append(webhook_body("open", id=message, time=str(sent_at + 3600 + n), ip="192.0.2.1"))
+    bodies.append(webhook_body("click", id=f"{mailing}-m0", time=str(sent_at + 7300), url="https://e.x/"))
+    bodies.append(
+        webhook_body(
+            "failure",
+            id=f"{mailing}-x",
+            time=str(sent_at + 60),
+            mailing=str(mailing),
+            action="failed",
+            state="rcpt",
+            code="550",
+            extended="5.1.1",
+            description="user unknown",
+        )
+    )
+    store_bodies(database_url, *bodies)
+
+
+async def test_mailings_of_the_last_90_days(logged_in: tuple[TestClient, str], database_url: str) -> None:
+    client, _csrf = logged_in
+    recent = int((datetime.now(UTC) - timedelta(days=2)).timestamp())
+    mailing_events(database_url, 4711, recent)
+    mailing_events(database_url, 4712, recent)
+    mailing_events(database_url, 99, int((datetime.now(UTC) - timedelta(days=120)).timestamp()))
+    html = await computed_page(client, "/mailings")
+    rows = re.findall(r'<a href="/mailings/(\d+)">', html)
+    assert rows == ["4712", "4711"]  # not the mailing of 120 days ago
+    assert "unique opens" in html
+    row = html[html.index('href="/mailings/4711"') :]
+    cells = re.findall(r"<td>([^<]*)</td>", row.split("</tr>")[0])
+    assert cells[:3] == ["3", "0", "3"]  # sent, delivered, opens
+
+
+async def test_a_mailing_page(logged_in: tuple[TestClient, str], database_url: str, db: psycopg.Connection) -> None:
+    client, _csrf = logged_in
+    mailing_events(database_url, 4711, BASE_TIME)
+    html = await computed_page(client, "/mailings/4711")
+    assert "Sent from 2026-11-26 12:00 UTC" in html
+    chart = chart_data(html, "mailing-data")
+    assert chart["hours"] == [1.0, 2.0] and chart["opens"] == [3, 0] and chart["clicks"] == [0, 1]
+    assert "user unknown" in html and "5.1.1" in html
+    assert (await client.get("/mailings/5")).status == 404
+    assert db.execute("SELECT count(*) FROM events WHERE mailing_id IS NULL").fetchone()[0] == 4  # attributed
+
+
+async def test_figures_not_computed_yet_are_marked_and_the_page_reloads(
+    logged_in: tuple[TestClient, str], database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from console.views import mailings
+
+    client, _csrf = logged_in
+    recent = int((datetime.now(UTC) - timedelta(days=2)).timestamp())
+    mailing_events(database_url, 4711, recent)
+    mailing_events(database_url, 4712, recent)
+    await computed_page(client, "/mailings/4711")  # 4711's page is kept, not its row of the list
+    await computed_page(client, "/mailings")
+    redis_keys = [f"mailing-stats:{m}" for m in (4711, 4712)]
+    client.server.app[COMPUTED].conn.delete(*(PREFIX + key for key in redis_keys[1:]))  # 4712's row forgotten
+    monkeypatch.setattr(mailings, "LIST_WAIT", 0)
+    html = await (await client.get("/mailings")).text()
+    assert 'id="computing"' in html and '<meta http-equiv="refresh"' in html
+    assert "The figures of 1 mailing are being computed" in html
+    row = html[html.index('href="/mailings/4712"') :].split("</tr>")[0]
+    assert "…" in row
+    monkeypatch.setattr(mailings, "PAGE_WAIT", 0)
+    client.server.app[COMPUTED].conn.delete(PREFIX + "mailing-page:4712")
+    page = await (await client.get("/mailings/4712")).text()
+    assert "Its figures are being computed" in page and 'id="figures"' not in page

@@ -1,0 +1,98 @@
+"""Search and the event page: found through each field, paged, the payload shown as text."""
+
+from __future__ import annotations
+
+import re
+
+import psycopg
+from aiohttp.test_utils import TestClient
+
+from tests.console.conftest import store_bodies
+from tests.payloads import BASE_TIME, webhook_body
+
+HOSTILE = '<script>alert(1)</script>"><img src=x onerror=alert(2)>'
+
+
+def event_ids(html: str) -> list[int]:
+    return [int(x) for x in re.findall(r'href="/events/(\d+)"', html)]
+
+
+async def test_each_field_finds_the_event(
+    logged_in: tuple[TestClient, str], database_url: str, db: psycopg.Connection
+) -> None:
+    client, _csrf = logged_in
+    body = webhook_body("open", id="msg-1", time=str(BASE_TIME), recipient="a@example.com", mailing="4711")
+    other = webhook_body("click", id="msg-2", time=str(BASE_TIME + 5), recipient="b@example.com", url="https://x")
+    assert store_bodies(database_url, body, other) == 2
+    wanted, key = db.execute("SELECT id, event_key FROM events WHERE message_id = 'msg-1'").fetchone()
+    for query in (
+        "recipient=a@example.com",
+        "message_id=msg-1",
+        "mailing_id=4711",
+        f"event_key={key}",
+        "event_type=opened&since=2026-11-26",
+        "since=2026-11-26T12:00:00&until=2026-11-26T12:00:02",
+    ):
+        resp = await client.get(f"/search?{query}")
+        assert resp.status == 200
+        assert event_ids(await resp.text()) == [wanted], query
+    resp = await client.get("/search?recipient=nobody@example.com")
+    assert "Nothing found" in await resp.text()
+    both = await (await client.get("/search?since=2026-11-26")).text()
+    assert len(event_ids(both)) == 2
+
+
+async def test_the_event_page_shows_columns_origin_and_payload(
+    logged_in: tuple[TestClient, str], database_url: str, db: psycopg.Connection
+) -> None:
+    client, _csrf = logged_in
+    store_bodies(database_url, webhook_body("open", id="msg-1", time=str(BASE_TIME), recipient="a@example.com"))
+    [event_id] = [row[0] for row in db.execute("SELECT id FROM events")]
+    html = await (await client.get(f"/events/{event_id}")).text()
+    assert "Came from a <strong>webhook</strong>" in html
+    assert "a@example.com" in html and "opened" in html
+    payload = re.search(r'<pre id="payload">(.*?)</pre>', html, re.S).group(1)
+    assert "&#34;id&#34;: &#34;msg-1&#34;" in payload
+    assert (await client.get("/events/999999")).status == 404
+    assert (await client.get("/events/x")).status == 404
+
+
+async def test_a_hostile_payload_is_shown_as_text(
+    logged_in: tuple[TestClient, str], database_url: str, db: psycopg.Connection
+) -> None:
+    client, _csrf = logged_in
+    store_bodies(database_url, webhook_body("open", id="msg-h", time=str(BASE_TIME), recipient=HOSTILE, x=HOSTILE))
+    [event_id] = [row[0] for row in db.execute("SELECT id FROM events")]
+    for page in (f"/events/{event_id}", "/search?message_id=msg-h"):
+        html = await (await client.get(page)).text()
+        assert "<script>alert" not in html and "<img src=x" not in html, page
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html, page
+
+
+async def test_results_are_paged_newest_first(
+    logged_in: tuple[TestClient, str], database_url: str, monkeypatch: object
+) -> None:
+    from workers.storage import browse
+
+    client, _csrf = logged_in
+    monkeypatch.setattr(browse, "PAGE", 3)  # type: ignore[attr-defined]
+    bodies = [webhook_body("open", id=f"m{n}", time=str(BASE_TIME + n), recipient="r@example.com") for n in range(7)]
+    store_bodies(database_url, *bodies)
+    seen: list[int] = []
+    url = "/search?recipient=r@example.com"
+    while True:
+        html = await (await client.get(url)).text()
+        seen.extend(event_ids(html))
+        found = re.search(r'id="next-page" href="([^"]+)"', html)
+        if not found:
+            break
+        url = "/search" + found.group(1).replace("&amp;", "&")
+    assert len(seen) == 7 and len(set(seen)) == 7
+
+
+async def test_bad_search_input_is_a_400_page(logged_in: tuple[TestClient, str]) -> None:
+    client, _csrf = logged_in
+    for query in ("mailing_id=abc", "since=yesterday", "recipient=a&after=broken", "event_type=opened"):
+        resp = await client.get(f"/search?{query}")
+        assert resp.status == 400, query
+        assert 'id="search-error"' in await resp.text()
