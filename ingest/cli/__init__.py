@@ -30,6 +30,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "ingest.cli.reconcile",  # reconcile (--date, --mailing, --follow)
     "ingest.cli.rejected",  # rejected list | replay
     "ingest.cli.jobs",  # requeue-failed
+    "ingest.cli.erase",  # erase (personal data)
 )
 
 

@@ -129,7 +129,7 @@ def test_every_setting_is_declared_once_with_its_parts() -> None:
         assert getattr(Settings(), attr) == default  # the dataclass default is the setting's default
         if default is not None:  # the default survives its own cast, as it would if written out
             assert cast(str(default)) == default, var
-    assert {"COPERNICA_ACCESS_TOKEN", "INGEST_TOKENS", "REDIS_SENTINEL_PASSWORD"} == SECRETS
+    assert {"COPERNICA_ACCESS_TOKEN", "INGEST_TOKENS", "REDIS_SENTINEL_PASSWORD", "INGEST_ERASURE_KEY"} == SECRETS
     shown = repr(Settings.from_env({"INGEST_TOKENS": "t" * 20, "COPERNICA_ACCESS_TOKEN": "secret-token"}, dotenv=False))
     assert "t" * 20 not in shown and "secret-token" not in shown
 

@@ -1,0 +1,292 @@
+"""The people erased (`ingest erase`), as keyed hashes, and the check that keeps them out.
+
+A person is named by a *selector*: an e-mail address (lower-cased) or a profile id (with its
+database when given). Only its keyed hash is ever stored: HMAC-SHA256 with INGEST_ERASURE_KEY
+of `email:<address>` or `profile:<id>` / `profile:<id>@<database>`; without the key the list
+cannot be read back into addresses, nor tried against a list of guessed ones.
+
+Every store transaction checks its rows against `erased_selectors` (`Guard`): it takes a shared
+advisory lock and reads the list's version (one round trip, overlapped with the parsing of the
+first chunk), reloads the list only when the version changed, and hashes a row's recipient and
+profile only when the list holds selectors of that kind. `ingest erase` adds the selector, then
+waits for the lock once alone (`barrier`): every store transaction still running on the older
+list has ended before it removes the person's rows, and every later one sees the selector.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+import threading
+import weakref
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from urllib.parse import unquote, unquote_plus
+
+import psycopg
+
+from workers.events.model import Event
+from workers.storage.queries import scalar
+
+if TYPE_CHECKING:
+    from common.envelope import Envelope
+    from workers.storage.store import Rejected
+
+log = logging.getLogger("workers.storage.erased")
+
+EMAIL = "email"
+PROFILE = "profile"
+LOCK_ID = 0x65726173  # "eras": store transactions hold it shared, `ingest erase` takes it alone
+_KEY_CHECK_TEXT = b"copernica-ingest: erasure key check"
+
+
+class ErasureKeyError(RuntimeError):
+    """The erased list cannot be checked with this process's key (unset, or another key)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Selector:
+    """One person as `ingest erase` names them; `value` is normalised (see `email`, `profile`)."""
+
+    kind: str
+    value: str
+
+    @classmethod
+    def email(cls, address: str) -> Selector:
+        return cls(EMAIL, address.strip().lower())
+
+    @classmethod
+    def profile(cls, profile_id: int, database_id: int | None = None) -> Selector:
+        return cls(PROFILE, str(profile_id) if database_id is None else f"{profile_id}@{database_id}")
+
+    @property
+    def profile_id(self) -> int | None:
+        return int(self.value.split("@", 1)[0]) if self.kind == PROFILE else None
+
+    @property
+    def database_id(self) -> int | None:
+        if self.kind != PROFILE or "@" not in self.value:
+            return None
+        return int(self.value.split("@", 1)[1])
+
+    def __str__(self) -> str:
+        if self.kind == EMAIL:
+            return self.value
+        database = self.database_id
+        return f"profile {self.profile_id}" + (f" (database {database})" if database is not None else "")
+
+
+def keyed_hash(key: bytes, kind: str, value: str) -> str:
+    return hmac.digest(key, f"{kind}:{value}".encode("utf-8", "surrogatepass"), "sha256").hex()
+
+
+def selector_hash(key: bytes, selector: Selector) -> str:
+    return keyed_hash(key, selector.kind, selector.value)
+
+
+def key_check(key: bytes) -> str:
+    """The key's fingerprint, stored beside the hashes: a process with another key is detected."""
+    return hmac.digest(key, _KEY_CHECK_TEXT, "sha256").hex()[:16]
+
+
+_key: tuple[bool, bytes | None] = (False, None)
+
+
+def current_key() -> bytes | None:
+    """INGEST_ERASURE_KEY of this process, read once (only once the list is not empty)."""
+    global _key
+    if not _key[0]:
+        from common.settings import Settings
+
+        value = Settings.from_env().erasure_key
+        _key = (True, value.encode() if value is not None else None)
+    return _key[1]
+
+
+def set_key(key: str | None) -> None:
+    """Use this key from now on (commands that read their settings already; tests)."""
+    global _key
+    _key = (True, key.encode() if key is not None else None)
+
+
+@dataclass(frozen=True, slots=True)
+class ErasedList:
+    version: int
+    emails: frozenset[str]  # keyed hashes
+    profiles: frozenset[str]
+    key: bytes | None
+
+    def __bool__(self) -> bool:
+        return bool(self.emails or self.profiles)
+
+    def holds(self, event: Event) -> bool:
+        """Whether the event belongs to an erased person (its recipient or its profile)."""
+        key = self.key
+        assert key is not None  # a non-empty list is loaded only with the key
+        recipient = event.recipient
+        if self.emails and recipient and keyed_hash(key, EMAIL, recipient.lower()) in self.emails:
+            return True
+        profile = event.profile_id
+        if self.profiles and profile is not None:
+            if keyed_hash(key, PROFILE, str(profile)) in self.profiles:
+                return True
+            database = event.database_id
+            if database is not None and keyed_hash(key, PROFILE, f"{profile}@{database}") in self.profiles:
+                return True
+        return False
+
+    def holds_call(self, body: bytes) -> bool:
+        """Whether a raw call (a reject) names an erased address anywhere in its body."""
+        key = self.key
+        if not self.emails or key is None:
+            return False
+        return any(keyed_hash(key, EMAIL, address) in self.emails for address in addresses_in(body))
+
+
+EMPTY = ErasedList(0, frozenset(), frozenset(), None)
+_lists: weakref.WeakKeyDictionary[psycopg.Connection, ErasedList] = weakref.WeakKeyDictionary()
+_present: weakref.WeakSet[psycopg.Connection] = weakref.WeakSet()  # connections whose schema has the list
+
+
+def load(conn: psycopg.Connection) -> ErasedList:
+    """The erased list, inside the caller's store transaction: the shared lock is held until it
+    ends (see `barrier`). Before migration 0007 (a worker deployed before `ingest migrate`): empty."""
+    with conn.cursor() as cur:
+        if conn not in _present:
+            if scalar(conn, "SELECT to_regclass('erased_selectors') IS NOT NULL") is not True:
+                return EMPTY
+            _present.add(conn)
+        # Two statements in one round trip; the second's snapshot follows the lock (READ COMMITTED).
+        cur.execute(
+            f"SELECT pg_advisory_xact_lock_shared({LOCK_ID}); SELECT coalesce(max(id), 0) FROM erased_selectors"
+        )
+        cur.nextset()  # the version: the second statement's result
+        version = int((cur.fetchone() or (0,))[0])
+        cached = _lists.get(conn)
+        if cached is not None and cached.version == version:
+            return cached
+        rows = cur.execute("SELECT kind, selector_hash, key_check FROM erased_selectors").fetchall() if version else []
+    erased = _build(version, rows)
+    _lists[conn] = erased
+    return erased
+
+
+def _build(version: int, rows: Sequence[tuple[str, str, str]]) -> ErasedList:
+    if not rows:
+        return ErasedList(version, frozenset(), frozenset(), None)
+    key = current_key()
+    if key is None:
+        raise ErasureKeyError(
+            f"{len(rows)} erased selector(s) are stored but INGEST_ERASURE_KEY is not set: nothing is stored "
+            "until it is (erased people would come back)"
+        )
+    if any(check != key_check(key) for _, _, check in rows):
+        raise ErasureKeyError(
+            "INGEST_ERASURE_KEY is not the key the erased selectors were hashed with: nothing is stored until "
+            "it is (erased people would come back)"
+        )
+    emails = frozenset(h for kind, h, _ in rows if kind == EMAIL)
+    profiles = frozenset(h for kind, h, _ in rows if kind == PROFILE)
+    return ErasedList(version, emails, profiles, key)
+
+
+def barrier(conn: psycopg.Connection) -> None:
+    """Wait until every store transaction that began before the caller's last commit has ended
+    (`conn` in autocommit, outside a transaction). Store transactions that begin while it waits
+    wait for it too (PostgreSQL queues them behind the exclusive request), then see the list
+    as committed."""
+    conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_ID,))
+    conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_ID,))
+
+
+def keep_events(erased: ErasedList, events: Sequence[Event]) -> list[Event] | None:
+    """The events not of an erased person, or None when every one is kept."""
+    if not erased:
+        return None
+    holds = erased.holds
+    dropped = [i for i, event in enumerate(events) if holds(event)]
+    if not dropped:
+        return None
+    skip = set(dropped)
+    return [event for i, event in enumerate(events) if i not in skip]
+
+
+class Guard:
+    """The erased list of one store transaction of `store_chunks`: loaded by the writer thread
+    once the transaction has begun, used by the thread that hands it the chunks."""
+
+    __slots__ = ("erased", "list", "ready")
+
+    def __init__(self) -> None:
+        self.ready = threading.Event()
+        self.list: ErasedList | None = None
+        self.erased = 0  # events and rejects left out
+
+    def load(self, conn: psycopg.Connection) -> None:
+        try:
+            self.list = load(conn)
+        finally:
+            self.ready.set()
+
+    def release(self) -> None:
+        """The writer ended (maybe before loading): never leave the other thread waiting."""
+        self.ready.set()
+
+    def keep(
+        self, events: Sequence[Event], origins: Sequence[Envelope] | None, rejects: Sequence[Rejected]
+    ) -> tuple[Sequence[Event], Sequence[Envelope] | None, Sequence[Rejected]]:
+        """A chunk without what belongs to an erased person."""
+        self.ready.wait()
+        erased = self.list
+        if not erased:  # empty, or the writer failed (its error is raised by the caller)
+            return events, origins, rejects
+        holds = erased.holds
+        dropped = {i for i, event in enumerate(events) if holds(event)}
+        if dropped:
+            events = [event for i, event in enumerate(events) if i not in dropped]
+            if origins is not None:
+                origins = [origin for i, origin in enumerate(origins) if i not in dropped]
+        kept_rejects = [item for item in rejects if not erased.holds_call(item.envelope.body)] if rejects else rejects
+        left_out = len(dropped) + len(rejects) - len(kept_rejects)
+        if left_out:
+            self.erased += left_out
+            log.info("left out %d event(s) or call(s) of erased people", left_out)
+        return events, origins, kept_rejects
+
+
+# An e-mail address as it appears in a body: the local part without `=`, `&`, `?`, `/` or quotes
+# (so `recipient=a@example.com` gives `a@example.com`), a dotted domain.
+_ADDRESS = re.compile(
+    rb"[a-z0-9._+!#$%*^`{|}~-]+@[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+"
+)
+_JSON_ESCAPE = re.compile(rb"\\u([0-9a-fA-F]{4})")
+
+
+def _unescape_json(data: bytes) -> bytes:
+    return _JSON_ESCAPE.sub(lambda m: chr(int(m[1], 16)).encode("utf-8", "surrogatepass"), data)
+
+
+def forms(body: bytes) -> Iterable[bytes]:
+    """A raw body as the address may hide in it, lower-cased: as sent, percent-decoded (`%40`,
+    with `+` as itself and as a space), and with JSON's `\\u0040` escapes undone."""
+    raw = bytes(body).lower()
+    yield raw
+    if b"%" in raw or b"+" in raw:
+        text = raw.decode("latin-1")
+        yield unquote(text, encoding="latin-1").encode("latin-1")
+        yield unquote_plus(text, encoding="latin-1").encode("latin-1")
+    if b"\\u" in raw:
+        yield _unescape_json(raw)
+        if b"%" in raw:
+            yield _unescape_json(unquote(raw.decode("latin-1"), encoding="latin-1").encode("latin-1"))
+
+
+def addresses_in(body: bytes) -> set[str]:
+    """Every e-mail address a raw call holds, lower-cased, in any of `forms`."""
+    found: set[str] = set()
+    for form in forms(body):
+        if b"@" in form:
+            found.update(m.decode("utf-8", "replace") for m in _ADDRESS.findall(form))
+    return found
