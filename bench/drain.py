@@ -5,6 +5,9 @@
 - raw COPY:  the same rows, already parsed, through the textbook COPY into a temporary table +
              INSERT … ON CONFLICT, on one connection (written here, not the project's store).
 - per-event: one RQ job per event, stored job by job: the shape a naive receiver produces.
+- erased:    the project's worker again with ERASED people on the erased list (`ingest erase`),
+             none of them in the calls: every row's address and profile is hashed and looked up.
+             Runs interleaved with the project's (two each), compared with their mean.
 """
 
 from __future__ import annotations
@@ -160,6 +163,7 @@ class DrainResult:
     events: int
     seconds: float
     peak_rss_mib: float | None = None
+    of_project: bool = False  # a variant of the project: its ratio is its rate ÷ the project's
 
     @property
     def rate(self) -> float:
@@ -194,6 +198,29 @@ def raw_copy(database_url: str, calls: list[dict], batch: int, core: int | None)
     return DrainResult("raw COPY + ON CONFLICT", len(events), seconds)
 
 
+ERASED = 10_000  # erased addresses, and as many erased profiles
+ERASURE_KEY = "bench-erasure-key-0123456789"
+
+
+def erase_people(database_url: str, count: int) -> None:
+    """`count` addresses and `count` profiles on the erased list, none of them in `make_calls`."""
+    from workers.storage.erased import EMAIL, PROFILE, key_check, keyed_hash
+
+    key = ERASURE_KEY.encode()
+    rows = [(EMAIL, keyed_hash(key, EMAIL, f"erased{n}@example.org"), key_check(key)) for n in range(count)]
+    rows += [(PROFILE, keyed_hash(key, PROFILE, str(5_000_000 + n)), key_check(key)) for n in range(count)]
+    with psycopg.connect(database_url, autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute("TRUNCATE erased_selectors")
+        with cur.copy("COPY erased_selectors (kind, selector_hash, key_check) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+
+
+def forget_people(database_url: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("TRUNCATE erased_selectors")
+
+
 def measure_drain(
     redis_url: str, database_url: str, count: int, *, core: int | None, batch: int = 50, per_event: int = 3000
 ) -> list[DrainResult]:
@@ -202,15 +229,28 @@ def measure_drain(
     calls = make_calls(count)
     results = []
 
-    truncate(database_url)
-    conn.flushdb()
-    fill_queue(redis_url, "bench-drain", calls, batch)
-    compact(conn)
-    run = run_worker(redis_url, database_url, "bench-drain", core)
-    stored = count_events(database_url)
-    results.append(
-        DrainResult(f"project worker (queued jobs of {batch} calls)", stored, run.seconds, max(run.rss_mib or [0]))
-    )
+    runs: dict[bool, list[WorkerRun]] = {False: [], True: []}
+    stored = 0
+    for erasing in (False, True, False, True):  # interleaved: the machine's speed drifts
+        truncate(database_url)
+        if erasing:
+            erase_people(database_url, ERASED)
+        conn.flushdb()
+        fill_queue(redis_url, "bench-drain", calls, batch)
+        compact(conn)
+        env = {"INGEST_ERASURE_KEY": ERASURE_KEY} if erasing else {}
+        runs[erasing].append(run_worker(redis_url, database_url, "bench-drain", core, **env))
+        stored = count_events(database_url)
+        forget_people(database_url)
+        if stored != count:
+            raise RuntimeError(f"drain stored {stored} of {count} events")
+    for erasing, name in (
+        (False, f"project worker (queued jobs of {batch} calls)"),
+        (True, f"the same, {ERASED:,} erased addresses + {ERASED:,} profiles"),
+    ):
+        seconds = sum(r.seconds for r in runs[erasing]) / len(runs[erasing])
+        rss = max(max(r.rss_mib or [0]) for r in runs[erasing])
+        results.append(DrainResult(name, stored, seconds, rss, of_project=erasing))
 
     truncate(database_url)
     results.append(raw_copy(database_url, calls, Settings().worker_batch, core))
@@ -226,8 +266,6 @@ def measure_drain(
     truncate(database_url)
     conn.flushdb()
     conn.close()
-    if stored != count:
-        raise RuntimeError(f"drain stored {stored} of {count} events")
     return results
 
 
@@ -237,7 +275,10 @@ def drain_table(results: list[DrainResult]) -> Table:
         table.add_column(column, justify="left" if column == "drain" else "right")
     project = results[0]
     for result in results:
-        ratio = f"{project.rate / result.rate:.2f}" if result is not project and result.rate else "-"
+        if result.of_project:
+            ratio = f"{result.rate / project.rate:.3f} of it" if project.rate else "-"
+        else:
+            ratio = f"{project.rate / result.rate:.2f}" if result is not project and result.rate else "-"
         rss = f"{result.peak_rss_mib:.0f}" if result.peak_rss_mib else "-"
         table.add_row(result.name, f"{result.events:,}", f"{result.seconds:.2f}", f"{result.rate:,.0f}", rss, ratio)
     return table

@@ -3,7 +3,10 @@
 A person is named by a *selector*: an e-mail address (lower-cased) or a profile id (with its
 database when given). Only its keyed hash is ever stored: HMAC-SHA256 with INGEST_ERASURE_KEY
 of `email:<address>` or `profile:<id>` / `profile:<id>@<database>`; without the key the list
-cannot be read back into addresses, nor tried against a list of guessed ones.
+cannot be read back into addresses, nor tried against a list of guessed ones. The list that
+workers check holds addresses and bare profile ids (a logfile record carries a profile but no
+database; Copernica's profile ids are unique within an account); `--database` only narrows
+which stored rows an erase removes, and is part of the audit row's hash.
 
 Every store transaction checks its rows against `erased_selectors` (`Guard`): it takes a shared
 advisory lock and reads the list's version (one round trip, overlapped with the parsing of the
@@ -106,9 +109,10 @@ def current_key() -> bytes | None:
 
 
 def set_key(key: str | None) -> None:
-    """Use this key from now on (commands that read their settings already; tests)."""
+    """Use this key from now on (commands that read their settings already; tests); None: read
+    INGEST_ERASURE_KEY again when next needed."""
     global _key
-    _key = (True, key.encode() if key is not None else None)
+    _key = (True, key.encode()) if key is not None else (False, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,13 +133,7 @@ class ErasedList:
         if self.emails and recipient and keyed_hash(key, EMAIL, recipient.lower()) in self.emails:
             return True
         profile = event.profile_id
-        if self.profiles and profile is not None:
-            if keyed_hash(key, PROFILE, str(profile)) in self.profiles:
-                return True
-            database = event.database_id
-            if database is not None and keyed_hash(key, PROFILE, f"{profile}@{database}") in self.profiles:
-                return True
-        return False
+        return bool(self.profiles) and profile is not None and keyed_hash(key, PROFILE, str(profile)) in self.profiles
 
     def holds_call(self, body: bytes) -> bool:
         """Whether a raw call (a reject) names an erased address anywhere in its body."""

@@ -187,8 +187,10 @@ def _erase_rejected(
 
 
 def _hashes(key: bytes, selector: Selector, profiles: Sequence[int]) -> list[tuple[str, str]]:
-    """(kind, keyed hash) of the selector and of the profiles found with it."""
-    selectors = [selector, *(Selector.profile(p) for p in profiles)]
+    """(kind, keyed hash) of what workers must keep out: the address or the bare profile id (see
+    `workers.storage.erased`), and the profiles found with the address."""
+    bare = Selector.profile(selector.profile_id) if selector.profile_id is not None else selector
+    selectors = [bare, *(Selector.profile(p) for p in profiles)]
     return [(s.kind, erased.selector_hash(key, s)) for s in dict.fromkeys(selectors)]
 
 
