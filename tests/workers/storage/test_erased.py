@@ -141,3 +141,26 @@ def test_an_erase_waits_for_the_store_transactions_that_read_the_list_before_it(
         thread.join(30)
     assert done.is_set()
     assert rows_naming(db, ANNA) == []
+
+
+def test_a_backfill_from_the_api_holding_her_stores_nothing_of_her(
+    anna_erased: str, db: psycopg.Connection, capsys, monkeypatch, tmp_path, fake
+) -> None:
+    from datetime import date
+
+    from tests.commands import set_api_env
+    from tests.fake_copernica import make_records
+
+    day = date(2026, 11, 25)
+    records = make_records("cdm-impression", day, 8)
+    for record in records[::2]:
+        record["email"], record["profile"] = ANNA, str(ANNA_PROFILE)
+    fake.add_file("cdm-impression", day, records)
+    set_api_env(monkeypatch, tmp_path, fake, DATABASE_URL=anna_erased, INGEST_ERASURE_KEY=KEY)
+    erased.set_key(None)
+    code, _, err = run(
+        capsys, "backfill", "--since", "2026-11-25", "--until", "2026-11-25", "--types", "cdm-impression"
+    )
+    assert code == 0, err
+    assert count(db, "SELECT count(*) FROM events WHERE copernica_type = 'cdm-impression'") == 4
+    assert count(db, "SELECT count(*) FROM events WHERE lower(recipient) = %s", ANNA_NORMAL) == 0
