@@ -157,6 +157,7 @@ def _report(results: list[Any], *, dry_run: bool, as_json: bool) -> None:
                             "removed": r.removed,
                             "total": r.total,
                             "profiles": r.profiles,
+                            "addresses": r.addresses,
                         }
                         for r in results
                     ],
@@ -174,6 +175,8 @@ def _report(results: list[Any], *, dry_run: bool, as_json: bool) -> None:
             continue
         parts = ", ".join(f"{t} {n}" for t, n in sorted(r.removed.items()) if n)
         also = f"; with profile(s) {', '.join(map(str, r.profiles))}" if r.profiles else ""
+        if r.addresses:
+            also += f"; with {r.addresses} address(es) stored with the profile"
         print(f"{r.selector}: {verb} {r.total} row(s) ({parts}){also}")
     empty = sum(1 for r in results if not r.total)
     summary = ", ".join(f"{t} {n}" for t, n in totals.items() if n) or "nothing"

@@ -7,7 +7,9 @@ is the address (any case) or whose payload names it, then every row of the same 
 open is the person's whatever it carries) and of the profiles found with the address (an
 unsubscribe webhook or a profile change carries no recipient); those profiles are erased as
 well. For a profile id: its rows (with `--database`, those of that database or of none: logfile
-records carry no database) and the rows of its messages.
+records carry no database), the rows of its messages and of the addresses found with it, which
+are erased as well. A person is thus their address and profile together, whichever names them:
+workers check one of the two per row (`workers.storage.erased`).
 
 Order, so that nothing of the person is stored again while or after they are removed: the
 selectors go into `erased_selectors` and commit first, then `erased.barrier` waits for the
@@ -67,6 +69,7 @@ class Erasure:
     selector: Selector
     removed: dict[str, int] = field(default_factory=dict)  # table -> rows
     profiles: list[int] = field(default_factory=list)  # profiles found with the address, erased too
+    addresses: int = 0  # addresses found with the profile, erased too
 
     @property
     def total(self) -> int:
@@ -114,55 +117,104 @@ def _direct(holder: Holder, selector: Selector) -> tuple[list[str], dict[str, An
     return conditions, params
 
 
-def _related(holder: Holder, messages: Sequence[str], profiles: Sequence[int]) -> tuple[list[str], dict[str, Any]]:
+def _related(holder: Holder, person: Person) -> tuple[list[str], dict[str, Any]]:
+    """The conditions that find the rest of the person: their messages, and the profiles and
+    addresses found with the selector."""
     conditions: list[str] = []
     params: dict[str, Any] = {}
-    if messages and holder.message:
-        params["messages"] = list(messages)
+    if person.messages and holder.message:
+        params["messages"] = sorted(person.messages)
         conditions.append(f"{holder.message} = ANY(%(messages)s)")
-    if profiles and holder.profile:
-        params["profiles"] = list(profiles)
+    if person.profiles and holder.profile:
+        params["profiles"] = sorted(person.profiles)
         conditions.append(f"{holder.profile} = ANY(%(profiles)s)")
+    if person.addresses and holder.recipient:
+        params["addresses"] = sorted(person.addresses)
+        conditions.append(f"lower({holder.recipient}) = ANY(%(addresses)s)")
     return conditions, params
 
 
-def _erase_rows(conn: psycopg.Connection, selector: Selector, result: Erasure) -> list[str]:
-    """Delete the person's rows from every holder; return their message ids."""
+@dataclass(slots=True)
+class Person:
+    """What is found with a selector: for an address, the profiles stored with it; for a profile,
+    the addresses; and the ids of the messages sent to them."""
+
+    profiles: set[int] = field(default_factory=set)
+    addresses: set[str] = field(default_factory=set)
+    messages: set[str] = field(default_factory=set)
+
+    def add(self, selector: Selector, message: str | None, profile: int | None, address: str | None) -> None:
+        if message:
+            self.messages.add(message)
+        if selector.kind == EMAIL and profile is not None:
+            self.profiles.add(profile)
+        if selector.kind != EMAIL and address:
+            self.addresses.add(address.lower())
+
+
+def _returning(holder: Holder) -> str:
+    return ", ".join(c or "NULL" for c in (holder.message, holder.profile, holder.recipient))
+
+
+def identities(conn: psycopg.Connection, selector: Selector) -> Person:
+    """The profiles (or addresses) stored with the selector, read before anything is removed."""
+    person = Person()
+    for holder in _tables(conn):
+        conditions, params = _direct(holder, selector)
+        if conditions:
+            columns = ", ".join(c or "NULL" for c in (holder.profile, holder.recipient))
+            where = " OR ".join(conditions)
+            for profile, address in conn.execute(
+                f"SELECT DISTINCT {columns} FROM {holder.table} WHERE {where}", params
+            ):
+                person.add(selector, None, profile, address)
+    return person
+
+
+def _erase_rows(conn: psycopg.Connection, selector: Selector, result: Erasure) -> Person:
+    """Delete the person's rows from every holder; what was found of them."""
     holders = _tables(conn)
-    messages: set[str] = set()
-    profiles: set[int] = set()
+    person = Person()
     for holder in holders:  # the rows of the selector itself, and what they tell about the person
         conditions, params = _direct(holder, selector)
         if not conditions:
             continue
-        columns = ", ".join(c or "NULL" for c in (holder.message, holder.profile))
         rows = conn.execute(
-            f"DELETE FROM {holder.table} WHERE {' OR '.join(conditions)} RETURNING {columns}", params
+            f"DELETE FROM {holder.table} WHERE {' OR '.join(conditions)} RETURNING {_returning(holder)}", params
         ).fetchall()
         result.removed[holder.table] = len(rows)
-        messages.update(m for m, _ in rows if m)
-        if selector.kind == EMAIL:
-            profiles.update(p for _, p in rows if p is not None)
-    result.profiles = sorted(profiles)
-    for holder in holders:  # the rest of their messages and profiles
-        conditions, params = _related(holder, sorted(messages), result.profiles)
-        if conditions:
-            cur = conn.execute(f"DELETE FROM {holder.table} WHERE {' OR '.join(conditions)}", params)
-            result.removed[holder.table] = result.removed.get(holder.table, 0) + cur.rowcount
-    return sorted(messages)
+        for row in rows:
+            person.add(selector, *row)
+    for _ in range(3):  # the rest of their messages, profiles and addresses; then the messages found so
+        known = len(person.messages)
+        for holder in holders:
+            conditions, params = _related(holder, person)
+            if conditions:
+                rows = conn.execute(
+                    f"DELETE FROM {holder.table} WHERE {' OR '.join(conditions)} RETURNING {holder.message or 'NULL'}",
+                    params,
+                ).fetchall()
+                result.removed[holder.table] = result.removed.get(holder.table, 0) + len(rows)
+                person.messages.update(m for (m,) in rows if m)
+        if len(person.messages) == known:
+            break
+    result.profiles = sorted(person.profiles)
+    result.addresses = len(person.addresses)
+    return person
 
 
 _PROFILE_FIELD = r"profile(?:id|_id)?[\"']?\s*[=:]\s*[\"']?{}(?![0-9])"
 
 
-def call_holds(body: bytes, selector: Selector, messages: Sequence[str], profiles: Sequence[int]) -> bool:
-    """Whether a raw call names the person: their address (any form), one of their messages, or
-    their profile id as the value of a `profile` field."""
-    if selector.kind == EMAIL and selector.value in erased.addresses_in(body):
+def call_holds(body: bytes, selector: Selector, person: Person) -> bool:
+    """Whether a raw call names the person: an address of theirs (in any form), one of their
+    messages, or a profile id of theirs as the value of a `profile` field."""
+    addresses = person.addresses | ({selector.value} if selector.kind == EMAIL else set())
+    if addresses and not addresses.isdisjoint(erased.addresses_in(body)):
         return True
-    wanted = [*profiles, *([selector.profile_id] if selector.profile_id is not None else [])]
+    wanted = [*person.profiles, *([selector.profile_id] if selector.profile_id is not None else [])]
     for form in erased.forms(body):
-        if any(m.lower().encode() in form for m in messages):
+        if any(m.lower().encode() in form for m in person.messages):
             return True
         text = form.decode("latin-1")
         if any(re.search(_PROFILE_FIELD.format(p), text) for p in wanted):
@@ -170,27 +222,29 @@ def call_holds(body: bytes, selector: Selector, messages: Sequence[str], profile
     return False
 
 
-def _erase_rejected(
-    conn: psycopg.Connection, selector: Selector, messages: Sequence[str], profiles: Sequence[int]
-) -> int:
+def _erase_rejected(conn: psycopg.Connection, selector: Selector, person: Person) -> int:
     """Delete the rejected calls whose raw body names the person (read through, a chunk at a time)."""
     found: list[int] = []
     with conn.cursor(name="erase_rejected_scan") as scan:
         scan.itersize = _SCAN_ROWS
         scan.execute(f"SELECT id, body FROM {REJECTED}")
         for row_id, body in scan:
-            if call_holds(bytes(body), selector, messages, profiles):
+            if call_holds(bytes(body), selector, person):
                 found.append(row_id)
     if found:
         conn.execute(f"DELETE FROM {REJECTED} WHERE id = ANY(%s)", (found,))
     return len(found)
 
 
-def _hashes(key: bytes, selector: Selector, profiles: Sequence[int]) -> list[tuple[str, str]]:
+def _hashes(key: bytes, selector: Selector, person: Person) -> list[tuple[str, str]]:
     """(kind, keyed hash) of what workers must keep out: the address or the bare profile id (see
-    `workers.storage.erased`), and the profiles found with the address."""
+    `workers.storage.erased`), and the profiles or addresses found with it."""
     bare = Selector.profile(selector.profile_id) if selector.profile_id is not None else selector
-    selectors = [bare, *(Selector.profile(p) for p in profiles)]
+    selectors = [
+        bare,
+        *(Selector.profile(p) for p in sorted(person.profiles)),
+        *(Selector.email(a) for a in sorted(person.addresses)),
+    ]
     return [(s.kind, erased.selector_hash(key, s)) for s in dict.fromkeys(selectors)]
 
 
@@ -209,48 +263,29 @@ def erase(conn: psycopg.Connection, selector: Selector, key: bytes | None, *, dr
     """Remove every row of one person (see the module's docstring for the order). `conn` in
     autocommit; `key` may be None only for a dry run, which changes nothing."""
     result = Erasure(selector)
-    known: list[int] = []
+    known = Person()
     if not dry_run:
         assert key is not None
-        known = profiles_of(conn, selector)
+        known = identities(conn, selector)
         with conn.transaction():
             remember(conn, key, _hashes(key, selector, known))
         erased.barrier(conn)
     with conn.transaction() as tx:
-        messages = _erase_rows(conn, selector, result)
-        result.removed[REJECTED] = _erase_rejected(conn, selector, messages, result.profiles)
+        person = _erase_rows(conn, selector, result)
+        result.removed[REJECTED] = _erase_rejected(conn, selector, person)
         if dry_run:
             raise psycopg.Rollback(tx)
         assert key is not None
-        remember(conn, key, _hashes(key, selector, result.profiles))
+        remember(conn, key, _hashes(key, selector, person))
         conn.execute(
             "INSERT INTO erasures (kind, selector_hash, removed, total) VALUES (%s, %s, %s, %s)",
             (selector.kind, erased.selector_hash(key, selector), Jsonb(result.removed), result.total),
         )
     if not dry_run:
-        if set(result.profiles) - set(known):
-            erased.barrier(conn)  # profiles that came in meanwhile: on the list for every later store
+        if not (person.profiles <= known.profiles and person.addresses <= known.addresses):
+            erased.barrier(conn)  # found meanwhile: on the list for every later store
         log.info("erased one %s selector: %d row(s) removed", selector.kind, result.total)
     return result
-
-
-def profiles_of(conn: psycopg.Connection, selector: Selector) -> list[int]:
-    """The profiles stored with an address (none for a profile selector): erased with it."""
-    if selector.kind != EMAIL:
-        return []
-    found: set[int] = set()
-    for holder in _tables(conn):
-        conditions, params = _direct(holder, selector)
-        if conditions and holder.profile:
-            found.update(
-                row[0]
-                for row in conn.execute(
-                    f"SELECT DISTINCT {holder.profile} FROM {holder.table}"
-                    f" WHERE ({' OR '.join(conditions)}) AND {holder.profile} IS NOT NULL",
-                    params,
-                )
-            )
-    return sorted(found)
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ from tests.people import (
 )
 from workers.storage import erased
 from workers.storage.erased import Selector
-from workers.storage.erasure import address_pattern, call_holds, erase, list_erasures
+from workers.storage.erasure import Person, address_pattern, call_holds, erase, list_erasures
 
 
 @pytest.fixture
@@ -109,10 +109,13 @@ def test_a_profile_erase_takes_its_rows_and_messages_and_a_database_narrows_it(
         other_database = erase(conn, Selector.profile(ANNA_PROFILE, 13), key)
         assert other_database.removed["events"] == 0
         result = erase(conn, Selector.profile(ANNA_PROFILE, 12), key)
-    # open ma1 + delivery ma3 (profile), unsubscribe, profile change; not the click (no profile, no message of hers)
-    assert result.removed["events"] == 4
-    assert count(db, "SELECT count(*) FROM events WHERE profile_id = %s", ANNA_PROFILE) == 0
+    # open ma1 + delivery ma3 (profile), unsubscribe, profile change; then the address found with
+    # the profile: the click ma2, and the open of ma2 (her message)
+    assert result.removed == {"events": 6, "rejected_events": 4}
+    assert result.addresses == 1
+    assert rows_naming(db, ANNA) == []
     assert count(db, "SELECT count(*) FROM events WHERE profile_id = 7002") == 2  # Carl's stay
+    assert sorted(r[0] for r in db.execute("SELECT kind FROM erased_selectors")) == ["email", "profile"]
 
 
 def test_the_messages_table_is_erased_too_where_it_exists(stored: str, db: psycopg.Connection, key: bytes) -> None:
@@ -156,4 +159,5 @@ def test_the_payload_pattern_finds_the_address_as_a_whole(db: psycopg.Connection
     ],
 )
 def test_a_raw_call_is_matched_in_every_encoding(body: bytes, found: bool) -> None:
-    assert call_holds(body, Selector.email(ANNA), ["ma3"], [ANNA_PROFILE]) is found
+    person = Person(profiles={ANNA_PROFILE}, messages={"ma3"})
+    assert call_holds(body, Selector.email(ANNA), person) is found
