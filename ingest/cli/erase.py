@@ -131,7 +131,8 @@ class _progress:
         from rich.console import Console
         from rich.progress import Progress
 
-        self.progress = Progress(console=Console(stderr=True), transient=True, disable=total < 2)
+        console = Console(stderr=True)
+        self.progress = Progress(console=console, transient=True, disable=total < 2 or not console.is_terminal)
         self.task = self.progress.add_task("erasing", total=total)
 
     def __enter__(self) -> Any:

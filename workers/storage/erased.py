@@ -5,10 +5,10 @@ database when given). Only its keyed hash is ever stored: keyed BLAKE2b-256 (RFC
 with INGEST_ERASURE_KEY of `email:<address>` or `profile:<id>` / `profile:<id>@<database>`;
 without the key the list cannot be read back into addresses, nor tried against a list of
 guessed ones. (Not HMAC-SHA256: a worker hashes every row while the list is not empty, and
-HMAC's two passes cost three times as much.) The list that workers check holds addresses and
-bare profile ids (a logfile record carries a profile but no database; Copernica's profile ids
-are unique within an account); `--database` only narrows which stored rows an erase removes,
-and is part of the audit row's hash.
+HMAC's two passes cost about twice as much: over 3 % of the drain.) The list that workers
+check holds addresses and bare profile ids (a logfile record carries a profile but no
+database; Copernica's profile ids are unique within an account); `--database` only narrows
+which stored rows an erase removes, and is part of the audit row's hash.
 
 One hash per row: its recipient's when it has one, else its profile's. An erase lists the
 address and the profiles stored with it (or the profile and its addresses), so either names
@@ -17,8 +17,8 @@ erased profile.
 
 Every store transaction checks its rows against `erased_selectors` (`Guard`): it takes a shared
 advisory lock and reads the list's version (one round trip, overlapped with the parsing of the
-first chunk), reloads the list only when the version changed, and hashes a row's recipient and
-profile only when the list holds selectors of that kind. `ingest erase` adds the selector, then
+first chunk), reloads the list only when the version changed, and hashes a row only when the
+list holds selectors of its kind. `ingest erase` adds the selector, then
 waits for the lock once alone (`barrier`): every store transaction still running on the older
 list has ended before it removes the person's rows, and every later one sees the selector.
 """
