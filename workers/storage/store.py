@@ -104,9 +104,9 @@ def insert_events(
     `staged`: this transaction made the staging table already (an earlier chunk)."""
     if not events:
         return 0
-    kept = erased.keep_events(erased.load(conn), events)  # none of an erased person
-    if kept is not None:
-        events, data = kept, None
+    not_erased = erased.keep_events(erased.load(conn), events)  # none of an erased person
+    if not_erased is not None:
+        events, data = not_erased, None
         if not events:
             return 0
     partitions.ensure_for_events(conn, events)  # a set of months when they are known: no query
