@@ -307,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         if "drain" in parts:
             console.rule("drain")
             console.print(drain.drain_table(drain.measure_drain(redis_url, database_url, args.drain, core=SERVER_CORE)))
+            console.print(drain.erased_check_cost(core=SERVER_CORE))
         if "burst" in parts:
             console.rule("burst")
             console.print(

@@ -5,6 +5,11 @@
 - raw COPY:  the same rows, already parsed, through the textbook COPY into a temporary table +
              INSERT … ON CONFLICT, on one connection (written here, not the project's store).
 - per-event: one RQ job per event, stored job by job: the shape a naive receiver produces.
+- erased:    the project's worker again with ERASED people on the erased list (`ingest erase`),
+             none of them in the calls: every row is hashed and looked up. Wall time and the
+             worker's CPU time; `erased_check_cost` measures the check's CPU alone.
+             Runs interleaved with the project's (two each, the variant first and last), compared
+             by mean time.
 """
 
 from __future__ import annotations
@@ -12,10 +17,12 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import resource
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
 import redis
@@ -99,6 +106,7 @@ def queued_calls(conn: redis.Redis, queue: str) -> int:
 class WorkerRun:
     seconds: float  # from the first stored row to the worker's exit
     rss_mib: list[float] = field(default_factory=list)
+    cpu_seconds: float = 0.0  # the worker's user + system time: steadier than wall time on a shared machine
 
 
 def run_worker(redis_url: str, database_url: str, queue: str, core: int | None, **extra: str) -> WorkerRun:
@@ -111,6 +119,7 @@ def run_worker(redis_url: str, database_url: str, queue: str, core: int | None, 
         **extra,
     }
     samples: list[float] = []
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     with psycopg.connect(database_url, autocommit=True) as conn:
         before = conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
         proc = subprocess.Popen(pinned([sys.executable, "-m", "ingest", "worker", "--burst"], core), env=env)
@@ -125,7 +134,9 @@ def run_worker(redis_url: str, database_url: str, queue: str, core: int | None, 
         end = time.perf_counter()
     if proc.returncode != 0:
         raise RuntimeError(f"worker exited with {proc.returncode}")
-    return WorkerRun(end - (first or end), samples)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
+    return WorkerRun(end - (first or end), samples, cpu)
 
 
 def count_events(database_url: str) -> int:
@@ -160,6 +171,8 @@ class DrainResult:
     events: int
     seconds: float
     peak_rss_mib: float | None = None
+    of_project: bool = False  # a variant of the project: its ratio is its rate ÷ the project's
+    cpu_seconds: float | None = None  # the worker's CPU time (project and its variant)
 
     @property
     def rate(self) -> float:
@@ -194,6 +207,29 @@ def raw_copy(database_url: str, calls: list[dict], batch: int, core: int | None)
     return DrainResult("raw COPY + ON CONFLICT", len(events), seconds)
 
 
+ERASED = 10_000  # erased addresses, and as many erased profiles
+ERASURE_KEY = "bench-erasure-key-0123456789"
+
+
+def erase_people(database_url: str, count: int) -> None:
+    """`count` addresses and `count` profiles on the erased list, none of them in `make_calls`."""
+    from workers.storage.erased import EMAIL, PROFILE, key_check, keyed_hash
+
+    key = ERASURE_KEY.encode()
+    rows = [(EMAIL, keyed_hash(key, EMAIL, f"erased{n}@example.org"), key_check(key)) for n in range(count)]
+    rows += [(PROFILE, keyed_hash(key, PROFILE, str(5_000_000 + n)), key_check(key)) for n in range(count)]
+    with psycopg.connect(database_url, autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute("TRUNCATE erased_selectors")
+        with cur.copy("COPY erased_selectors (kind, selector_hash, key_check) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+
+
+def forget_people(database_url: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("TRUNCATE erased_selectors")
+
+
 def measure_drain(
     redis_url: str, database_url: str, count: int, *, core: int | None, batch: int = 50, per_event: int = 3000
 ) -> list[DrainResult]:
@@ -202,15 +238,29 @@ def measure_drain(
     calls = make_calls(count)
     results = []
 
-    truncate(database_url)
-    conn.flushdb()
-    fill_queue(redis_url, "bench-drain", calls, batch)
-    compact(conn)
-    run = run_worker(redis_url, database_url, "bench-drain", core)
-    stored = count_events(database_url)
-    results.append(
-        DrainResult(f"project worker (queued jobs of {batch} calls)", stored, run.seconds, max(run.rss_mib or [0]))
-    )
+    runs: dict[bool, list[WorkerRun]] = {False: [], True: []}
+    stored = 0
+    for erasing in (True, False, False, True):  # interleaved (the machine's speed drifts), cold start on the variant
+        truncate(database_url)
+        if erasing:
+            erase_people(database_url, ERASED)
+        conn.flushdb()
+        fill_queue(redis_url, "bench-drain", calls, batch)
+        compact(conn)
+        env = {"INGEST_ERASURE_KEY": ERASURE_KEY} if erasing else {}
+        runs[erasing].append(run_worker(redis_url, database_url, "bench-drain", core, **env))
+        stored = count_events(database_url)
+        forget_people(database_url)
+        if stored != count:
+            raise RuntimeError(f"drain stored {stored} of {count} events")
+    for erasing, name in (
+        (False, f"project worker (queued jobs of {batch} calls)"),
+        (True, f"the same, {ERASED:,} erased addresses + {ERASED:,} profiles"),
+    ):
+        seconds = sum(r.seconds for r in runs[erasing]) / len(runs[erasing])
+        cpu = sum(r.cpu_seconds for r in runs[erasing]) / len(runs[erasing])
+        rss = max(max(r.rss_mib or [0]) for r in runs[erasing])
+        results.append(DrainResult(name, stored, seconds, rss, of_project=erasing, cpu_seconds=cpu))
 
     truncate(database_url)
     results.append(raw_copy(database_url, calls, Settings().worker_batch, core))
@@ -226,9 +276,51 @@ def measure_drain(
     truncate(database_url)
     conn.flushdb()
     conn.close()
-    if stored != count:
-        raise RuntimeError(f"drain stored {stored} of {count} events")
     return results
+
+
+def erased_check_cost(count: int = 50_000, reps: int = 5, *, core: int | None = None) -> str:
+    """The erased list's check alone, in this process pinned like the worker: CPU per event of
+    `Guard.keep` against ERASED addresses and profiles (none of them in the calls, so every row
+    is hashed), beside the parsing and COPY text the worker does for the same events. Steadier
+    than the drain's wall time on a shared machine; the best of `reps` of each."""
+    from workers.storage.erased import EMAIL, PROFILE, ErasedList, keyed_hash, mac_key
+
+    key = ERASURE_KEY.encode()
+    emails = frozenset(bytes.fromhex(keyed_hash(key, EMAIL, f"erased{n}@example.org")) for n in range(ERASED))
+    profiles = frozenset(bytes.fromhex(keyed_hash(key, PROFILE, str(5_000_000 + n))) for n in range(ERASED))
+    erased = ErasedList(1, emails, profiles, mac_key(key))
+    calls = make_calls(count)
+    old = os.sched_getaffinity(0)
+    if core is not None:
+        os.sched_setaffinity(0, {core})
+    try:
+        work, check = _check_times(calls, erased, reps)
+    finally:
+        os.sched_setaffinity(0, old)
+    return (
+        f"erased check: {check / count * 1e6:.2f} µs of CPU per event against {ERASED:,} addresses + {ERASED:,} "
+        f"profiles; parsing + COPY text {work / count * 1e6:.1f} µs: {check / work * 100:.1f} %"
+    )
+
+
+def _check_times(calls: list[dict], erased: Any, reps: int) -> tuple[float, float]:
+    from workers.storage.erased import Guard
+
+    work, check = float("inf"), float("inf")
+    for _ in range(reps):
+        started = time.process_time()
+        events, origins, rejects = parse_calls(calls, "Europe/Amsterdam")
+        copy_data(events)
+        work = min(work, time.process_time() - started)
+        guard = Guard()
+        guard.list = erased
+        guard.ready.set()
+        started = time.process_time()
+        kept = guard.keep(events, origins, rejects)[0]
+        check = min(check, time.process_time() - started)
+        assert len(kept) == len(calls)
+    return work, check
 
 
 def drain_table(results: list[DrainResult]) -> Table:
@@ -237,7 +329,11 @@ def drain_table(results: list[DrainResult]) -> Table:
         table.add_column(column, justify="left" if column == "drain" else "right")
     project = results[0]
     for result in results:
-        ratio = f"{project.rate / result.rate:.2f}" if result is not project and result.rate else "-"
+        if result.of_project and result.cpu_seconds and project.cpu_seconds:
+            # wall time drifts with the machine's load; the worker's CPU time is the steadier figure
+            ratio = f"{result.rate / project.rate:.3f} of it; CPU {result.cpu_seconds / project.cpu_seconds:.3f} ×"
+        else:
+            ratio = f"{project.rate / result.rate:.2f}" if result is not project and result.rate else "-"
         rss = f"{result.peak_rss_mib:.0f}" if result.peak_rss_mib else "-"
         table.add_row(result.name, f"{result.events:,}", f"{result.seconds:.2f}", f"{result.rate:,.0f}", rss, ratio)
     return table

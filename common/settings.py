@@ -199,6 +199,22 @@ def _metrics_urls(raw: str) -> Items:
     return Items(cast(item) for item in _items(raw))
 
 
+def _erasure_key(raw: str) -> str:
+    if len(raw.strip()) < 16:
+        raise ValueError("must be at least 16 characters (a long random secret)")
+    return raw.strip()
+
+
+IP_PRIVACY = ("full", "truncate", "drop")
+
+
+def _ip_privacy(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in IP_PRIVACY:
+        raise ValueError(f"must be one of {', '.join(IP_PRIVACY)}")
+    return value
+
+
 def setting(var: str, cast: Callable[[str], Any], default: Any, doc: str, *, secret: bool = False) -> Any:
     """One setting, written once: its variable, cast, default and help text (the README's settings
     table lists them). A secret is kept out of `repr` and never repeated in an error message."""
@@ -475,6 +491,20 @@ class Settings:
         _url("http", "https"),
         "http://127.0.0.1:9181/",
         "rq-dashboard's address, linked from the console for the jobs themselves.",
+    )
+    erasure_key: str | None = setting(
+        "INGEST_ERASURE_KEY",
+        _erasure_key,
+        None,
+        "Secret key (16+ characters) of the keyed hashes of erased people (`ingest erase`); the same on every "
+        "worker and command, never changed. Unset: `ingest erase` refuses.",
+        secret=True,
+    )
+    ip_privacy: str = setting(
+        "INGEST_IP_PRIVACY",
+        _ip_privacy,
+        "full",
+        "What is kept of a reader's IP address: `full`, `truncate` (IPv4 to /24, IPv6 to /48) or `drop`.",
     )
 
     @classmethod

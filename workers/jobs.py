@@ -182,12 +182,13 @@ def _store_batch(calls: list[dict[str, Any]]) -> dict[str, int]:
                 raise
         recorder.stored(result, len(every_call))
         log.info(
-            "%d calls (%d borrowed batches): %d stored, %d duplicates, %d rejected",
+            "%d calls (%d borrowed batches): %d stored, %d duplicates, %d rejected, %d of erased people left out",
             len(every_call),
             len(held.job_ids),
             result.stored,
             result.duplicates,
             result.rejected,
+            result.erased,
         )
         totals["calls"] += len(every_call)
         totals["batches"] += len(held.job_ids)

@@ -31,6 +31,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "ingest.cli.rejected",  # rejected list | replay
     "ingest.cli.jobs",  # requeue-failed
     "ingest.cli.console",  # console, console hash-password
+    "ingest.cli.erase",  # erase (personal data)
 )
 
 

@@ -31,9 +31,10 @@ def register(subparsers: Any) -> None:
     migrate.set_defaults(handler=cmd_migrate)
     prune = subparsers.add_parser(
         "prune",
-        help="drop the monthly partitions of events older than an age",
+        help="drop the monthly partitions of events, and the rejected calls, older than an age",
         description="Drop (detach, then drop) every monthly partition of events whose whole month is older "
-        "than --older-than. No rows are deleted one by one: a month partly inside the period stays.",
+        "than --older-than. No rows are deleted one by one: a month partly inside the period stays. "
+        "Rejected calls received before the same cutoff are deleted.",
     )
     prune.add_argument("--older-than", required=True, metavar="AGE", help="days or weeks, e.g. 90d or 13w")
     prune.add_argument("--dry-run", action="store_true", help="list what would be dropped, drop nothing")
@@ -73,6 +74,7 @@ def cmd_prune(settings: Settings, args: argparse.Namespace) -> int:
 
     from workers.storage import store
     from workers.storage.partitions import RetentionError, parse_age, prune
+    from workers.storage.rejected import prune_rejected
 
     try:
         age = parse_age(args.older_than)
@@ -87,6 +89,7 @@ def cmd_prune(settings: Settings, args: argparse.Namespace) -> int:
         except RetentionError as exc:
             print(f"ingest: prune: {exc}", file=sys.stderr)
             return EXIT_USAGE
+        rejected = prune_rejected(conn, result.cutoff, dry_run=args.dry_run)
     cutoff = result.cutoff.strftime("%Y-%m-%d %H:%M UTC")
     verb = "would drop" if args.dry_run else "dropped"
     for month in result.moved_months:
@@ -99,4 +102,5 @@ def cmd_prune(settings: Settings, args: argparse.Namespace) -> int:
             f"events_default holds {result.default_rows:,} rows outside the month partitions; "
             "prune does not delete them"
         )
+    print(f"{'would delete' if args.dry_run else 'deleted'} {rejected:,} rejected call(s) received before {cutoff}")
     return 0

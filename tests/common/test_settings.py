@@ -135,6 +135,7 @@ def test_every_setting_is_declared_once_with_its_parts() -> None:
         "REDIS_SENTINEL_PASSWORD",
         "INGEST_CONSOLE_USERS",
         "INGEST_CONSOLE_SECRET",
+        "INGEST_ERASURE_KEY",
     } == SECRETS
     shown = repr(Settings.from_env({"INGEST_TOKENS": "t" * 20, "COPERNICA_ACCESS_TOKEN": "secret-token"}, dotenv=False))
     assert "t" * 20 not in shown and "secret-token" not in shown

@@ -18,7 +18,7 @@ import orjson
 
 from common.envelope import Envelope
 from workers.events import fields as fv
-from workers.events import mime
+from workers.events import mime, privacy
 from workers.events.parsing import MAX_DEPTH, Unparseable
 
 log = logging.getLogger("workers.events.model")
@@ -301,6 +301,16 @@ def _common(fields: dict[str, Any]) -> _Columns:
     )
 
 
+def _private(fields: dict[str, Any], columns: _Columns) -> tuple[dict[str, Any], _Columns]:
+    """The payload and columns as INGEST_IP_PRIVACY keeps them (`workers.events.privacy`): the
+    reader's address truncated or dropped in the `ip` column and the payload alike."""
+    setting = privacy.mode()
+    if setting == privacy.FULL:
+        return fields, columns
+    kept = privacy.address(columns[1], setting)
+    return privacy.payload(fields, kept, setting), (columns[0], kept, *columns[2:])
+
+
 def _webhook_type(fields: dict[str, Any]) -> str:
     """`type` wins; `action` stands in for it (a documented subprofile example). Failure events
     also carry `action` (failure/failed), which is why `type` is read first."""
@@ -354,7 +364,7 @@ def from_webhook(fields: dict[str, Any], envelope: Envelope, tz: str) -> Event:
     occurred = fv.occurred_at(fields, tz) or received
     message_id = None if event_type in PROFILE_TYPES else fv.text(fields.get("id"), fv.INDEXED_TEXT_MAX)
     key_id = message_id
-    columns = _common(fields)
+    fields, columns = _private(fields, _common(fields))  # INGEST_IP_PRIVACY, before the key
     if event_type == "failed":
         event_type = _refine(event_type, fv.text(fields.get("state")))
     elif event_type == "bounced":
@@ -416,7 +426,7 @@ def from_logfile(fields: dict[str, Any], log_type: str, tz: str, received_at: da
     kind = prefix.split("-", 1)[1] if prefix[:4] in ("cdm-", "pom-") else prefix
     event_type = _refine(normalise_type(kind), fv.text(fields.get("type")))
     message_id = fv.text(fields.get("id"), fv.INDEXED_TEXT_MAX)
-    columns = _common(fields)
+    fields, columns = _private(fields, _common(fields))  # INGEST_IP_PRIVACY, before the key
     return Event(
         event_key(event_type, message_id, occurred, fields, ip=columns[1]),
         event_type,

@@ -128,6 +128,15 @@ def _reparse_record(envelope: Envelope, received_at: datetime, tz: str) -> Event
     raise Unparseable("kept record is empty")
 
 
+def prune_rejected(conn: psycopg.Connection, cutoff: datetime, *, dry_run: bool = False) -> int:
+    """Delete (or, dry, count) the rejected calls received before `cutoff`: they hold whole raw
+    calls (addresses, IPs, bounce messages), and retention keeps them no longer than events."""
+    if dry_run:
+        return int(scalar(conn, "SELECT count(*) FROM rejected_events WHERE received_at < %s", (cutoff,)))
+    with conn.transaction():
+        return conn.execute("DELETE FROM rejected_events WHERE received_at < %s", (cutoff,)).rowcount
+
+
 def _ids(conn: psycopg.Connection, only: int | None) -> list[int]:
     if only is not None:
         return [row[0] for row in conn.execute("SELECT id FROM rejected_events WHERE id = %s", (only,))]

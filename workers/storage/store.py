@@ -30,7 +30,7 @@ from psycopg.types.json import Jsonb
 
 from common.envelope import Envelope
 from workers.events.model import Event
-from workers.storage import partitions
+from workers.storage import erased, partitions
 from workers.storage.copy_text import COPY_COLUMNS, copy_data, copy_line, first_per_key
 
 log = logging.getLogger("workers.storage.store")
@@ -69,11 +69,13 @@ class StoreResult:
     stored: int = 0  # new rows in events
     duplicates: int = 0  # events already there
     rejected: int = 0  # calls kept in rejected_events (new or already kept)
+    erased: int = 0  # events and calls of erased people, left out (`workers.storage.erased`)
 
     def __iadd__(self, other: StoreResult) -> StoreResult:
         self.stored += other.stored
         self.duplicates += other.duplicates
         self.rejected += other.rejected
+        self.erased += other.erased
         return self
 
 
@@ -128,6 +130,11 @@ def insert_events(
     `staged`: this transaction made the staging table already (an earlier chunk)."""
     if not events:
         return 0
+    not_erased = erased.keep_events(erased.load(conn), events)  # none of an erased person
+    if not_erased is not None:
+        events, data = not_erased, None
+        if not events:
+            return 0
     partitions.ensure_for_events(conn, events)  # a set of months when they are known: no query
     with conn.cursor() as cur:
         return _insert_staged(cur, copy_data(events) if data is None else data, staged=staged)
@@ -243,7 +250,8 @@ def store_chunks(
     once the transaction has ended, committed or not)."""
     feed: queue.Queue[_Lines | None] = queue.Queue(maxsize=2)
     outcome = _Outcome()
-    thread = threading.Thread(target=_write_chunks, args=(conn, feed, outcome), name="store-writer", daemon=True)
+    guard = erased.Guard()  # the erased people, loaded by the writer in its transaction
+    thread = threading.Thread(target=_write_chunks, args=(conn, feed, outcome, guard), name="store-writer", daemon=True)
     thread.start()
     kept: list[Chunk] = []
     seen: set[str] = set()
@@ -254,7 +262,7 @@ def store_chunks(
     with cyclic_gc_off():  # the batch's events are kept until the end
         try:
             for given in chunks:
-                chunk = given if type(given) is Chunk else Chunk(*given)
+                chunk = Chunk(*guard.keep(*given))  # nothing of an erased person
                 kept.append(chunk)
                 if outcome.error is None:
                     feed.put(_lines(chunk.events, chunk.rejects, seen))
@@ -273,14 +281,16 @@ def store_chunks(
     events = [event for chunk in kept for event in chunk.events]
     rejects = [item for chunk in kept for item in chunk.rejects]
     if error is None:
-        return StoreResult(outcome.stored, len(events) - outcome.stored, len(rejects))
+        return StoreResult(outcome.stored, len(events) - outcome.stored, len(rejects), guard.erased)
     if not isinstance(error, _REFUSED):
         raise error
     log.warning("batch of %d refused by PostgreSQL; storing it event by event", len(events))
     origins: list[Envelope | None] = []
     for chunk in kept:
         origins.extend(chunk.origins if chunk.origins is not None else [None] * len(chunk.events))
-    return _store_one_by_one(conn, events, origins, rejects)
+    result = _store_one_by_one(conn, events, origins, rejects)
+    result.erased += guard.erased
+    return result
 
 
 class _Outcome:
@@ -295,11 +305,14 @@ class _Outcome:
         self.aborted = False
 
 
-def _write_chunks(conn: psycopg.Connection, feed: queue.Queue[_Lines | None], outcome: _Outcome) -> None:
+def _write_chunks(
+    conn: psycopg.Connection, feed: queue.Queue[_Lines | None], outcome: _Outcome, guard: erased.Guard
+) -> None:
     """The writer thread of `store_chunks`: every chunk `feed` brings, in one transaction."""
     ended = False  # the producer's end (None) was taken: nothing more will come
     try:
         with conn.transaction():
+            guard.load(conn)
             writer = _Writer(conn)
             try:
                 while (lines := feed.get()) is not None:
@@ -313,6 +326,7 @@ def _write_chunks(conn: psycopg.Connection, feed: queue.Queue[_Lines | None], ou
                 raise
     except BaseException as exc:  # handed to the caller's thread
         outcome.error = exc
+        guard.release()
         while not ended and feed.get() is not None:  # let the producer finish
             pass
 

@@ -202,3 +202,18 @@ def test_replay_of_a_record_whose_log_is_unknown_keeps_it(db: psycopg.Connection
     )
     result = rejected.replay(db, TZ)
     assert result.still_rejected == 1 and "log type" in next(iter(result.reasons))
+
+
+@pytest.mark.usefixtures("cli_env")
+def test_prune_deletes_the_rejected_calls_older_than_the_age(db: psycopg.Connection, capsys) -> None:
+    import time
+
+    now = time.time()
+    keep(db, garbage(now - 100 * 86400), "old")
+    keep(db, garbage(now - 10 * 86400), "recent")
+    assert main(["prune", "--older-than", "90d", "--dry-run"]) == 0
+    assert "would delete 1 rejected call(s) received before" in capsys.readouterr().out
+    assert [r.reason for r in rejected.list_rejected(db)] == ["recent", "old"]
+    assert main(["prune", "--older-than", "90d"]) == 0
+    assert "deleted 1 rejected call(s) received before" in capsys.readouterr().out
+    assert [r.reason for r in rejected.list_rejected(db)] == ["recent"]
