@@ -24,7 +24,7 @@ from workers.storage.schema import apply_migrations
 
 # Tables every test starts without rows (the schema itself is kept). TRUNCATE on `events`
 # empties its partitions too; partitions a test made stay, empty, and harm no other test.
-DATA_TABLES = ("events", "rejected_events", "backfill_files")
+DATA_TABLES = ("events", "rejected_events", "backfill_files", "messages", "mailing_totals")
 
 
 @pytest.fixture(scope="session")

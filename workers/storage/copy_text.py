@@ -46,8 +46,13 @@ COPY_COLUMNS: tuple[str, ...] = (
     "smtp_status",
     "description",
     "account",
+    "machine",
+    "machine_rule",
     "payload",
 )
+# Before migration 0006 `events` had no machine columns: a worker running ahead of `ingest
+# migrate` writes these (`without_machine`).
+LEGACY_COLUMNS: tuple[str, ...] = tuple(c for c in COPY_COLUMNS if c not in ("machine", "machine_rule"))
 if sorted(COPY_COLUMNS) != sorted(EVENT_COLUMNS):
     raise RuntimeError(
         "workers.storage.copy_text does not write the columns of Event: missing "
@@ -113,6 +118,8 @@ def copy_line(event: Event) -> str:
                 _NULL if (v := e.smtp_status) is None else v,
                 _NULL if (v := e.description) is None else v,
                 _NULL if (v := e.account) is None else v,
+                _NULL if (b := e.machine) is None else "t" if b is True else "f",
+                _NULL if (v := e.machine_rule) is None else v,
             )
         )
     except TypeError:
@@ -131,6 +138,16 @@ def copy_line(event: Event) -> str:
     return _escaped_line(values)
 
 
+def without_machine(lines: str) -> str:
+    """COPY text of COPY_COLUMNS as LEGACY_COLUMNS: the two machine columns (just before the
+    payload, which holds no raw tab) taken out of each line."""
+    out = []
+    for line in lines.splitlines(keepends=True):
+        head, _machine, _rule, payload = line.rsplit("\t", 3)
+        out.append(f"{head}\t{payload}")
+    return "".join(out)
+
+
 def _escaped_line(values: tuple[Any, ...]) -> str:
     """The general way: every value (in COPY_COLUMNS' order) through `_cell` and COPY's escapes."""
     return "\t".join([_NULL if v is None else _cell(v).translate(_ESCAPES) for v in values]) + "\n"
@@ -142,6 +159,8 @@ _stamps = Recent(str, size=10_000)
 
 def _cell(value: object) -> str:
     """A non-NULL value as PostgreSQL reads it, before COPY's escaping."""
+    if isinstance(value, bool):
+        return "t" if value else "f"
     if isinstance(value, dict):
         return _json(value)
     if isinstance(value, list):

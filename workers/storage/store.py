@@ -29,16 +29,22 @@ from psycopg.types.json import Jsonb
 
 from common.envelope import Envelope
 from workers.events.model import Event
-from workers.storage import partitions
-from workers.storage.copy_text import COPY_COLUMNS, copy_data, copy_line, first_per_key
+from workers.storage import messages, partitions
+from workers.storage.copy_text import COPY_COLUMNS, LEGACY_COLUMNS, copy_data, copy_line, first_per_key, without_machine
 
 log = logging.getLogger("workers.storage.store")
 
 STATEMENT_TIMEOUT_MS = 120_000
 _COLS = ", ".join(COPY_COLUMNS)  # the order of copy_line's columns
-# The staging table is per session and shaped like `events` when first made: its name carries
-# the column list, so a long-lived connection never COPYs into a stage of an older schema.
-_STAGE = "incoming_events_" + hashlib.sha256(_COLS.encode()).hexdigest()[:12]
+_LEGACY_COLS = ", ".join(LEGACY_COLUMNS)  # before migration 0006 (see `messages.kept`)
+
+
+def _stage_name(columns: str) -> str:
+    """The staging table is per session and shaped like `events` when first made: its name carries
+    the column list, so a long-lived connection never COPYs into a stage of an older schema."""
+    return "incoming_events_" + hashlib.sha256(columns.encode()).hexdigest()[:12]
+
+
 # One row per event. `events` is partitioned by month on occurred_at (migration 0004), so its
 # unique constraint is (event_key, occurred_at); the PRIMARY KEY (id, occurred_at) is the only
 # other one and never conflicts (generated ids), so a bare ON CONFLICT DO NOTHING arbitrates
@@ -103,21 +109,35 @@ def insert_events(
     if not events:
         return 0
     partitions.ensure_for_events(conn, events)  # a set of months when they are known: no query
+    kept = messages.kept(conn)
     with conn.cursor() as cur:
-        return _insert_staged(cur, copy_data(events) if data is None else data, staged=staged)
+        stored, facts = _insert_staged(cur, copy_data(events) if data is None else data, staged=staged, facts=kept)
+        if facts:
+            messages.apply(cur, facts)
+    return stored
 
 
-def _insert_staged(cur: psycopg.Cursor, data: bytes, *, staged: bool) -> int:
+def _insert_staged(cur: psycopg.Cursor, data: bytes, *, staged: bool, facts: bool) -> tuple[int, list]:
+    """The rows of `data` (COPY text of COPY_COLUMNS) that are new, inserted; how many, and (with
+    `facts`: `messages` is kept) their facts for `messages.apply`."""
+    cols = _COLS if facts else _LEGACY_COLS
+    stage = _stage_name(cols)
+    if not facts:
+        data = without_machine(data.decode()).encode()
     if not staged:  # once per transaction: cheap, and right after a rollback dropped the stage
         cur.execute(
-            f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} ON COMMIT DELETE ROWS AS SELECT {_COLS} FROM events WITH NO DATA"
+            f"CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS SELECT {cols} FROM events WITH NO DATA"
         )
-    with cur.copy(f"COPY {_STAGE} ({_COLS}) FROM STDIN") as copy:
+    with cur.copy(f"COPY {stage} ({cols}) FROM STDIN") as copy:
         copy.write(data)
-    cur.execute(f"INSERT INTO events ({_COLS}) SELECT {_COLS} FROM {_STAGE} s {_NEW_KEY} ON CONFLICT DO NOTHING")
+    returning = messages.RETURNING_FACTS if facts else ""
+    cur.execute(
+        f"INSERT INTO events ({cols}) SELECT {cols} FROM {stage} s {_NEW_KEY} ON CONFLICT DO NOTHING {returning}"
+    )
     stored = cur.rowcount
-    cur.execute(f"DELETE FROM {_STAGE}")  # the next chunk of this transaction starts empty
-    return stored
+    new = cur.fetchall() if facts else []
+    cur.execute(f"DELETE FROM {stage}")  # the next chunk of this transaction starts empty
+    return stored, new
 
 
 def call_key(envelope: Envelope) -> str:
@@ -189,20 +209,25 @@ class _Lines:
     staged: bytes  # the others (time of receipt, a fraction of a second): they need `_NEW_KEY`
     months: set  # partition months of the chunk's events
     rejects: Sequence[Rejected]
+    facts: list  # `messages.fact` of each direct row (those of staged rows come from RETURNING)
 
 
 def _lines(events: Sequence[Event], rejects: Sequence[Rejected], seen: set[str]) -> _Lines:
     """Of several events with one key in a transaction only the first (see `copy_data`)."""
     direct: list[str] = []
     staged: list[str] = []
+    facts = []
+    fact = messages.fact
     for event in first_per_key(events, seen):
         occurred = event.occurred_at
         if occurred.microsecond == 0 and occurred != event.received_at:
             direct.append(copy_line(event))
+            if (f := fact(event)) is not None:
+                facts.append(f)
         else:
             staged.append(copy_line(event))
     return _Lines(
-        "".join(direct).encode(), len(direct), "".join(staged).encode(), partitions.months_of(events), rejects
+        "".join(direct).encode(), len(direct), "".join(staged).encode(), partitions.months_of(events), rejects, facts
     )
 
 
@@ -341,6 +366,9 @@ class _Writer:
         self.stored = 0
         self.staged = False  # the stage was made in this transaction
         self.rejects: list[Rejected] = []
+        self.kept = messages.kept(conn)  # the schema has `messages` (else: as before 0006)
+        self.facts: list = []  # of the rows known new
+        self.since_facts: list = []  # of the rows sent since the savepoint (dropped on failure)
 
     def add(self, lines: _Lines) -> None:
         if lines.months and not partitions.known(self.conn, lines.months):
@@ -350,6 +378,7 @@ class _Writer:
         if lines.direct_rows:
             if self.direct:
                 self._copy(lines.direct, lines.direct_rows)
+                self.since_facts.extend(lines.facts)
             else:
                 staged = lines.direct + staged
         if staged:
@@ -361,6 +390,8 @@ class _Writer:
         self._end_copy()
         if self.direct and self.savepoint:
             _pause[self.conn] = [0, 0]
+        if self.kept:
+            messages.apply(self.cur, self.facts + self.since_facts)
         if self.rejects:
             insert_rejects(self.conn, self.rejects)
         return self.stored
@@ -369,11 +400,14 @@ class _Writer:
         self._end_copy()
         if self.savepoint and self.direct:
             self.since.append(data)
-        new = _insert_staged(self.cur, data, staged=self.staged)
+        new, facts = _insert_staged(self.cur, data, staged=self.staged, facts=self.kept)
         self.staged = True
         self.stored += new
         if self.savepoint and self.direct:
             self.since_stored += new
+            self.since_facts.extend(facts)
+        else:
+            self.facts.extend(facts)
 
     def _copy(self, data: bytes, rows: int) -> None:
         try:
@@ -381,11 +415,11 @@ class _Writer:
                 if not self.savepoint:
                     self.cur.execute(f"SAVEPOINT {_SAVEPOINT}")
                     self.savepoint = True
-                self.copy = self.cur.copy(f"COPY events ({_COLS}) FROM STDIN")
+                self.copy = self.cur.copy(f"COPY events ({_COLS if self.kept else _LEGACY_COLS}) FROM STDIN")
                 self.copy_in = self.copy.__enter__()
             self.since.append(data)
             self.copying += rows
-            self.copy_in.write(data)
+            self.copy_in.write(data if self.kept else without_machine(data.decode()).encode())
         except psycopg.Error as exc:
             self._fall_back(exc)
 
@@ -418,6 +452,7 @@ class _Writer:
         self.direct = False
         self.staged = False  # a stage made inside the savepoint went with it
         self.stored -= self.since_stored
+        self.since_facts = []  # the redo below brings the facts of what is new
         if isinstance(exc, psycopg.errors.UniqueViolation):
             pause = _pause.setdefault(self.conn, [0, 0])
             pause[1] = min(MAX_DIRECT_PAUSE, pause[1] * 2 or 1)

@@ -153,6 +153,8 @@ def test_each_value_is_written_in_its_own_column(monkeypatch: pytest.MonkeyPatch
         smtp_status="5.1.1",
         description="desc",
         account="acct",
+        machine=True,
+        machine_rule="apple_proxy",
     )
 
     def general(_values: tuple[Any, ...]) -> str:
@@ -171,9 +173,9 @@ def test_chunks_of_one_transaction_share_one_stage(db: psycopg.Connection) -> No
     made: list[bool] = []
     real = store._insert_staged
 
-    def spy(cur: psycopg.Cursor, data: bytes, *, staged: bool) -> int:
+    def spy(cur: psycopg.Cursor, data: bytes, *, staged: bool, facts: bool) -> tuple[int, list]:
         made.append(staged)
-        return real(cur, data, staged=staged)
+        return real(cur, data, staged=staged, facts=facts)
 
     def untimed(n: int) -> Event:  # no usable time: occurred_at is the time of receipt, staged
         return _event(n, occurred_at=WHEN, received_at=WHEN)
