@@ -94,7 +94,7 @@ def print_mailing(settings: Settings, mailing_id: int, *, as_json: bool = False)
         value = row[column]
         rate = column.endswith("_rate")
         shown = str(value) if not rate else "-" if value is None else f"{float(value) * 100:.1f} %"
-        print(f"{column.replace('_', ' '):<19} {shown}")
+        print(f"{column.replace('_', ' '):<16} {shown}")
     return 0
 
 

@@ -153,8 +153,8 @@ def _escaped_line(values: tuple[Any, ...]) -> str:
     return "\t".join([_NULL if v is None else _cell(v).translate(_ESCAPES) for v in values]) + "\n"
 
 
-# occurred_at repeats (events of one second): its text is made once.
-_stamps = Recent(str, size=10_000)
+# occurred_at repeats (events of one second): its text is made once (`STAMPS[moment]`).
+_stamps = STAMPS = Recent(str, size=10_000)
 
 
 def _cell(value: object) -> str:

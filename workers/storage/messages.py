@@ -21,47 +21,31 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 import psycopg
 
 from workers.events import machine
+from workers.events.machine import CLICK_DELAY_SECONDS
 from workers.events.model import Event
+from workers.storage.copy_text import STAMPS
 
 log = logging.getLogger("workers.storage.messages")
 
-# The event types a message row counts, each with its count column's place in `_Row.counts`.
-COUNTED: dict[str, int] = {
-    "sent": 0,
-    "delivered": 1,
-    "opened": 2,
-    "clicked": 3,
-    "bounced": 6,
-    "failed": 7,
-    "deferred": 8,
-    "autoresponded": 9,
-    "unsubscribed": 10,
-    "complained": 11,
-}
-_HUMAN_OPENS = 4
-# The milestone each type sets (the first time), as a place in `_Row.times`.
-MILESTONES: dict[str, int] = {
-    "sent": 0,
-    "delivered": 1,
-    "opened": 2,
-    "clicked": 3,
-    "bounced": 4,
-    "failed": 4,
-    "unsubscribed": 5,
-    "complained": 6,
-}
-BOUNCES = frozenset({"bounced", "failed"})
-# Events without a message id count for their mailing (when they carry one) in these columns
-# of `mailing_totals` (as `messages_rebuild` counts them).
-_DIRECT = ("delivered", "bounced", "failed", "deferred", "unsubscribed", "complained", "autoresponded")
-
+COUNTED_TYPES = (
+    "sent",
+    "delivered",
+    "opened",
+    "clicked",
+    "bounced",
+    "failed",
+    "deferred",
+    "autoresponded",
+    "unsubscribed",
+    "complained",
+)
 # What a new row's fact is: (message_id, event_type, occurred_at, mailing_id, recipient,
 # profile_id, machine, bounce reason).
 Fact = tuple[str | None, str, datetime, int | None, str | None, int | None, bool | None, str | None]
@@ -69,18 +53,54 @@ RETURNING_FACTS = (
     "RETURNING message_id, event_type, occurred_at, mailing_id, recipient, profile_id, machine,"
     " coalesce(description, smtp_status)"
 )
+FACT_COLUMNS = "message_id, event_type, occurred_at, mailing_id, recipient, profile_id, machine, reason"
+_STAGE = "message_facts"  # per session, emptied by each fold
+_MAKE_STAGE = (
+    f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (message_id text, event_type text, occurred_at timestamptz,"
+    " mailing_id bigint, recipient text, profile_id bigint, machine boolean, reason text) ON COMMIT DELETE ROWS"
+)
 
 COLUMNS = (
     "message_id, mailing_id, recipient, profile_id, sent_at, delivered_at, opened_at, clicked_at, bounced_at,"
     " unsubscribed_at, complained_at, last_event_at, sent, delivered, opens, clicks, human_opens, human_clicks,"
     " bounces, failures, deferrals, autoreplies, unsubscribes, complaints, last_bounce_at, last_bounce_reason"
 )
-_STAGE = "message_facts"
-_DIRECT_STAGE = "mailing_facts"
-
 _C = 'COLLATE "C"'
+# The facts of one transaction folded per message, as `messages_rebuild()` (migration 0006) folds
+# the stored events (tests compare the two); `human_clicks` counts the clicks no per-event rule
+# caught, the click rules correct it where they apply (`_RULES_DUE`).
+_BOUNCE_ORDER = f"ORDER BY occurred_at DESC, coalesce(reason, '') {_C} DESC"
+_FOLD = f"""
+SELECT message_id, min(mailing_id), min(recipient {_C}), min(profile_id),
+       min(occurred_at) FILTER (WHERE event_type = 'sent'),
+       min(occurred_at) FILTER (WHERE event_type = 'delivered'),
+       min(occurred_at) FILTER (WHERE event_type = 'opened'),
+       min(occurred_at) FILTER (WHERE event_type = 'clicked'),
+       min(occurred_at) FILTER (WHERE event_type IN ('bounced', 'failed')),
+       min(occurred_at) FILTER (WHERE event_type = 'unsubscribed'),
+       min(occurred_at) FILTER (WHERE event_type = 'complained'),
+       max(occurred_at),
+       count(*) FILTER (WHERE event_type = 'sent'),
+       count(*) FILTER (WHERE event_type = 'delivered'),
+       count(*) FILTER (WHERE event_type = 'opened'),
+       count(*) FILTER (WHERE event_type = 'clicked'),
+       count(*) FILTER (WHERE event_type = 'opened' AND machine IS FALSE),
+       count(*) FILTER (WHERE event_type = 'clicked' AND machine IS FALSE),
+       count(*) FILTER (WHERE event_type = 'bounced'),
+       count(*) FILTER (WHERE event_type = 'failed'),
+       count(*) FILTER (WHERE event_type = 'deferred'),
+       count(*) FILTER (WHERE event_type = 'autoresponded'),
+       count(*) FILTER (WHERE event_type = 'unsubscribed'),
+       count(*) FILTER (WHERE event_type = 'complained'),
+       (array_agg(occurred_at {_BOUNCE_ORDER}) FILTER (WHERE event_type IN ('bounced', 'failed')))[1],
+       (array_agg(reason {_BOUNCE_ORDER}) FILTER (WHERE event_type IN ('bounced', 'failed')))[1]
+FROM f
+WHERE message_id IS NOT NULL AND event_type IN ({", ".join(f"'{kind}'" for kind in COUNTED_TYPES)})
+GROUP BY message_id
+"""
 _UPSERT = f"""
-INSERT INTO messages AS m ({COLUMNS}) SELECT {COLUMNS} FROM {_STAGE}
+WITH f AS (DELETE FROM {_STAGE} RETURNING *)
+INSERT INTO messages AS m ({COLUMNS}) {_FOLD}
 ON CONFLICT (message_id) DO UPDATE SET
     mailing_id = least(m.mailing_id, excluded.mailing_id),
     recipient = least(m.recipient {_C}, excluded.recipient {_C}),
@@ -98,6 +118,7 @@ ON CONFLICT (message_id) DO UPDATE SET
     opens = m.opens + excluded.opens,
     clicks = m.clicks + excluded.clicks,
     human_opens = m.human_opens + excluded.human_opens,
+    human_clicks = m.human_clicks + excluded.human_clicks,
     bounces = m.bounces + excluded.bounces,
     failures = m.failures + excluded.failures,
     deferrals = m.deferrals + excluded.deferrals,
@@ -112,40 +133,59 @@ ON CONFLICT (message_id) DO UPDATE SET
                   OR (excluded.last_bounce_at = m.last_bounce_at
                       AND coalesce(excluded.last_bounce_reason, '') {_C} > coalesce(m.last_bounce_reason, '') {_C}))
               AS newer) AS n)
+RETURNING message_id, clicks,
+    clicked_at < coalesce(delivered_at, sent_at) + interval '{CLICK_DELAY_SECONDS} seconds'
 """
-_DIRECT_COLUMNS = "mailing_id, " + ", ".join(
-    {
-        "delivered": "delivered",
-        "bounced": "bounces",
-        "failed": "failures",
-        "deferred": "deferrals",
-        "unsubscribed": "unsubscribes",
-        "complained": "complaints",
-        "autoresponded": "autoreplies",
-    }[kind]
-    for kind in _DIRECT
-)
-_DIRECT_SOURCE = (
-    f"SELECT 1 AS s, {_DIRECT_COLUMNS}, 0 AS sent, 0 AS opens, 0 AS clicks, 0 AS human_opens, 0 AS human_clicks,"
-    " 0 AS unique_opens, 0 AS unique_clicks, 0 AS unique_human_opens, NULL::timestamptz AS sent_at, last_event_at"
-    f" FROM {_DIRECT_STAGE}"
-)
+# Events without a message id count for their mailing (when they carry one), as
+# `messages_rebuild()` counts them.
+_DIRECT_SOURCE = f"""
+SELECT 1 AS s, mailing_id, 0 AS sent, count(*) FILTER (WHERE event_type = 'delivered') AS delivered,
+       0 AS opens, 0 AS clicks, count(*) FILTER (WHERE event_type = 'bounced') AS bounces,
+       count(*) FILTER (WHERE event_type = 'failed') AS failures,
+       count(*) FILTER (WHERE event_type = 'deferred') AS deferrals,
+       count(*) FILTER (WHERE event_type = 'unsubscribed') AS unsubscribes,
+       count(*) FILTER (WHERE event_type = 'complained') AS complaints,
+       count(*) FILTER (WHERE event_type = 'autoresponded') AS autoreplies,
+       0 AS human_opens, 0 AS human_clicks, 0 AS unique_opens, 0 AS unique_clicks, 0 AS unique_human_opens,
+       NULL::timestamptz AS sent_at, max(occurred_at) AS last_event_at
+FROM {_STAGE}
+WHERE message_id IS NULL AND mailing_id IS NOT NULL
+GROUP BY mailing_id
+"""
 
 
-def fact(event: Event) -> Fact | None:
-    """What `messages` needs of a new row (None: nothing)."""
-    if event.message_id is None and event.mailing_id is None:
-        return None
+def fact(event: Event) -> str:
+    """What `messages` needs of a new row, as a line of COPY text ('' when nothing)."""
+    message_id, mailing_id = event.message_id, event.mailing_id
+    if message_id is None and mailing_id is None:
+        return ""
+    reason = event.description if event.description is not None else event.smtp_status
+    verdict = event.machine
     return (
-        event.message_id,
-        event.event_type,
-        event.occurred_at,
-        event.mailing_id,
-        event.recipient,
-        event.profile_id,
-        event.machine,
-        event.description if event.description is not None else event.smtp_status,
+        f"{_NULL if message_id is None else _escape(message_id)}\t{_escape(event.event_type)}\t"
+        f"{STAMPS[event.occurred_at]}\t{_NULL if mailing_id is None else mailing_id}\t"
+        f"{_NULL if (r := event.recipient) is None else _escape(r)}\t"
+        f"{_NULL if (p := event.profile_id) is None else p}\t"
+        f"{_NULL if verdict is None else 't' if verdict else 'f'}\t"
+        f"{_NULL if reason is None else _escape(reason)}\n"
     )
+
+
+def fact_lines(rows: Sequence[Sequence[Any]]) -> str:
+    """Facts as `RETURNING_FACTS` gives them, as COPY text."""
+    return "".join(
+        "\t".join(_NULL if v is None else ("t" if v else "f") if isinstance(v, bool) else _escape(str(v)) for v in row)
+        + "\n"
+        for row in rows
+    )
+
+
+_NULL = "\\N"
+_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\x00": None})
+
+
+def _escape(text: str) -> str:
+    return text if text.isprintable() and "\\" not in text else text.translate(_ESCAPES)
 
 
 _kept: weakref.WeakKeyDictionary[psycopg.Connection, bool] = weakref.WeakKeyDictionary()
@@ -162,128 +202,39 @@ def kept(conn: psycopg.Connection) -> bool:
     return found
 
 
-class _Row:
-    """One message's facts in a transaction, folded as the upsert folds them."""
-
-    __slots__ = ("bounce", "counts", "ids", "last", "recipient", "times")
-
-    def __init__(self) -> None:
-        self.ids: list[int | None] = [None, None]  # mailing, profile: the least
-        self.recipient: str | None = None
-        self.times: list[datetime | None] = [None] * 7
-        self.last: datetime | None = None
-        self.counts = [0] * 12
-        self.bounce: tuple[datetime, str] | None = None  # (time, reason or '') of the latest
-
-    def add(self, f: Fact) -> None:
-        kind, occurred = f[1], f[2]
-        self._identity(f)
-        if self.last is None or occurred > self.last:
-            self.last = occurred
-        place = COUNTED.get(kind)
-        if place is None:
-            return
-        self.counts[place] += 1
-        if kind == "opened" and f[6] is False:
-            self.counts[_HUMAN_OPENS] += 1
-        milestone = MILESTONES.get(kind)
-        if milestone is not None:
-            first = self.times[milestone]
-            if first is None or occurred < first:
-                self.times[milestone] = occurred
-        if kind in BOUNCES:
-            candidate = (occurred, f[7] or "")
-            if self.bounce is None or candidate > self.bounce:
-                self.bounce = candidate
-
-    def _identity(self, f: Fact) -> None:
-        """Mailing, profile and recipient: the least value seen."""
-        ids = self.ids
-        for place, value in ((0, f[3]), (1, f[5])):
-            if value is not None:
-                known = ids[place]
-                if known is None or value < known:
-                    ids[place] = value
-        if f[4] is not None and (self.recipient is None or f[4] < self.recipient):
-            self.recipient = f[4]
+def apply(cur: psycopg.Cursor, facts: str, *, staged: bool = False) -> None:
+    """Fold new rows' facts (COPY text of `fact` lines) into `messages`, and those of events
+    without a message id into the mailing totals, within the caller's transaction; then the
+    click rules for the messages they may change. `staged`: this transaction made the stage."""
+    if not facts:
+        return
+    if not staged:
+        cur.execute(_MAKE_STAGE)
+    with cur.copy(f"COPY {_STAGE} ({FACT_COLUMNS}) FROM STDIN") as copy:
+        copy.write(facts.encode())
+    lines = facts.split("\n")[:-1]  # each ends with a newline (not splitlines: a text may hold U+2028)
+    if any(line.startswith(_NULL) for line in lines):  # without a message id: first, the fold empties the stage
+        row = cur.execute("SELECT mailing_totals_upsert(%s)", (_DIRECT_SOURCE,)).fetchone()
+        if row is not None:
+            cur.execute(row[0])
+    rows = cur.execute(_UPSERT).fetchall()
+    touched, timed = set(), set()
+    for line in lines:
+        message_id, kind, _rest = line.split("\t", 2)
+        if kind in _RULE_TYPES:
+            touched.add(message_id)
+            if kind in _TIMING_TYPES:
+                timed.add(message_id)
+    due = [m for m, clicks, near in rows if clicks and m in touched and (clicks > 1 or near or m in timed)]
+    if due:
+        cur.execute("SELECT messages_apply_click_rules(%s)", (due,))
 
 
-_NULL = "\\N"
-_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\x00": None})
-
-
-def _text(value: object) -> str:
-    return _NULL if value is None else str(value).translate(_ESCAPES)
-
-
-def _message_line(message_id: str, row: _Row) -> str:
-    bounce_at, reason = (row.bounce[0], row.bounce[1] or None) if row.bounce else (None, None)
-    cells = [
-        message_id,
-        row.ids[0],
-        row.recipient,
-        row.ids[1],
-        *row.times,
-        row.last,
-        *row.counts,
-        bounce_at,
-        reason,
-    ]
-    return "\t".join(map(_text, cells)) + "\n"
-
-
-def fold(facts: Iterable[Sequence[Any]]) -> tuple[dict[str, _Row], dict[int, list[Any]]]:
-    """The facts per message, and per mailing those of events without a message id
-    (counts in `_DIRECT` order, then the last time)."""
-    rows: dict[str, _Row] = {}
-    direct: dict[int, list[Any]] = {}
-    for f in facts:
-        message_id = f[0]
-        if message_id is not None:
-            if f[1] in COUNTED:
-                row = rows.get(message_id)
-                if row is None:
-                    row = rows[message_id] = _Row()
-                row.add(f)  # type: ignore[arg-type]
-        elif f[3] is not None and f[1] in _DIRECT:
-            totals = direct.setdefault(f[3], [0] * len(_DIRECT) + [None])
-            totals[_DIRECT.index(f[1])] += 1
-            if totals[-1] is None or f[2] > totals[-1]:
-                totals[-1] = f[2]
-    return rows, direct
-
-
-def apply(cur: psycopg.Cursor, facts: Sequence[Sequence[Any]]) -> int:
-    """Fold the new rows' facts into `messages` (and the totals of events without a message
-    id), within the caller's transaction; return how many messages changed."""
-    rows, direct = fold(facts)
-    if rows:
-        cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (LIKE messages) ON COMMIT DELETE ROWS")
-        with cur.copy(f"COPY {_STAGE} ({COLUMNS}) FROM STDIN") as copy:
-            copy.write("".join(_message_line(mid, row) for mid, row in rows.items()).encode())
-        cur.execute(_UPSERT)
-        touched = [mid for mid, row in rows.items() if row.counts[3] or row.counts[1] or row.counts[0]]
-        if touched:
-            cur.execute(
-                "SELECT messages_apply_click_rules(array(SELECT message_id FROM messages"
-                " WHERE message_id = ANY(%s) AND clicks > 0))",
-                (touched,),
-            )
-        cur.execute(f"DELETE FROM {_STAGE}")  # a later apply in this transaction starts empty
-    if direct:
-        columns = _DIRECT_COLUMNS.split(", ")
-        cur.execute(
-            f"CREATE TEMP TABLE IF NOT EXISTS {_DIRECT_STAGE} (mailing_id bigint, "
-            + ", ".join(f"{c} bigint" for c in columns[1:])
-            + ", last_event_at timestamptz) ON COMMIT DELETE ROWS"
-        )
-        with cur.copy(f"COPY {_DIRECT_STAGE} FROM STDIN") as copy:
-            for mailing_id, totals in direct.items():
-                copy.write_row([mailing_id, *totals])
-        statement = cur.execute("SELECT mailing_totals_upsert(%s)", (_DIRECT_SOURCE,)).fetchone()
-        cur.execute(statement[0] if statement else "")
-        cur.execute(f"DELETE FROM {_DIRECT_STAGE}")
-    return len(rows)
+# A click, a delivery or a send may change what the click rules say: the rules look again at
+# such a message when it has two clicks or more (a burst), its first click is near its delivery
+# or send, or the delivery or send came now (the click may no longer be near).
+_RULE_TYPES = frozenset({"clicked", "delivered", "sent"})
+_TIMING_TYPES = frozenset({"delivered", "sent"})
 
 
 def rebuild(conn: psycopg.Connection, mailing_ids: Sequence[int] | None = None) -> int:

@@ -112,8 +112,7 @@ def insert_events(
     kept = messages.kept(conn)
     with conn.cursor() as cur:
         stored, facts = _insert_staged(cur, copy_data(events) if data is None else data, staged=staged, facts=kept)
-        if facts:
-            messages.apply(cur, facts)
+        messages.apply(cur, messages.fact_lines(facts))
     return stored
 
 
@@ -209,7 +208,7 @@ class _Lines:
     staged: bytes  # the others (time of receipt, a fraction of a second): they need `_NEW_KEY`
     months: set  # partition months of the chunk's events
     rejects: Sequence[Rejected]
-    facts: list  # `messages.fact` of each direct row (those of staged rows come from RETURNING)
+    facts: str  # `messages.fact` of the direct rows (those of staged rows come from RETURNING)
 
 
 def _lines(events: Sequence[Event], rejects: Sequence[Rejected], seen: set[str]) -> _Lines:
@@ -222,12 +221,16 @@ def _lines(events: Sequence[Event], rejects: Sequence[Rejected], seen: set[str])
         occurred = event.occurred_at
         if occurred.microsecond == 0 and occurred != event.received_at:
             direct.append(copy_line(event))
-            if (f := fact(event)) is not None:
-                facts.append(f)
+            facts.append(fact(event))
         else:
             staged.append(copy_line(event))
     return _Lines(
-        "".join(direct).encode(), len(direct), "".join(staged).encode(), partitions.months_of(events), rejects, facts
+        "".join(direct).encode(),
+        len(direct),
+        "".join(staged).encode(),
+        partitions.months_of(events),
+        rejects,
+        "".join(facts),
     )
 
 
@@ -367,8 +370,7 @@ class _Writer:
         self.staged = False  # the stage was made in this transaction
         self.rejects: list[Rejected] = []
         self.kept = messages.kept(conn)  # the schema has `messages` (else: as before 0006)
-        self.facts: list = []  # of the rows known new
-        self.since_facts: list = []  # of the rows sent since the savepoint (dropped on failure)
+        self.fact_stage = False  # the facts' stage was made in this transaction
 
     def add(self, lines: _Lines) -> None:
         if lines.months and not partitions.known(self.conn, lines.months):
@@ -378,7 +380,10 @@ class _Writer:
         if lines.direct_rows:
             if self.direct:
                 self._copy(lines.direct, lines.direct_rows)
-                self.since_facts.extend(lines.facts)
+                if self.kept:  # the chunk's facts while the next chunk is parsed: its COPY ends here
+                    self._end_copy()
+                    if self.direct:  # else the fallback brought them
+                        self._facts(lines.facts)
             else:
                 staged = lines.direct + staged
         if staged:
@@ -390,8 +395,6 @@ class _Writer:
         self._end_copy()
         if self.direct and self.savepoint:
             _pause[self.conn] = [0, 0]
-        if self.kept:
-            messages.apply(self.cur, self.facts + self.since_facts)
         if self.rejects:
             insert_rejects(self.conn, self.rejects)
         return self.stored
@@ -405,9 +408,14 @@ class _Writer:
         self.stored += new
         if self.savepoint and self.direct:
             self.since_stored += new
-            self.since_facts.extend(facts)
-        else:
-            self.facts.extend(facts)
+        if facts:
+            self._facts(messages.fact_lines(facts))
+
+    def _facts(self, lines: str) -> None:
+        """New rows' facts into `messages` (`workers.storage.messages`)."""
+        if lines:
+            messages.apply(self.cur, lines, staged=self.fact_stage)
+            self.fact_stage = True
 
     def _copy(self, data: bytes, rows: int) -> None:
         try:
@@ -451,8 +459,8 @@ class _Writer:
         self.cur.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")  # raises when the server is gone
         self.direct = False
         self.staged = False  # a stage made inside the savepoint went with it
-        self.stored -= self.since_stored
-        self.since_facts = []  # the redo below brings the facts of what is new
+        self.stored -= self.since_stored  # and the facts' upserts went with the savepoint:
+        self.fact_stage = False  # the redo below brings the facts of what is new
         if isinstance(exc, psycopg.errors.UniqueViolation):
             pause = _pause.setdefault(self.conn, [0, 0])
             pause[1] = min(MAX_DIRECT_PAUSE, pause[1] * 2 or 1)
