@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from workers.events.compact import compact
 from workers.events.fields import Recent
 from workers.events.model import Event
 
@@ -87,11 +88,14 @@ _ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t", "
 _TABS = len(COPY_COLUMNS) - 2  # between the columns before the payload
 
 
-def copy_line(event: Event) -> str:
+def copy_line(event: Event, compacted: bool = True) -> str:
     """One event as a line of COPY text, in COPY_COLUMNS' order (NULs dropped: PostgreSQL text
-    cannot hold them)."""
+    cannot hold them); the payload without the fields a column holds exactly
+    (`workers.events.compact`) unless not `compacted` (a schema before 0006)."""
     values = _VALUES(event)
     e = event
+    if compacted and type(e.payload) is dict:
+        values = (*values[:-1], compact(e.payload, e))
     try:  # each column as the model makes it, read by name; anything else goes the general way below
         head = "\t".join(
             (
@@ -125,7 +129,7 @@ def copy_line(event: Event) -> str:
     except TypeError:
         head = ""  # not as the model makes it: the general way
     if (
-        type(payload := e.payload) is dict
+        type(payload := values[-1]) is dict
         and head
         and head.count("\\") == values.count(None)
         and head.count("\t") == _TABS
@@ -183,13 +187,13 @@ def _array(items: list) -> str:
     return "{" + ",".join(quoted) + "}"
 
 
-def copy_data(events: Iterable[Event]) -> bytes:
+def copy_data(events: Iterable[Event], compacted: bool = True) -> bytes:
     """The COPY text of `events`, as `insert_events` sends it: of several events with one key
     (a call delivered twice into one batch) only the first. The unique constraint would drop the
     others, except where their occurred_at differs: an event without a usable time has its time
     of receipt, and `_NEW_KEY` looks such keys up in `events`, where a copy in the same chunk is
     not yet."""
-    return "".join(map(copy_line, first_per_key(events, set()))).encode()
+    return "".join(copy_line(event, compacted) for event in first_per_key(events, set())).encode()
 
 
 def first_per_key(events: Iterable[Event], seen: set[str]) -> list[Event]:

@@ -98,6 +98,12 @@ FROM f
 WHERE message_id IS NOT NULL AND event_type IN ({", ".join(f"'{kind}'" for kind in COUNTED_TYPES)})
 GROUP BY message_id
 """
+# The latest bounce by (time, reason): the one the upsert keeps.
+_NEWER = (
+    "(excluded.last_bounce_at IS NOT NULL AND (m.last_bounce_at IS NULL OR excluded.last_bounce_at > m.last_bounce_at"
+    f" OR (excluded.last_bounce_at = m.last_bounce_at AND coalesce(excluded.last_bounce_reason, '') {_C}"
+    f" > coalesce(m.last_bounce_reason, '') {_C})))"
+)
 _UPSERT = f"""
 WITH f AS (DELETE FROM {_STAGE} RETURNING *)
 INSERT INTO messages AS m ({COLUMNS}) {_FOLD}
@@ -125,14 +131,8 @@ ON CONFLICT (message_id) DO UPDATE SET
     autoreplies = m.autoreplies + excluded.autoreplies,
     unsubscribes = m.unsubscribes + excluded.unsubscribes,
     complaints = m.complaints + excluded.complaints,
-    (last_bounce_at, last_bounce_reason) = (
-        SELECT CASE WHEN newer THEN excluded.last_bounce_at ELSE m.last_bounce_at END,
-               CASE WHEN newer THEN excluded.last_bounce_reason ELSE m.last_bounce_reason END
-        FROM (SELECT excluded.last_bounce_at IS NOT NULL AND (
-                  m.last_bounce_at IS NULL OR excluded.last_bounce_at > m.last_bounce_at
-                  OR (excluded.last_bounce_at = m.last_bounce_at
-                      AND coalesce(excluded.last_bounce_reason, '') {_C} > coalesce(m.last_bounce_reason, '') {_C}))
-              AS newer) AS n)
+    last_bounce_at = CASE WHEN {_NEWER} THEN excluded.last_bounce_at ELSE m.last_bounce_at END,
+    last_bounce_reason = CASE WHEN {_NEWER} THEN excluded.last_bounce_reason ELSE m.last_bounce_reason END
 RETURNING message_id, clicks,
     clicked_at < coalesce(delivered_at, sent_at) + interval '{CLICK_DELAY_SECONDS} seconds'
 """

@@ -111,7 +111,9 @@ def insert_events(
     partitions.ensure_for_events(conn, events)  # a set of months when they are known: no query
     kept = messages.kept(conn)
     with conn.cursor() as cur:
-        stored, facts = _insert_staged(cur, copy_data(events) if data is None else data, staged=staged, facts=kept)
+        stored, facts = _insert_staged(
+            cur, copy_data(events, kept) if data is None else data, staged=staged, facts=kept
+        )
         messages.apply(cur, messages.fact_lines(facts))
     return stored
 
@@ -211,7 +213,7 @@ class _Lines:
     facts: str  # `messages.fact` of the direct rows (those of staged rows come from RETURNING)
 
 
-def _lines(events: Sequence[Event], rejects: Sequence[Rejected], seen: set[str]) -> _Lines:
+def _lines(events: Sequence[Event], rejects: Sequence[Rejected], seen: set[str], kept: bool = True) -> _Lines:
     """Of several events with one key in a transaction only the first (see `copy_data`)."""
     direct: list[str] = []
     staged: list[str] = []
@@ -220,10 +222,10 @@ def _lines(events: Sequence[Event], rejects: Sequence[Rejected], seen: set[str])
     for event in first_per_key(events, seen):
         occurred = event.occurred_at
         if occurred.microsecond == 0 and occurred != event.received_at:
-            direct.append(copy_line(event))
+            direct.append(copy_line(event, kept))
             facts.append(fact(event))
         else:
-            staged.append(copy_line(event))
+            staged.append(copy_line(event, kept))
     return _Lines(
         "".join(direct).encode(),
         len(direct),
@@ -243,6 +245,7 @@ def store_chunks(
     `_Writer` for how the rows reach `events`). `meanwhile` is called once every chunk is
     handed over, while PostgreSQL stores the last ones and commits (what it raises is raised
     once the transaction has ended, committed or not)."""
+    current = messages.kept(conn)  # before 0006: whole payloads (nothing there to expand them)
     feed: queue.Queue[_Lines | None] = queue.Queue(maxsize=2)
     outcome = _Outcome()
     thread = threading.Thread(target=_write_chunks, args=(conn, feed, outcome), name="store-writer", daemon=True)
@@ -259,7 +262,7 @@ def store_chunks(
                 chunk = given if type(given) is Chunk else Chunk(*given)
                 kept.append(chunk)
                 if outcome.error is None:
-                    feed.put(_lines(chunk.events, chunk.rejects, seen))
+                    feed.put(_lines(chunk.events, chunk.rejects, seen, current))
         except BaseException:
             outcome.aborted = True
             raise

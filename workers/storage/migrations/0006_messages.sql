@@ -14,8 +14,25 @@
 --    not wait on each other's row lock; `mailing_stats` sums them.
 -- 4. `mailing_stats` reads `mailing_totals` (same columns, then human opens and clicks and the
 --    mailing's first send and last event); `suppressions` reads `events`.
+-- 5. `event_fields(events)`: the fields as sent, from a payload the workers store without the
+--    fields a column holds exactly (workers.events.compact). Rows stored before keep their
+--    whole payload, which it gives back as it is.
 
 ALTER TABLE events ADD COLUMN machine boolean, ADD COLUMN machine_rule text;
+
+-- The fields of an event as Copernica sent them: the stored payload, and the fields left out of
+-- it because a column holds them exactly (named in its `~` key; workers.events.compact).
+CREATE FUNCTION event_fields(e events) RETURNS jsonb LANGUAGE sql STABLE AS $fn$
+SELECT CASE WHEN jsonb_typeof(e.payload -> '~') = 'string' THEN
+    (e.payload - '~') || coalesce((
+        SELECT jsonb_object_agg(
+            CASE c WHEN 'i' THEN 'id' WHEN 'y' THEN 'type' WHEN 'T' THEN 'time' WHEN 'r' THEN 'recipient' WHEN 'e' THEN 'email' WHEN 'p' THEN 'ip' WHEN 'u' THEN 'useragent' WHEN 'h' THEN 'header' WHEN 'o' THEN 'original' WHEN 'l' THEN 'linkinfo' WHEN 'g' THEN 'tags' WHEN 'M' THEN 'mailing' WHEN 'm' THEN 'mailingid' WHEN 'P' THEN 'profile' WHEN 'q' THEN 'profileid' WHEN 'S' THEN 'subprofile' WHEN 's' THEN 'subprofileid' WHEN 'D' THEN 'database' WHEN 'd' THEN 'databaseid' WHEN 'C' THEN 'collection' WHEN 'c' THEN 'collectionid' WHEN 'E' THEN 'template' WHEN 't' THEN 'templateid' WHEN 'x' THEN 'description' END,
+            CASE WHEN form = 'n' THEN to_jsonb((CASE c WHEN 'i' THEN e.message_id WHEN 'y' THEN e.copernica_type WHEN 'T' THEN floor(extract(epoch FROM e.occurred_at))::bigint::text WHEN 'r' THEN e.recipient WHEN 'e' THEN e.recipient WHEN 'p' THEN host(e.ip) WHEN 'u' THEN e.user_agent WHEN 'h' THEN e.user_agent WHEN 'o' THEN e.url WHEN 'l' THEN e.link_id WHEN 'g' THEN array_to_string(e.tags, ';') WHEN 'M' THEN e.mailing_id::text WHEN 'm' THEN e.mailing_id::text WHEN 'P' THEN e.profile_id::text WHEN 'q' THEN e.profile_id::text WHEN 'S' THEN e.subprofile_id::text WHEN 's' THEN e.subprofile_id::text WHEN 'D' THEN e.database_id::text WHEN 'd' THEN e.database_id::text WHEN 'C' THEN e.collection_id::text WHEN 'c' THEN e.collection_id::text WHEN 'E' THEN e.template_id::text WHEN 't' THEN e.template_id::text WHEN 'x' THEN e.description END)::numeric) ELSE to_jsonb(CASE c WHEN 'i' THEN e.message_id WHEN 'y' THEN e.copernica_type WHEN 'T' THEN floor(extract(epoch FROM e.occurred_at))::bigint::text WHEN 'r' THEN e.recipient WHEN 'e' THEN e.recipient WHEN 'p' THEN host(e.ip) WHEN 'u' THEN e.user_agent WHEN 'h' THEN e.user_agent WHEN 'o' THEN e.url WHEN 'l' THEN e.link_id WHEN 'g' THEN array_to_string(e.tags, ';') WHEN 'M' THEN e.mailing_id::text WHEN 'm' THEN e.mailing_id::text WHEN 'P' THEN e.profile_id::text WHEN 'q' THEN e.profile_id::text WHEN 'S' THEN e.subprofile_id::text WHEN 's' THEN e.subprofile_id::text WHEN 'D' THEN e.database_id::text WHEN 'd' THEN e.database_id::text WHEN 'C' THEN e.collection_id::text WHEN 'c' THEN e.collection_id::text WHEN 'E' THEN e.template_id::text WHEN 't' THEN e.template_id::text WHEN 'x' THEN e.description END) END)
+        FROM (SELECT substr(e.payload ->> '~', i, 1) AS c, substr(e.payload ->> '~', i + 1, 1) AS form
+              FROM generate_series(1, length(e.payload ->> '~'), 2) AS i) AS codes
+    ), '{}'::jsonb)
+ELSE e.payload END
+$fn$;
 
 CREATE TABLE messages (
     message_id          text PRIMARY KEY,
@@ -44,8 +61,10 @@ CREATE TABLE messages (
     complaints          integer NOT NULL DEFAULT 0,
     last_bounce_at      timestamptz,  -- the latest bounce or failure, and its reason
     last_bounce_reason  text
-) WITH (fillfactor = 90);  -- room for the updates of a message's later events on its page (HOT)
-CREATE INDEX messages_mailing_idx ON messages (mailing_id);
+) WITH (fillfactor = 70);
+-- Room on each page for the updates a message's later events make (HOT: no new index entry),
+-- and no index but the primary key: `mailing_stats` reads `mailing_totals`, and nothing
+-- documented reads messages by mailing.
 
 CREATE TABLE mailing_totals (
     mailing_id          bigint   NOT NULL,
