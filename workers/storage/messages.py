@@ -191,6 +191,11 @@ def _escape(text: str) -> str:
 _kept: weakref.WeakKeyDictionary[psycopg.Connection, bool] = weakref.WeakKeyDictionary()
 
 
+def known(conn: psycopg.Connection) -> bool:
+    """Whether `kept` found `messages` on this connection already (no query)."""
+    return bool(_kept.get(conn))
+
+
 def kept(conn: psycopg.Connection) -> bool:
     """Whether the schema has `messages` (migration 0006): a worker deployed before `ingest
     migrate` stores its events as before, without the facts. Once found it is remembered for

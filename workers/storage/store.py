@@ -245,7 +245,10 @@ def store_chunks(
     `_Writer` for how the rows reach `events`). `meanwhile` is called once every chunk is
     handed over, while PostgreSQL stores the last ones and commits (what it raises is raised
     once the transaction has ended, committed or not)."""
-    current = messages.kept(conn)  # before 0006: whole payloads (nothing there to expand them)
+    current = messages.known(conn)  # before 0006: whole payloads (nothing there to expand them)
+    if not current:
+        with conn.transaction():  # a query of its own, until the schema is found current
+            current = messages.kept(conn)
     feed: queue.Queue[_Lines | None] = queue.Queue(maxsize=2)
     outcome = _Outcome()
     thread = threading.Thread(target=_write_chunks, args=(conn, feed, outcome), name="store-writer", daemon=True)
