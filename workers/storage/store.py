@@ -23,7 +23,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-import orjson
 import psycopg
 from psycopg.types.json import Jsonb
 
@@ -288,7 +287,9 @@ def store_chunks(
     origins: list[Envelope | None] = []
     for chunk in kept:
         origins.extend(chunk.origins if chunk.origins is not None else [None] * len(chunk.events))
-    return _store_one_by_one(conn, events, origins, rejects)
+    from workers.storage import refused  # it imports this module
+
+    return refused.store_one_by_one(conn, events, origins, rejects)
 
 
 class _Outcome:
@@ -479,32 +480,3 @@ class _Writer:
 
 class _Aborted(Exception):
     """The producer failed: roll the transaction back."""
-
-
-def _store_one_by_one(
-    conn: psycopg.Connection, events: Sequence[Event], origins: Sequence[Envelope | None], rejects: Sequence[Rejected]
-) -> StoreResult:
-    result = StoreResult()
-    refused: list[Rejected] = list(rejects)
-    for event, origin in zip(events, origins, strict=True):
-        try:
-            with conn.transaction():
-                new = insert_events(conn, [event])
-            result.stored += new
-            result.duplicates += 1 - new
-        except psycopg.DataError as exc:
-            env = origin if origin is not None else _envelope_of(event)
-            refused.append(Rejected(env, f"refused by PostgreSQL: {exc}".splitlines()[0], event.source))
-    with conn.transaction():
-        result.rejected = insert_rejects(conn, refused)
-    return result
-
-
-def _envelope_of(event: Event) -> Envelope:
-    """A refused event kept as a call: its payload as JSON; a logfile record's target names its
-    log (`logfile:cdm-click`) so that `ingest rejected replay` can read it again."""
-    body = orjson.dumps(event.payload)
-    target = f"logfile:{event.copernica_type}" if event.source == "logfile" else ""
-    return Envelope(
-        body=body, content_type="application/json", received_at=event.received_at.timestamp(), target=target
-    )
