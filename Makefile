@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-rq-bounds faults bench lint install clean promtool chromium
+.PHONY: run test test-rq-bounds faults bench bench-scale lint install clean promtool chromium
 
 install: $(STAMP)
 
@@ -63,6 +63,10 @@ faults: $(STAMP)
 ## the throughput benchmark against its baselines (prints tables; a few minutes)
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+## messages, mailing_stats and suppressions at scale against today's schema (EVENTS=1000000)
+bench-scale: $(STAMP)
+	$(BIN)/python -m bench.scale --events $(or $(EVENTS),1000000)
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check ingest workers common console tests bench

@@ -429,6 +429,13 @@ class Settings:
         None,
         "Proxies (CIDRs) whose X-Forwarded-For names the caller for INGEST_ALLOWED_NETWORKS.",
     )
+    machine_networks: Items | None = setting(
+        "INGEST_MACHINE_NETWORKS",
+        _networks,
+        None,
+        "Opens and clicks from these CIDR networks are machine fetches (security scanners, link checkers), "
+        "added to Apple's built-in proxy ranges; `ingest messages rebuild` applies a change to stored events.",
+    )
     body_timeout: float = setting(
         "INGEST_BODY_TIMEOUT",
         _positive_float,

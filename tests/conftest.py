@@ -24,7 +24,15 @@ from workers.storage.schema import apply_migrations
 
 # Tables every test starts without rows (the schema itself is kept). TRUNCATE on `events`
 # empties its partitions too; partitions a test made stay, empty, and harm no other test.
-DATA_TABLES = ("events", "rejected_events", "backfill_files", "erasures", "erased_selectors")
+DATA_TABLES = (
+    "events",
+    "rejected_events",
+    "backfill_files",
+    "messages",
+    "mailing_totals",
+    "erasures",
+    "erased_selectors",
+)
 
 
 @pytest.fixture(scope="session")

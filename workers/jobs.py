@@ -22,6 +22,7 @@ from rq import get_current_job
 from common.envelope import Envelope, unpack_calls
 from common.settings import Settings
 from workers import coalesce, metrics
+from workers.events import machine
 from workers.events.model import Event, from_webhook
 from workers.events.parsing import Unparseable, parse_body
 from workers.storage import store
@@ -41,6 +42,7 @@ def settings() -> Settings:
     global _settings
     if _settings is None:
         _settings = Settings.from_env()
+        machine.configure(_settings.machine_networks)
     return _settings
 
 

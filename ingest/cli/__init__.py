@@ -24,6 +24,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "ingest.cli.run",  # serve, worker, dev
     "ingest.cli.schema",  # migrate, prune
     "ingest.cli.stats",  # stats
+    "ingest.cli.messages",  # messages rebuild
+    "ingest.cli.suppressions",  # suppressions export
     "ingest.cli.webhooks",  # webhooks list | create | delete
     "ingest.cli.verify",  # verify-url
     "ingest.cli.backfill",  # backfill, import
@@ -55,6 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ingest: {exc}", file=sys.stderr)
         return EXIT_USAGE
     setup_logging(settings.log_level)
+    from workers.events import machine
+
+    machine.configure(settings.machine_networks)
     handler: Handler = args.handler
     try:
         return handler(settings, args)

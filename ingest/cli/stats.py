@@ -28,6 +28,8 @@ class PipelineStats:
     failed_jobs: int
     events_by_type: dict[str, int] = field(default_factory=dict)
     rejected: int = 0
+    # opens and clicks by verdict: a machine rule's name (workers.events.machine), `human` or `unknown`
+    machine: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def events_total(self) -> int:
@@ -58,15 +60,27 @@ def collect(settings: Settings) -> PipelineStats:
     finally:
         connection.close()
     with psycopg.connect(settings.required("database_url"), connect_timeout=5) as conn:
-        rows = conn.execute("SELECT event_type, count(*) FROM events GROUP BY event_type ORDER BY 1").fetchall()
-        stats.events_by_type = {kind: count for kind, count in rows}
+        if scalar(
+            conn, "SELECT count(*) FROM pg_attribute WHERE attrelid = 'events'::regclass AND attname = 'machine'"
+        ):
+            rows = conn.execute(
+                "SELECT event_type, machine, machine_rule, count(*) FROM events GROUP BY 1, 2, 3 ORDER BY 1, 3"
+            ).fetchall()
+        else:  # before migration 0006
+            rows = conn.execute("SELECT event_type, NULL, NULL, count(*) FROM events GROUP BY 1 ORDER BY 1").fetchall()
+        for kind, machine, rule, count in rows:
+            stats.events_by_type[kind] = stats.events_by_type.get(kind, 0) + count
+            if kind in ("opened", "clicked"):
+                verdict = rule or ("human" if machine is False else "unknown")
+                by_rule = stats.machine.setdefault(kind, {})
+                by_rule[verdict] = by_rule.get(verdict, 0) + count
         stats.rejected = scalar(conn, "SELECT count(*) FROM rejected_events")
     return stats
 
 
 def print_mailing(settings: Settings, mailing_id: int, *, as_json: bool = False) -> int:
     """One row of the `mailing_stats` view; exit 1 when the mailing has no stored event."""
-    from workers.storage.reports import MAILING_STATS_COLUMNS, mailing_stats_row
+    from workers.storage.reports import mailing_stats_row
 
     with psycopg.connect(settings.required("database_url"), connect_timeout=5) as conn:
         row = mailing_stats_row(conn, mailing_id)
@@ -76,7 +90,7 @@ def print_mailing(settings: Settings, mailing_id: int, *, as_json: bool = False)
     if as_json:
         sys.stdout.write(orjson.dumps(row, default=float, option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0
-    for column in MAILING_STATS_COLUMNS:
+    for column in row:
         value = row[column]
         rate = column.endswith("_rate")
         shown = str(value) if not rate else "-" if value is None else f"{float(value) * 100:.1f} %"
@@ -102,6 +116,9 @@ def print_stats(settings: Settings, *, as_json: bool = False) -> int:
     for kind, count in stats.events_by_type.items():
         lines.append(f"  {kind:<21} {count}")
     lines.append(f"  {'total':<21} {stats.events_total}")
+    for kind, by_rule in stats.machine.items():
+        lines.append(f"{kind} by who (machine rule, human, unknown)")
+        lines.extend(f"  {verdict:<21} {count}" for verdict, count in sorted(by_rule.items()))
     lines.append(f"rejected calls          {stats.rejected}")
     print("\n".join(lines))
     return 0

@@ -18,7 +18,7 @@ import orjson
 
 from common.envelope import Envelope
 from workers.events import fields as fv
-from workers.events import mime, privacy
+from workers.events import machine, mime, privacy
 from workers.events.parsing import MAX_DEPTH, Unparseable
 
 log = logging.getLogger("workers.events.model")
@@ -95,6 +95,8 @@ class Event:
     smtp_status: str | None = None
     description: str | None = None
     account: str | None = None
+    machine: bool | None = None  # opens and clicks: a machine's fetch (`workers.events.machine`)
+    machine_rule: str | None = None  # the rule that said so
 
 
 def normalise_type(copernica_type: str) -> str:
@@ -373,6 +375,7 @@ def from_webhook(fields: dict[str, Any], envelope: Envelope, tz: str) -> Event:
             columns = (*columns[:_STATUS_COLUMN], status, *columns[_DESCRIPTION_COLUMN:])
     elif event_type == UNSUBSCRIBED:
         message_id = None  # the webhook's `id` is the unsubscribe's own (kept in the payload)
+    verdict = machine.classify(event_type, columns[1], columns[2])
     return Event(
         event_key(event_type, key_id, occurred, fields, ip=columns[1]),
         event_type,
@@ -385,6 +388,7 @@ def from_webhook(fields: dict[str, Any], envelope: Envelope, tz: str) -> Event:
         fields,
         *columns[1:],
         fv.account(_header(envelope.headers, "x-copernica-id")),
+        *verdict,
     )
 
 
@@ -438,6 +442,8 @@ def from_logfile(fields: dict[str, Any], log_type: str, tz: str, received_at: da
         columns[0],
         fields,
         *columns[1:],
+        None,
+        *machine.classify(event_type, columns[1], columns[2]),
     )
 
 

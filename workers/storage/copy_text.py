@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from workers.events.compact import compact
 from workers.events.fields import Recent
 from workers.events.model import Event
 
@@ -46,8 +47,13 @@ COPY_COLUMNS: tuple[str, ...] = (
     "smtp_status",
     "description",
     "account",
+    "machine",
+    "machine_rule",
     "payload",
 )
+# Before migration 0006 `events` had no machine columns: a worker running ahead of `ingest
+# migrate` writes these (`without_machine`).
+LEGACY_COLUMNS: tuple[str, ...] = tuple(c for c in COPY_COLUMNS if c not in ("machine", "machine_rule"))
 if sorted(COPY_COLUMNS) != sorted(EVENT_COLUMNS):
     raise RuntimeError(
         "workers.storage.copy_text does not write the columns of Event: missing "
@@ -82,11 +88,14 @@ _ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t", "
 _TABS = len(COPY_COLUMNS) - 2  # between the columns before the payload
 
 
-def copy_line(event: Event) -> str:
+def copy_line(event: Event, compacted: bool = True) -> str:
     """One event as a line of COPY text, in COPY_COLUMNS' order (NULs dropped: PostgreSQL text
-    cannot hold them)."""
+    cannot hold them); the payload without the fields a column holds exactly
+    (`workers.events.compact`) unless not `compacted` (a schema before 0006)."""
     values = _VALUES(event)
     e = event
+    if compacted and type(e.payload) is dict:
+        values = (*values[:-1], compact(e.payload, e))
     try:  # each column as the model makes it, read by name; anything else goes the general way below
         head = "\t".join(
             (
@@ -113,12 +122,14 @@ def copy_line(event: Event) -> str:
                 _NULL if (v := e.smtp_status) is None else v,
                 _NULL if (v := e.description) is None else v,
                 _NULL if (v := e.account) is None else v,
+                _NULL if (b := e.machine) is None else "t" if b is True else "f",
+                _NULL if (v := e.machine_rule) is None else v,
             )
         )
     except TypeError:
         head = ""  # not as the model makes it: the general way
     if (
-        type(payload := e.payload) is dict
+        type(payload := values[-1]) is dict
         and head
         and head.count("\\") == values.count(None)
         and head.count("\t") == _TABS
@@ -131,17 +142,29 @@ def copy_line(event: Event) -> str:
     return _escaped_line(values)
 
 
+def without_machine(lines: str) -> str:
+    """COPY text of COPY_COLUMNS as LEGACY_COLUMNS: the two machine columns (just before the
+    payload, which holds no raw tab) taken out of each line."""
+    out = []
+    for line in lines.splitlines(keepends=True):
+        head, _machine, _rule, payload = line.rsplit("\t", 3)
+        out.append(f"{head}\t{payload}")
+    return "".join(out)
+
+
 def _escaped_line(values: tuple[Any, ...]) -> str:
     """The general way: every value (in COPY_COLUMNS' order) through `_cell` and COPY's escapes."""
     return "\t".join([_NULL if v is None else _cell(v).translate(_ESCAPES) for v in values]) + "\n"
 
 
-# occurred_at repeats (events of one second): its text is made once.
-_stamps = Recent(str, size=10_000)
+# occurred_at repeats (events of one second): its text is made once (`STAMPS[moment]`).
+_stamps = STAMPS = Recent(str, size=10_000)
 
 
 def _cell(value: object) -> str:
     """A non-NULL value as PostgreSQL reads it, before COPY's escaping."""
+    if isinstance(value, bool):
+        return "t" if value else "f"
     if isinstance(value, dict):
         return _json(value)
     if isinstance(value, list):
@@ -164,13 +187,13 @@ def _array(items: list) -> str:
     return "{" + ",".join(quoted) + "}"
 
 
-def copy_data(events: Iterable[Event]) -> bytes:
+def copy_data(events: Iterable[Event], compacted: bool = True) -> bytes:
     """The COPY text of `events`, as `insert_events` sends it: of several events with one key
     (a call delivered twice into one batch) only the first. The unique constraint would drop the
     others, except where their occurred_at differs: an event without a usable time has its time
     of receipt, and `_NEW_KEY` looks such keys up in `events`, where a copy in the same chunk is
     not yet."""
-    return "".join(map(copy_line, first_per_key(events, set()))).encode()
+    return "".join(copy_line(event, compacted) for event in first_per_key(events, set())).encode()
 
 
 def first_per_key(events: Iterable[Event], seen: set[str]) -> list[Event]:

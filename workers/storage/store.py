@@ -23,23 +23,28 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-import orjson
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.types.json import Jsonb
 
 from common.envelope import Envelope
 from workers.events.model import Event
-from workers.storage import erased, partitions
-from workers.storage.copy_text import COPY_COLUMNS, copy_data, copy_line, first_per_key
+from workers.storage import erased, messages, partitions
+from workers.storage.copy_text import COPY_COLUMNS, LEGACY_COLUMNS, copy_data, copy_line, first_per_key, without_machine
 
 log = logging.getLogger("workers.storage.store")
 
 STATEMENT_TIMEOUT_MS = 120_000
 _COLS = ", ".join(COPY_COLUMNS)  # the order of copy_line's columns
-# The staging table is per session and shaped like `events` when first made: its name carries
-# the column list, so a long-lived connection never COPYs into a stage of an older schema.
-_STAGE = "incoming_events_" + hashlib.sha256(_COLS.encode()).hexdigest()[:12]
+_LEGACY_COLS = ", ".join(LEGACY_COLUMNS)  # before migration 0006 (see `messages.kept`)
+
+
+def _stage_name(columns: str) -> str:
+    """The staging table is per session and shaped like `events` when first made: its name carries
+    the column list, so a long-lived connection never COPYs into a stage of an older schema."""
+    return "incoming_events_" + hashlib.sha256(columns.encode()).hexdigest()[:12]
+
+
 # One row per event. `events` is partitioned by month on occurred_at (migration 0004), so its
 # unique constraint is (event_key, occurred_at); the PRIMARY KEY (id, occurred_at) is the only
 # other one and never conflicts (generated ids), so a bare ON CONFLICT DO NOTHING arbitrates
@@ -136,21 +141,36 @@ def insert_events(
         if not events:
             return 0
     partitions.ensure_for_events(conn, events)  # a set of months when they are known: no query
+    kept = messages.kept(conn)
     with conn.cursor() as cur:
-        return _insert_staged(cur, copy_data(events) if data is None else data, staged=staged)
+        stored, facts = _insert_staged(
+            cur, copy_data(events, kept) if data is None else data, staged=staged, facts=kept
+        )
+        messages.apply(cur, messages.fact_lines(facts))
+    return stored
 
 
-def _insert_staged(cur: psycopg.Cursor, data: bytes, *, staged: bool) -> int:
+def _insert_staged(cur: psycopg.Cursor, data: bytes, *, staged: bool, facts: bool) -> tuple[int, list]:
+    """The rows of `data` (COPY text of COPY_COLUMNS) that are new, inserted; how many, and (with
+    `facts`: `messages` is kept) their facts for `messages.apply`."""
+    cols = _COLS if facts else _LEGACY_COLS
+    stage = _stage_name(cols)
+    if not facts:
+        data = without_machine(data.decode()).encode()
     if not staged:  # once per transaction: cheap, and right after a rollback dropped the stage
         cur.execute(
-            f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} ON COMMIT DELETE ROWS AS SELECT {_COLS} FROM events WITH NO DATA"
+            f"CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS SELECT {cols} FROM events WITH NO DATA"
         )
-    with cur.copy(f"COPY {_STAGE} ({_COLS}) FROM STDIN") as copy:
+    with cur.copy(f"COPY {stage} ({cols}) FROM STDIN") as copy:
         copy.write(data)
-    cur.execute(f"INSERT INTO events ({_COLS}) SELECT {_COLS} FROM {_STAGE} s {_NEW_KEY} ON CONFLICT DO NOTHING")
+    returning = messages.RETURNING_FACTS if facts else ""
+    cur.execute(
+        f"INSERT INTO events ({cols}) SELECT {cols} FROM {stage} s {_NEW_KEY} ON CONFLICT DO NOTHING {returning}"
+    )
     stored = cur.rowcount
-    cur.execute(f"DELETE FROM {_STAGE}")  # the next chunk of this transaction starts empty
-    return stored
+    new = cur.fetchall() if facts else []
+    cur.execute(f"DELETE FROM {stage}")  # the next chunk of this transaction starts empty
+    return stored, new
 
 
 def call_key(envelope: Envelope) -> str:
@@ -222,20 +242,29 @@ class _Lines:
     staged: bytes  # the others (time of receipt, a fraction of a second): they need `_NEW_KEY`
     months: set  # partition months of the chunk's events
     rejects: Sequence[Rejected]
+    facts: str  # `messages.fact` of the direct rows (those of staged rows come from RETURNING)
 
 
-def _lines(events: Sequence[Event], rejects: Sequence[Rejected], seen: set[str]) -> _Lines:
+def _lines(events: Sequence[Event], rejects: Sequence[Rejected], seen: set[str], kept: bool = True) -> _Lines:
     """Of several events with one key in a transaction only the first (see `copy_data`)."""
     direct: list[str] = []
     staged: list[str] = []
+    facts = []
+    fact = messages.fact
     for event in first_per_key(events, seen):
         occurred = event.occurred_at
         if occurred.microsecond == 0 and occurred != event.received_at:
-            direct.append(copy_line(event))
+            direct.append(copy_line(event, kept))
+            facts.append(fact(event))
         else:
-            staged.append(copy_line(event))
+            staged.append(copy_line(event, kept))
     return _Lines(
-        "".join(direct).encode(), len(direct), "".join(staged).encode(), partitions.months_of(events), rejects
+        "".join(direct).encode(),
+        len(direct),
+        "".join(staged).encode(),
+        partitions.months_of(events),
+        rejects,
+        "".join(facts),
     )
 
 
@@ -248,6 +277,10 @@ def store_chunks(
     `_Writer` for how the rows reach `events`). `meanwhile` is called once every chunk is
     handed over, while PostgreSQL stores the last ones and commits (what it raises is raised
     once the transaction has ended, committed or not)."""
+    current = messages.known(conn)  # before 0006: whole payloads (nothing there to expand them)
+    if not current:
+        with conn.transaction():  # a query of its own, until the schema is found current
+            current = messages.kept(conn)
     feed: queue.Queue[_Lines | None] = queue.Queue(maxsize=2)
     outcome = _Outcome()
     guard = erased.Guard()  # the erased people, loaded by the writer in its transaction
@@ -265,7 +298,7 @@ def store_chunks(
                 chunk = Chunk(*guard.keep(*given))  # nothing of an erased person
                 kept.append(chunk)
                 if outcome.error is None:
-                    feed.put(_lines(chunk.events, chunk.rejects, seen))
+                    feed.put(_lines(chunk.events, chunk.rejects, seen, current))
         except BaseException:
             outcome.aborted = True
             raise
@@ -288,7 +321,9 @@ def store_chunks(
     origins: list[Envelope | None] = []
     for chunk in kept:
         origins.extend(chunk.origins if chunk.origins is not None else [None] * len(chunk.events))
-    result = _store_one_by_one(conn, events, origins, rejects)
+    from workers.storage import refused  # it imports this module
+
+    result = refused.store_one_by_one(conn, events, origins, rejects)
     result.erased += guard.erased
     return result
 
@@ -381,6 +416,8 @@ class _Writer:
         self.stored = 0
         self.staged = False  # the stage was made in this transaction
         self.rejects: list[Rejected] = []
+        self.kept = messages.kept(conn)  # the schema has `messages` (else: as before 0006)
+        self.fact_stage = False  # the facts' stage was made in this transaction
 
     def add(self, lines: _Lines) -> None:
         if lines.months and not partitions.known(self.conn, lines.months):
@@ -390,6 +427,10 @@ class _Writer:
         if lines.direct_rows:
             if self.direct:
                 self._copy(lines.direct, lines.direct_rows)
+                if self.kept:  # the chunk's facts while the next chunk is parsed: its COPY ends here
+                    self._end_copy()
+                    if self.direct:  # else the fallback brought them
+                        self._facts(lines.facts)
             else:
                 staged = lines.direct + staged
         if staged:
@@ -409,11 +450,19 @@ class _Writer:
         self._end_copy()
         if self.savepoint and self.direct:
             self.since.append(data)
-        new = _insert_staged(self.cur, data, staged=self.staged)
+        new, facts = _insert_staged(self.cur, data, staged=self.staged, facts=self.kept)
         self.staged = True
         self.stored += new
         if self.savepoint and self.direct:
             self.since_stored += new
+        if facts:
+            self._facts(messages.fact_lines(facts))
+
+    def _facts(self, lines: str) -> None:
+        """New rows' facts into `messages` (`workers.storage.messages`)."""
+        if lines:
+            messages.apply(self.cur, lines, staged=self.fact_stage)
+            self.fact_stage = True
 
     def _copy(self, data: bytes, rows: int) -> None:
         try:
@@ -421,11 +470,11 @@ class _Writer:
                 if not self.savepoint:
                     self.cur.execute(f"SAVEPOINT {_SAVEPOINT}")
                     self.savepoint = True
-                self.copy = self.cur.copy(f"COPY events ({_COLS}) FROM STDIN")
+                self.copy = self.cur.copy(f"COPY events ({_COLS if self.kept else _LEGACY_COLS}) FROM STDIN")
                 self.copy_in = self.copy.__enter__()
             self.since.append(data)
             self.copying += rows
-            self.copy_in.write(data)
+            self.copy_in.write(data if self.kept else without_machine(data.decode()).encode())
         except psycopg.Error as exc:
             self._fall_back(exc)
 
@@ -457,7 +506,8 @@ class _Writer:
         self.cur.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")  # raises when the server is gone
         self.direct = False
         self.staged = False  # a stage made inside the savepoint went with it
-        self.stored -= self.since_stored
+        self.stored -= self.since_stored  # and the facts' upserts went with the savepoint:
+        self.fact_stage = False  # the redo below brings the facts of what is new
         if isinstance(exc, psycopg.errors.UniqueViolation):
             pause = _pause.setdefault(self.conn, [0, 0])
             pause[1] = min(MAX_DIRECT_PAUSE, pause[1] * 2 or 1)
@@ -470,32 +520,3 @@ class _Writer:
 
 class _Aborted(Exception):
     """The producer failed: roll the transaction back."""
-
-
-def _store_one_by_one(
-    conn: psycopg.Connection, events: Sequence[Event], origins: Sequence[Envelope | None], rejects: Sequence[Rejected]
-) -> StoreResult:
-    result = StoreResult()
-    refused: list[Rejected] = list(rejects)
-    for event, origin in zip(events, origins, strict=True):
-        try:
-            with conn.transaction():
-                new = insert_events(conn, [event])
-            result.stored += new
-            result.duplicates += 1 - new
-        except psycopg.DataError as exc:
-            env = origin if origin is not None else _envelope_of(event)
-            refused.append(Rejected(env, f"refused by PostgreSQL: {exc}".splitlines()[0], event.source))
-    with conn.transaction():
-        result.rejected = insert_rejects(conn, refused)
-    return result
-
-
-def _envelope_of(event: Event) -> Envelope:
-    """A refused event kept as a call: its payload as JSON; a logfile record's target names its
-    log (`logfile:cdm-click`) so that `ingest rejected replay` can read it again."""
-    body = orjson.dumps(event.payload)
-    target = f"logfile:{event.copernica_type}" if event.source == "logfile" else ""
-    return Envelope(
-        body=body, content_type="application/json", received_at=event.received_at.timestamp(), target=target
-    )

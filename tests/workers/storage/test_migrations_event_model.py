@@ -17,7 +17,7 @@ from psycopg.types.json import Jsonb
 from tests.fixtures_copernica import MESSAGE, OCCURRED, TIME, TZ, WEBHOOK_CASES, log_record, out_of_office, wire
 from workers.events.model import Event, from_logfile, from_webhook
 from workers.storage import store
-from workers.storage.reports import MAILING_STATS_COLUMNS, mailing_stats_row
+from workers.storage.reports import HUMAN_COLUMNS, MAILING_STATS_COLUMNS, mailing_stats_row
 from workers.storage.schema import apply_migrations
 
 RECEIVED = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)
@@ -324,7 +324,8 @@ def test_mailing_stats_resolves_mailing_through_sent(db: psycopg.Connection) -> 
     assert store.store(db, events).stored == len(events)
 
     row42 = mailing_stats_row(db, 42)
-    assert row42 == {
+    assert row42 is not None
+    assert {k: row42[k] for k in MAILING_STATS_COLUMNS} == {
         "mailing_id": 42,
         "sent": 4,
         "delivered": 3,
@@ -345,5 +346,5 @@ def test_mailing_stats_resolves_mailing_through_sent(db: psycopg.Connection) -> 
     assert (row43["sent"], row43["delivered"], row43["failures"]) == (1, 0, 1)
     assert (row43["open_rate"], row43["click_rate"]) == (None, None)  # nothing delivered: no rate
     assert mailing_stats_row(db, 999) is None
-    assert list(row42) == list(MAILING_STATS_COLUMNS)
+    assert list(row42) == [*MAILING_STATS_COLUMNS, *HUMAN_COLUMNS]
     assert db.execute("SELECT count(*) FROM mailing_stats").fetchone()[0] == 2
