@@ -120,8 +120,9 @@ def search_events(
 
 
 def get_event(conn: psycopg.Connection, event_id: int) -> dict[str, Any] | None:
-    """Every column of one stored event, the payload as stored (jsonb, as Python values)."""
-    query = sql.SQL("SELECT {}, payload FROM events WHERE id = %s LIMIT 1").format(
+    """Every column of one stored event, and its payload as sent: every field Copernica sent,
+    those the stored payload leaves out because a column holds them included (`event_fields`)."""
+    query = sql.SQL("SELECT {}, event_fields(e) AS payload FROM events e WHERE id = %s LIMIT 1").format(
         sql.SQL(", ").join(map(sql.Identifier, EVENT_COLUMNS))
     )
     with conn.cursor(row_factory=dict_row) as cur:

@@ -112,8 +112,10 @@ def _direct(holder: Holder, selector: Selector) -> tuple[list[str], dict[str, An
             conditions.append(
                 f"({holder.profile} = %(profile)s AND ({holder.database} = %(database)s OR {holder.database} IS NULL))"
             )
-        else:
+        elif database is None:
             conditions.append(f"{holder.profile} = %(profile)s")
+        # else: a table without the database (`messages`) cannot be narrowed to it: its rows of
+        # the person are found through the messages of the rows that were (`_related`).
     return conditions, params
 
 

@@ -39,10 +39,10 @@ def test_erase_prints_per_person_and_a_summary_and_nothing_stored_exits_0(capsys
     code, out, err = run(capsys, "erase", "--email", ANNA, "--email", "nobody@example.org")
     assert code == 0, err
     lines = out.strip().splitlines()
-    assert lines[0].startswith(f"{ANNA_NORMAL}: removed 10 row(s) (events 6, rejected_events 4)")
+    assert lines[0].startswith(f"{ANNA_NORMAL}: removed 13 row(s) (events 6, messages 3, rejected_events 4)")
     assert f"with profile(s) {ANNA_PROFILE}" in lines[0]
     assert lines[1] == "nobody@example.org: nothing stored"
-    assert lines[2] == "2 people: removed 10 row(s) (events 6, rejected_events 4); 1 had nothing stored"
+    assert lines[2] == "2 people: removed 13 row(s) (events 6, messages 3, rejected_events 4); 1 had nothing stored"
     assert rows_naming(db, ANNA) == []
     code, out, _ = run(capsys, "erase", "--email", ANNA)  # again: safe, exit 0
     assert code == 0 and out.startswith(f"{ANNA_NORMAL}: nothing stored")
@@ -55,11 +55,11 @@ def test_dry_run_shows_per_table_and_changes_nothing(capsys, db) -> None:
     assert code == 0
     report = json.loads(out)
     assert report["dry_run"] is True
-    assert report["people"][0]["removed"] == {"events": 6, "rejected_events": 4}
+    assert report["people"][0]["removed"] == {"events": 6, "messages": 3, "rejected_events": 4}
     assert count(db, "SELECT count(*) FROM events") == before
     assert count(db, "SELECT count(*) FROM erasures") == 0
     code, out, _ = run(capsys, "erase", "--dry-run", "--email", ANNA)
-    assert "would remove 10 row(s)" in out and out.strip().splitlines()[-1].startswith("dry run, nothing changed")
+    assert "would remove 13 row(s)" in out and out.strip().splitlines()[-1].startswith("dry run, nothing changed")
 
 
 @pytest.mark.usefixtures("env")

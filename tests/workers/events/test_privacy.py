@@ -73,7 +73,7 @@ def test_truncate_stores_no_full_address_anywhere_and_webhook_and_logfile_meet(
     with store.connect(database_url) as conn:
         result = store.store(conn, events)
     assert (result.stored, result.duplicates) == (2, 2)  # each webhook met its logfile record
-    rows = sorted(db.execute("SELECT host(ip), payload->>'ip' FROM events").fetchall())
+    rows = sorted(db.execute("SELECT host(ip), event_fields(e)->>'ip' FROM events e").fetchall())
     assert rows == sorted([(V4_KEPT, V4_KEPT), (V6_KEPT, V6_KEPT)])
     stored = everything(db)
     assert V4 not in stored and "2001:db8:abcd:12" not in stored
@@ -88,7 +88,7 @@ def test_drop_keeps_no_address_and_webhook_and_logfile_still_meet(
     assert setting == "drop"
     with store.connect(database_url) as conn:
         assert store.store(conn, opens(V4)).stored == 1
-    assert db.execute("SELECT ip, payload ? 'ip' FROM events").fetchall() == [(None, False)]
+    assert db.execute("SELECT ip, event_fields(e) ? 'ip' FROM events e").fetchall() == [(None, False)]
     assert V4 not in everything(db)
 
 
@@ -97,7 +97,7 @@ def test_full_keeps_the_address_and_a_switch_makes_a_second_row(database_url: st
     try:
         with store.connect(database_url) as conn:
             assert store.store(conn, opens(V4)).stored == 1
-        assert db.execute("SELECT host(ip), payload->>'ip' FROM events").fetchall() == [(V4, V4)]
+        assert db.execute("SELECT host(ip), event_fields(e)->>'ip' FROM events e").fetchall() == [(V4, V4)]
         privacy.set_mode("truncate")  # the same open delivered again after the switch: keyed apart
         with store.connect(database_url) as conn:
             assert store.store(conn, opens(V4)).stored == 1

@@ -44,7 +44,7 @@ def key() -> Iterator[bytes]:
 def anna_erased(database_url: str, key: bytes) -> str:
     store_everyone(database_url)
     with psycopg.connect(database_url, autocommit=True) as conn:
-        assert erase(conn, Selector.email(ANNA), key).total == 10
+        assert erase(conn, Selector.email(ANNA), key).total == 13
     return database_url
 
 

@@ -21,6 +21,7 @@ from tests.people import (
     rows_naming,
     store_everyone,
 )
+from tests.workers.storage.test_messages import COUNTED, PLAIN_COUNT
 from workers.storage import erased
 from workers.storage.erased import Selector
 from workers.storage.erasure import Person, address_pattern, call_holds, erase, list_erasures
@@ -56,7 +57,7 @@ def test_an_erase_removes_her_from_every_partition_and_table_and_leaves_the_othe
     assert rows_naming(db, ANNA) == []
     # Hers without her address: the open of her message, the unsubscribe and profile change of her profile.
     assert count(db, "SELECT count(*) FROM events WHERE message_id LIKE 'ma%%' OR profile_id = %s", ANNA_PROFILE) == 0
-    assert result.removed == {"events": 6, "rejected_events": 4}
+    assert result.removed == {"events": 6, "messages": 3, "rejected_events": 4}
     assert result.profiles == [ANNA_PROFILE]
     assert count(db, "SELECT count(*) FROM events") == events_before - 6
     assert count(db, "SELECT count(*) FROM rejected_events") == rejected_before - 4
@@ -71,8 +72,8 @@ def test_the_audit_row_holds_a_keyed_hash_and_the_counts_never_the_person(
         records = list_erasures(conn)
     assert len(records) == 1
     record = records[0]
-    assert record.kind == "email" and record.total == 10
-    assert record.removed == {"events": 6, "rejected_events": 4}
+    assert record.kind == "email" and record.total == 13
+    assert record.removed == {"events": 6, "messages": 3, "rejected_events": 4}
     assert record.selector_hash == erased.keyed_hash(key, "email", ANNA_NORMAL)
     for table in ("erasures", "erased_selectors"):
         for (text,) in db.execute(f"SELECT row_to_json(t)::text FROM {table} t"):
@@ -87,7 +88,7 @@ def test_an_erase_is_safe_to_repeat_and_records_the_repeat(stored: str, db: psyc
         first = erase(conn, Selector.email(ANNA), key)
         again = erase(conn, Selector.email(ANNA), key)
         nobody = erase(conn, Selector.email("nobody@example.org"), key)
-    assert first.total == 10 and again.total == 0 and nobody.total == 0
+    assert first.total == 13 and again.total == 0 and nobody.total == 0
     assert count(db, "SELECT count(*) FROM erasures") == 3
     assert count(db, "SELECT count(*) FROM erased_selectors") == 3  # anna, her profile, nobody
 
@@ -96,7 +97,7 @@ def test_a_dry_run_counts_what_would_go_and_changes_nothing(stored: str, db: psy
     before = (count(db, "SELECT count(*) FROM events"), count(db, "SELECT count(*) FROM rejected_events"))
     with psycopg.connect(stored, autocommit=True) as conn:
         result = erase(conn, Selector.email(ANNA), None, dry_run=True)
-    assert result.removed == {"events": 6, "rejected_events": 4}
+    assert result.removed == {"events": 6, "messages": 3, "rejected_events": 4}
     assert (count(db, "SELECT count(*) FROM events"), count(db, "SELECT count(*) FROM rejected_events")) == before
     assert count(db, "SELECT count(*) FROM erasures") == 0
     assert count(db, "SELECT count(*) FROM erased_selectors") == 0
@@ -111,7 +112,7 @@ def test_a_profile_erase_takes_its_rows_and_messages_and_a_database_narrows_it(
         result = erase(conn, Selector.profile(ANNA_PROFILE, 12), key)
     # open ma1 + delivery ma3 (profile), unsubscribe, profile change; then the address found with
     # the profile: the click ma2, and the open of ma2 (her message)
-    assert result.removed == {"events": 6, "rejected_events": 4}
+    assert result.removed == {"events": 6, "messages": 3, "rejected_events": 4}
     assert result.addresses == 1
     assert rows_naming(db, ANNA) == []
     assert count(db, "SELECT count(*) FROM events WHERE profile_id = 7002") == 2  # Carl's stay
@@ -161,3 +162,16 @@ def test_the_payload_pattern_finds_the_address_as_a_whole(db: psycopg.Connection
 def test_a_raw_call_is_matched_in_every_encoding(body: bytes, found: bool) -> None:
     person = Person(profiles={ANNA_PROFILE}, messages={"ma3"})
     assert call_holds(body, Selector.email(ANNA), person) is found
+
+
+def test_the_mailing_figures_lose_her_events_too(stored: str, db: psycopg.Connection, key: bytes) -> None:
+    """Her events with a message id leave the totals through `messages`; her unsubscribe (a
+    mailing and a profile, no message id) was counted for its mailing directly, and is taken
+    off again (migration 0008)."""
+    before = db.execute("SELECT unsubscribes FROM mailing_stats WHERE mailing_id = 9").fetchone()
+    assert before is not None and before[0] == 2  # hers and Carl's
+    with psycopg.connect(stored, autocommit=True) as conn:
+        erase(conn, Selector.email(ANNA), key)
+    assert db.execute("SELECT unsubscribes FROM mailing_stats WHERE mailing_id = 9").fetchone() == (1,)
+    got = db.execute(f"SELECT {COUNTED} FROM mailing_stats ORDER BY mailing_id").fetchall()
+    assert got == db.execute(PLAIN_COUNT).fetchall()
