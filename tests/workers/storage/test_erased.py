@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -31,13 +30,6 @@ from tests.people import (
 from workers.storage import erased, store
 from workers.storage.erased import ErasureKeyError, Selector
 from workers.storage.erasure import erase
-
-
-@pytest.fixture
-def key() -> Iterator[bytes]:
-    erased.set_key(KEY)
-    yield KEY.encode()
-    erased.set_key(None)
 
 
 @pytest.fixture

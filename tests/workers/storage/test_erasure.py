@@ -4,7 +4,6 @@ in every partition and table, her neighbours' stay, and the audit row names her 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -15,7 +14,6 @@ from tests.people import (
     ANNA_NORMAL,
     ANNA_PROFILE,
     CARL,
-    KEY,
     XANNA,
     count,
     rows_naming,
@@ -25,13 +23,6 @@ from tests.workers.storage.test_messages import COUNTED, PLAIN_COUNT
 from workers.storage import erased
 from workers.storage.erased import Selector
 from workers.storage.erasure import Person, address_pattern, call_holds, erase, list_erasures
-
-
-@pytest.fixture
-def key() -> Iterator[bytes]:
-    erased.set_key(KEY)
-    yield KEY.encode()
-    erased.set_key(None)
 
 
 @pytest.fixture
