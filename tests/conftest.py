@@ -32,6 +32,7 @@ DATA_TABLES = (
     "mailing_totals",
     "erasures",
     "erased_selectors",
+    "mailing_reconciliations",
 )
 
 

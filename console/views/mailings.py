@@ -1,9 +1,12 @@
 """Mailings: those of the last 90 days with `mailing_stats`' figures (paged by mailing id),
 and one mailing's page: its figures (every column the view has, the human/machine ones too
-once they exist), opens and clicks over time after the send, and the bounce reasons.
+once they exist), opens and clicks over time after the send, the bounce reasons, and the latest
+reconcile result (`ingest reconcile --mailing`, `--follow`: Copernica's statistics against ours).
 
 The figures come through `console.computed` (kept in Redis, computed again in the background
-when older than two minutes): a page never waits more than its budget for them."""
+when older than two minutes): a page never waits more than its budget for them. The reconcile
+results are read on each request (an index probe per mailing, one query per page): a check just
+run shows at once."""
 
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from aiohttp import web
 
 from console.app import COMPUTED, app_db, db
 from console.computed import Figure
-from workers.storage import browse
+from workers.storage import browse, reconciliations
 
 PAGE = 25
 DAYS = 90
@@ -57,12 +60,14 @@ async def mailings(request: web.Request) -> web.StreamResponse:
     ]
     columns = next((list(row) for row in rows if len(row) > 1), [])
     missing = sum(1 for f in figures if f is None)
+    checks = await db(request, reconciliations.latest_many, ids)
     return aiohttp_jinja2.render_template(
         "mailings.html",
         request,
         {
             "rows": rows,
             "columns": columns,
+            "checks": checks,
             "next_before": ids[-1] if more and ids else None,
             "days": DAYS,
             "missing": missing,
@@ -105,7 +110,8 @@ async def mailing(request: web.Request) -> web.StreamResponse:
     )
     if figure is not None and figure.value["stats"] is None:
         raise web.HTTPNotFound(text=f"No stored events for mailing {mailing_id}.")
-    context: dict[str, Any] = {"mailing_id": mailing_id, "pending": figure is None, "reload": RELOAD}
+    check = await db(request, reconciliations.latest, mailing_id)
+    context: dict[str, Any] = {"mailing_id": mailing_id, "pending": figure is None, "reload": RELOAD, "check": check}
     if figure is not None:
         page = figure.value
         stats = page["stats"]

@@ -8,6 +8,9 @@ mailing's stored events span (in Copernica's zone) and compares again; with noth
 those days are unknown, so nothing is guessed (unless `--since` gives the first day: then
 `--since` to today). Counts above Copernica's are reported, never "fixed".
 
+Each comparison is stored (`workers.storage.reconciliations`; after `--fix` the second one too),
+for the console's mailing page; a mailing without statistics stores nothing.
+
 Exit codes: 0 nothing missing; 1 something was missing (with `--fix` too, as `reconcile --date`:
 a second run then exits 0 if the fix mended it), a mailing unknown to Copernica, its statistics
 not to be had, or a file of the fix failed; 2 bad input (before any call); 130 interrupted.
@@ -216,6 +219,7 @@ def reconcile_mailings(
     before = mailing_counts(run.conn, mailing_ids, begin)
     for check in checks:
         check.before = before[check.mailing_id]
+    _record(run, checks, since, fixed=False)
     if not fix:
         return checks, None
     summary = _fix(run, checks, types, since)
@@ -224,7 +228,18 @@ def reconcile_mailings(
         for check in checks:
             if check.fix_days:
                 check.after = after[check.mailing_id]
+        _record(run, [c for c in checks if c.after is not None], since, fixed=True)
     return checks, summary
+
+
+def _record(run: Run, checks: list[MailingCheck], since: date | None, *, fixed: bool) -> None:
+    """Store each comparison (`workers.storage.reconciliations`: the console shows the latest);
+    a mailing without statistics (unknown to Copernica, not to be had) has none to store."""
+    from workers.storage.reconciliations import record
+
+    for check in checks:
+        if check.stats is not None:
+            record(run.conn, check.mailing_id, check.measures(), source=check.stats.source, since=since, fixed=fixed)
 
 
 def _stopped() -> RunSummary:

@@ -138,3 +138,39 @@ async def test_figures_not_computed_yet_are_marked_and_the_page_reloads(
     client.server.app[COMPUTED].conn.delete(PREFIX + "mailing-page:4712")
     page = await (await client.get("/mailings/4712")).text()
     assert "Its figures are being computed" in page and 'id="figures"' not in page
+
+
+async def test_a_mailing_page_shows_the_latest_reconcile_result(
+    logged_in: tuple[TestClient, str], database_url: str, db: psycopg.Connection
+) -> None:
+    from workers.backfill.statistics import Measure
+    from workers.storage.reconciliations import record
+
+    client, _csrf = logged_in
+    recent = int((datetime.now(UTC) - timedelta(days=2)).timestamp())
+    mailing_events(database_url, 4711, recent)
+    mailing_events(database_url, 4712, recent)
+    html = await computed_page(client, "/mailings/4711")
+    assert 'id="not-reconciled"' in html and "run <code>ingest reconcile --mailing 4711</code>" in html
+    assert 'id="reconcile"' not in html
+
+    record(db, 4711, [Measure("deliveries", 5, 5), Measure("impressions", 9, 3)], source="ms")
+    record(
+        db, 4711, [Measure("deliveries", 5, 5), Measure("impressions", 7, 3), Measure("abuses", None, 0)], source="ms"
+    )
+    html = await computed_page(client, "/mailings/4711")  # the page's figures are kept: the result is not
+    assert 'id="not-reconciled"' not in html and 'id="reconciled"' in html
+    table = html[html.index('id="reconcile"') :].split("</table>")[0]
+    rows = re.findall(r"<tr( class=\"missing\")?><td>([^<]*)</td><td>([^<]*)</td><td>([^<]*)</td>", table)
+    assert rows == [
+        ("", "deliveries", "5", "5"),
+        (' class="missing"', "impressions", "7", "3"),  # the newest check, highlighted
+        ("", "abuses", "-", "0"),
+    ]
+    assert "4 missing" in html[html.index('id="reconciled"') :]
+
+    listing = await computed_page(client, "/mailings")
+    row = listing[listing.index('href="/mailings/4711"') :].split("</tr>")[0]
+    assert '<span class="missing"' in row and "4 missing" in row
+    row = listing[listing.index('href="/mailings/4712"') :].split("</tr>")[0]
+    assert "missing" not in row and '<td class="check"><span class="hint">-</span>' in row

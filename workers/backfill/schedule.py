@@ -4,8 +4,9 @@ A round reconciles yesterday and today (in the run's zone) as `ingest reconcile 
 what the logfiles hold that was not stored is stored now and counted, and Copernica's failed
 calls of those days are counted. Then every mailing with an event in the last `days_back` days
 (`workers.storage.mailing_counts.recent_mailings`) is compared with its statistics, as
-`ingest reconcile --mailing` does; that comparison belongs to the command line, which passes
-it in as a `MailingStep` (the workers import nothing of `ingest/`).
+`ingest reconcile --mailing` does (each comparison stored, as there, for the console's mailing
+page); that comparison belongs to the command line, which passes it in as a `MailingStep` (the
+workers import nothing of `ingest/`).
 
 A round that ends without error sets the gauges of `workers.backfill.reconcile_metrics` to what
 it found and records its success. A round that fails (a listing, a logfile or a mailing's

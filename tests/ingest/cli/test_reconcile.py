@@ -148,6 +148,8 @@ def test_two_rounds_set_the_gauges_to_what_each_found(caplog, db, database_url, 
     assert found["failed_calls"] == FAILED
     assert before <= found["last_success"] <= time.time()
     assert not fake.downloads("cdm-delivery"), "the days of the mailing are not read without --fix"
+    stored = db.execute("SELECT mailing_id, missing, fixed FROM mailing_reconciliations ORDER BY id").fetchall()
+    assert stored == [(42, True, False), (42, True, False)]  # each round's comparison, for the console
 
 
 @pytest.mark.usefixtures("env")
@@ -159,6 +161,8 @@ def test_fix_fills_the_mailings_days_and_reports_what_is_left(caplog, db, databa
     assert gauges()["logfile"] == CLICKS_MISSING
     assert count(db, "SELECT count(*) FROM events WHERE event_type = 'delivered'") == 10
     assert fake.downloads("cdm-delivery")
+    stored = db.execute("SELECT mailing_id, missing, fixed FROM mailing_reconciliations ORDER BY id").fetchall()
+    assert stored == [(42, True, False), (42, False, True)]  # before and after the fix
 
 
 def test_recent_mailings_by_their_id_or_through_their_sent_event(database_url, db) -> None:

@@ -97,6 +97,57 @@ def test_missing_webhooks_are_filled_by_fix_from_the_logfiles(capsys, db, databa
     assert again["status"] == "ok" and again["fix"]["days"] == [] and again["fix"]["added"] == 0
 
 
+def stored_checks(db) -> list[tuple]:
+    """The stored reconcile results, oldest first: (mailing, source, since, missing, fixed, measures by name)."""
+    rows = db.execute(
+        "SELECT mailing_id, source, since, missing, fixed, measures FROM mailing_reconciliations ORDER BY id"
+    ).fetchall()
+    return [(*row[:5], {m.pop("name"): m for m in row[5]}) for row in rows]
+
+
+@pytest.mark.usefixtures("env")
+def test_each_comparison_is_stored_the_one_after_fix_too(capsys, db, database_url, fake) -> None:
+    records = mailing_of(42, 10)
+    serve(fake, records)
+    send_webhooks(database_url, "cdm-delivery", records["cdm-delivery"][:6], mailing="42")
+    fake.add_statistics(42, STATS_42)
+    fake.add_statistics(43, {"deliveries": {"total": 0}}, publisher=True)
+
+    code, _, _ = run(capsys, fake, "--mailing", "42", "--mailing", "999", "--mailing", "43", "--since", "2026-11-01")
+    assert code == 1
+    checks = stored_checks(db)
+    assert [c[:5] for c in checks] == [
+        (42, "ms", DAY.replace(day=1), True, False),
+        (43, "publisher", DAY.replace(day=1), False, False),
+    ]
+    assert checks[0][5]["deliveries"] == {"copernica": 10, "stored": 6, "missing": 4, "extra": 0}
+    assert checks[0][5]["unique_impressions"] == {"copernica": 3, "stored": 0, "missing": 3, "extra": 0}
+    assert checks[1][5]["impressions"] == {"copernica": None, "stored": 0, "missing": 0, "extra": 0}
+    assert list(checks[0][5]) == [
+        "deliveries",
+        "impressions",
+        "unique_impressions",
+        "clicks",
+        "unique_clicks",
+        "errors",
+        "unsubscribes",
+        "abuses",
+    ]
+
+    db.execute("DELETE FROM mailing_reconciliations")
+    code, _, _ = run(capsys, fake, "--mailing", "42", "--fix")
+    assert code == 1  # things had been missing
+    before, after = stored_checks(db)
+    assert before[:5] == (42, "ms", None, True, False) and before[5]["deliveries"]["stored"] == 6
+    assert after[:5] == (42, "ms", None, False, True)
+    assert after[5]["deliveries"] == {"copernica": 10, "stored": 10, "missing": 0, "extra": 0}
+
+    db.execute("DELETE FROM mailing_reconciliations")
+    fake.fail("/statistics", 503, 503, 503, 503)
+    code, _, _ = run(capsys, fake, "--mailing", "42")
+    assert code == 1 and stored_checks(db) == []  # no statistics, nothing to store
+
+
 @pytest.mark.usefixtures("env")
 def test_counts_above_copernicas_are_reported_and_left_alone(capsys, db, database_url, fake) -> None:
     for log_type, records in mailing_of(42, 10).items():
