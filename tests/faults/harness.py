@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -119,11 +121,29 @@ class SentinelStack:
     env: dict[str, str]  # for `ingest` processes: through the Sentinels, with `extra` settings
 
 
+def port_outside_ephemeral_range() -> int:
+    """A free port below the kernel's range for outgoing connections: a server restarted at its
+    old address must find it free, and a client's connection (the stream's, say) could
+    otherwise take that very number as its own local port in the meantime."""
+    low = 32768
+    with contextlib.suppress(OSError, ValueError):
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for port in random.sample(range(max(1024, low - 12000), low), 200):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
+
+
 @contextlib.contextmanager
 def sentinel_stack(tmp: Path, **extra: str) -> Iterator[SentinelStack]:
-    """PostgreSQL (migrated), a Valkey primary, its replica and three Sentinels watching them."""
+    """PostgreSQL (migrated), a Valkey primary, its replica and three Sentinels watching them.
+    The primary's port is outside the ephemeral range, so a test can restart it there."""
     postgres = EmbeddedPostgres(tmp / "postgres")
-    primary = EmbeddedValkey(tmp / "primary")
+    primary = EmbeddedValkey(tmp / "primary", port=port_outside_ephemeral_range())
     postgres.start()
     primary.start()
     try:

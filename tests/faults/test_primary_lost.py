@@ -51,7 +51,7 @@ class Outcome:
 
 def answered_200_since(stream: Stream, since: float) -> bool:
     return any(
-        status == 200 and stream.answered_at.get(n, 0) > since + 0.5 for n, status in list(stream.statuses.items())
+        status == 200 and stream.answered_at.get(n, 0) > since + 0.5 for n, status in stream.statuses.copy().items()
     )
 
 
@@ -89,7 +89,7 @@ def lose_the_primary(tmp: Path, min_replicas: int, *, old_returns: bool) -> Outc
             )
             recovered_after = min(
                 at - killed_at
-                for n, at in list(stream.answered_at.items())
+                for n, at in stream.answered_at.copy().items()
                 if at > killed_at + 0.5 and stream.statuses.get(n) == 200
             )
             wait_for(lambda: stream.sent >= EVENTS, timeout=120, interval=0.1)

@@ -71,7 +71,7 @@ def test_failover_through_sentinel(tmp_path: Path) -> None:
             def answered_200_again() -> bool:
                 return any(
                     status == 200 and stream.answered_at.get(n, 0) > killed_at + 0.5
-                    for n, status in list(stream.statuses.items())
+                    for n, status in stream.statuses.copy().items()
                 )
 
             wait_for(answered_200_again, timeout=RECOVERY - (time.monotonic() - killed_at), interval=0.1)

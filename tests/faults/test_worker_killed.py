@@ -71,8 +71,14 @@ def diagnose(srv, stream: Stream) -> str:
         f"scheduled {ScheduledJobRegistry(queue=queue).count}, "
         f"failed {FailedJobRegistry(queue=queue).count}, borrowed {conn.smembers(coalesce.REGISTRY)}, "
         f"intermediate {conn.lrange('rq:queue:copernica:intermediate', 0, -1)}, "
-        f"workers {[w.decode() for w in conn.smembers('rq:workers')]}"
+        f"workers {[w.decode() for w in conn.smembers('rq:workers')]}, "
+        f"rejected calls {rejected_count(srv)}"
     )
+
+
+def rejected_count(srv) -> int:
+    with psycopg.connect(srv.postgres.url) as db:
+        return db.execute("SELECT count(*) FROM rejected_events").fetchone()[0]
 
 
 def stored_ids(srv) -> list[str]:
