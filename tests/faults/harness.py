@@ -281,3 +281,19 @@ def assert_stored_exactly_once(database_url: str, stream: Stream) -> None:
     assert len(ids) == len(set(ids)), "an event was stored twice"
     missing = stream.accepted() - set(ids)
     assert not missing, f"{len(missing)} acknowledged events not stored, e.g. {sorted(missing)[:3]}"
+
+
+def drained(primary: EmbeddedValkey, database_url: str, tag: str) -> None:
+    """Waits until the queue is empty, nothing is borrowed or running, and the stored count has
+    stopped moving (a job requeued by the worker, or a lease returned, may still come)."""
+    last = -1
+    with redis.Redis(port=primary.port) as conn:
+
+        def settled() -> bool:
+            nonlocal last
+            count = len(stored_ids(database_url, tag))
+            busy = conn.llen("rq:queue:copernica") or conn.scard("ingest:borrowed")
+            steady, last = count == last, count
+            return steady and not busy
+
+        wait_for(settled, timeout=120, interval=3.0)

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import redis
 
 from ingest.devstack.embedded import EmbeddedValkey
 from tests.faults.harness import (
     Stream,
+    drained,
     role,
     sentinel_stack,
     stored_ids,
@@ -112,22 +112,6 @@ def lose_the_primary(tmp: Path, min_replicas: int, *, old_returns: bool) -> Outc
             ids = stored_ids(postgres.url, stream.tag)
             assert len(ids) == len(set(ids)), "an event was stored twice"
             return Outcome(stream, recovered_after, accepted - set(ids))
-
-
-def drained(primary: EmbeddedValkey, database_url: str, tag: str) -> None:
-    """Waits until the queue is empty, nothing is borrowed or running, and the stored count has
-    stopped moving (a job requeued by the worker, or a lease returned, may still come)."""
-    last = -1
-    with redis.Redis(port=primary.port) as conn:
-
-        def settled() -> bool:
-            nonlocal last
-            count = len(stored_ids(database_url, tag))
-            busy = conn.llen("rq:queue:copernica") or conn.scard("ingest:borrowed")
-            steady, last = count == last, count
-            return steady and not busy
-
-        wait_for(settled, timeout=120, interval=3.0)
 
 
 def report(capsys: pytest.CaptureFixture[str], outcome: Outcome, scenario: str) -> None:

@@ -3,7 +3,8 @@ promotes the replica; the receiver and the worker (never restarted) follow it th
 (REDIS_SENTINELS). Calls whose batch could not be written get 503, never a 200 for a write that
 may be lost; the receiver answers 200 again within seconds of the switch; /readyz never says
 ready while no primary answers. (INGEST_REDIS_MIN_REPLICAS=0: after the failover the new
-primary has no replica, and a wait for one would refuse every call.)"""
+primary has no replica, and a wait for one would refuse every call; so an acknowledged call may
+be lost, and is reported, not asserted: test_primary_lost covers the wait.)"""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import pytest
 
 from tests.faults.harness import (
     Stream,
-    assert_stored_exactly_once,
+    drained,
     sentinel_stack,
     stored_ids,
     wait_for,
@@ -26,9 +27,9 @@ from tests.faults.harness import (
 )
 from tests.processes import Process, receiver
 
-# About a quarter of a minute, so in the fast suite: a job held by the worker at the kill is
+# Slow (about half a minute, longer on a loaded machine): a job held by the worker at the kill is
 # requeued by the worker itself as soon as the new primary answers.
-pytestmark = pytest.mark.faults
+pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
 RECOVERY = 15.0  # seconds from the kill to the receiver's first 200 again, at most
 
@@ -55,7 +56,7 @@ class ReadyProbe:
             time.sleep(0.05)
 
 
-def test_failover_through_sentinel(tmp_path: Path) -> None:
+def test_failover_through_sentinel(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with sentinel_stack(tmp_path, INGEST_REDIS_MIN_REPLICAS="0") as stack:
         primary, standby, postgres, env = stack.primary, stack.standby, stack.postgres, stack.env
         with receiver(env) as serving, Process(["worker"], env) as worker:
@@ -89,7 +90,15 @@ def test_failover_through_sentinel(tmp_path: Path) -> None:
             assert any(p[2] == 503 for p in probe.probes), "/readyz never said unavailable"
             assert probe.probes[-1][2] == 200, "/readyz not ready again after the failover"
 
-            accepted = stream.accepted()
-            wait_for(lambda: accepted <= set(stored_ids(postgres.url, stream.tag)), timeout=90, interval=0.5)
+            # Without a replica wait a 200 may be for a write the replica never received
+            # (test_primary_lost asserts none is lost with the wait): drained, nothing is stored
+            # twice, and what was lost is reported.
+            drained(standby, postgres.url, stream.tag)
             assert worker.popen is not None and worker.popen.poll() is None, "the worker stopped"
-            assert_stored_exactly_once(postgres.url, stream)
+            ids = stored_ids(postgres.url, stream.tag)
+            assert len(ids) == len(set(ids)), "an event was stored twice"
+            lost = stream.accepted() - set(ids)
+            with capsys.disabled():
+                print(
+                    f"\nSentinel failover, no replica wait: {len(lost)} of {len(stream.accepted())} acknowledged lost"
+                )
