@@ -29,6 +29,18 @@ STATS_42 = {
     "unknown": {"total": 0},
 }
 
+# The order the command prints and stores its measures in (written out: the tests check it).
+MEASURE_ORDER = [
+    "deliveries",
+    "impressions",
+    "unique_impressions",
+    "clicks",
+    "unique_clicks",
+    "errors",
+    "unsubscribes",
+    "abuses",
+]
+
 
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url: str, fake: FakeCopernica) -> dict[str, str]:
@@ -123,16 +135,7 @@ def test_each_comparison_is_stored_the_one_after_fix_too(capsys, db, database_ur
     assert checks[0][5]["deliveries"] == {"copernica": 10, "stored": 6, "missing": 4, "extra": 0}
     assert checks[0][5]["unique_impressions"] == {"copernica": 3, "stored": 0, "missing": 3, "extra": 0}
     assert checks[1][5]["impressions"] == {"copernica": None, "stored": 0, "missing": 0, "extra": 0}
-    assert list(checks[0][5]) == [
-        "deliveries",
-        "impressions",
-        "unique_impressions",
-        "clicks",
-        "unique_clicks",
-        "errors",
-        "unsubscribes",
-        "abuses",
-    ]
+    assert list(checks[0][5]) == MEASURE_ORDER
 
     db.execute("DELETE FROM mailing_reconciliations")
     code, _, _ = run(capsys, fake, "--mailing", "42", "--fix")
@@ -215,16 +218,7 @@ def test_json_shape(capsys, database_url, fake) -> None:
     assert code == 1
     [item] = orjson.loads(out)
     assert set(item) == {"mailing", "source", "status", "error", "since", "destinations", "measures"}
-    assert list(item["measures"]) == [
-        "deliveries",
-        "impressions",
-        "unique_impressions",
-        "clicks",
-        "unique_clicks",
-        "errors",
-        "unsubscribes",
-        "abuses",
-    ]
+    assert list(item["measures"]) == MEASURE_ORDER
     assert all(set(m) == {"copernica", "stored", "missing", "extra"} for m in item["measures"].values())
     assert item["measures"]["errors"] == {"copernica": 1, "stored": 0, "missing": 1, "extra": 0}
     assert (item["destinations"], item["since"], item["error"]) == (10, None, None)
