@@ -24,6 +24,7 @@ into a borrowed list and sets a lease on it):
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -78,8 +79,12 @@ class Borrowed:
 def borrow(conn: redis.Redis, queue: str, owner: str, want: int, per_job: int = 0) -> Borrowed:
     """Take queued store jobs of `queue` until about `want` calls are held (or none is left).
     `per_job`: how many calls the jobs queued lately held, when known, to aim the first round
-    trip at `want` too."""
-    held = Borrowed(queue_key(queue), f"{REGISTRY}:{queue}:{owner}")
+    trip at `want` too.
+
+    The borrowed list's name is the owner's with a token of its own: a job run again after its
+    worker died has the same id, and borrowing into the dead run's list (still leased, or not
+    yet returned) would make its jobs part of this run's list, deleted unstored by `settle`."""
+    held = Borrowed(queue_key(queue), f"{REGISTRY}:{queue}:{owner}.{secrets.token_hex(6)}")
     script = conn.register_script(_BORROW)
     count = min(MAX_ROUND, -(-want // per_job)) if per_job > 0 else FIRST_ROUND
     while len(held.calls) < want:

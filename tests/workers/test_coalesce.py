@@ -117,3 +117,17 @@ def test_a_known_job_size_aims_the_first_round_trip(redis_url: str, redis_conn: 
     assert aimed.job_ids == ids[20:40] and _script_calls(redis_conn) == 1
     coalesce.settle(redis_conn, held)
     coalesce.settle(redis_conn, aimed)
+
+
+def test_a_run_again_never_takes_over_a_dead_runs_list(redis_url: str, redis_conn: redis.Redis) -> None:
+    """A job retried after its worker was killed has the same id, so it borrows under the same
+    owner: the dead run's borrowed jobs must not be settled (deleted unstored) by the new run."""
+    ids = enqueue_batches(redis_url, [3] * 6)
+    dead = coalesce.borrow(redis_conn, "copernica", "job1", want=9, per_job=3)  # the killed run: never stored
+    again = coalesce.borrow(redis_conn, "copernica", "job1", want=9, per_job=3)  # the same job, run again
+    assert dead.job_ids == ids[:3] and again.job_ids == ids[3:]
+    coalesce.settle(redis_conn, again)
+    assert all(redis_conn.exists(f"rq:job:{i}") for i in ids[:3])
+    redis_conn.delete(dead.lease_key)  # the dead run's lease runs out
+    assert coalesce.return_abandoned(redis_conn) == 3
+    assert queued(redis_conn) == ids[:3]
