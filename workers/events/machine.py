@@ -14,7 +14,8 @@ Two kinds of rule, in two rooms:
     https://mask-api.icloud.com/egress-ip-ranges.csv), whatever the user agent.
   An event with neither an address nor a user agent is unknown (`machine` NULL); any other is
   a person (`machine` false, no rule) until a rule of the second kind says otherwise.
-- **Per message** (`workers.storage.messages`, in SQL: they need the message's other events),
+- **Per message** (in SQL, `messages_apply_click_rules` of migration 0006, run by the trigger
+  that keeps `messages`, 0010: they need the message's other events),
   for clicks only: `click_near_delivery` (a click before, or within `CLICK_DELAY_SECONDS` of,
   the message's delivery, or of its sending when no delivery is stored) and `link_burst` (two
   different links of one message clicked within `BURST_SECONDS` of each other: a scanner
@@ -48,6 +49,8 @@ LINK_BURST: Final = "link_burst"
 EVENT_RULES: Final[tuple[str, ...]] = (APPLE_PROXY, OPERATOR_NETWORK)
 MESSAGE_RULES: Final[tuple[str, ...]] = (CLICK_NEAR_DELIVERY, LINK_BURST)
 RULES: Final[tuple[str, ...]] = EVENT_RULES + MESSAGE_RULES
+# The per-message rules' figures, as the SQL of migrations 0006 and 0010 writes them (a test holds
+# the two together).
 CLICK_DELAY_SECONDS: Final = 5
 BURST_SECONDS: Final = 1
 

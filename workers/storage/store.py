@@ -143,19 +143,15 @@ def insert_events(
     partitions.ensure_for_events(conn, events)  # a set of months when they are known: no query
     kept = messages.kept(conn)
     with conn.cursor() as cur:
-        stored, facts = _insert_staged(
-            cur, copy_data(events, kept) if data is None else data, staged=staged, facts=kept
-        )
-        messages.apply(cur, messages.fact_lines(facts))
-    return stored
+        return _insert_staged(cur, copy_data(events, kept) if data is None else data, staged=staged, current=kept)
 
 
-def _insert_staged(cur: psycopg.Cursor, data: bytes, *, staged: bool, facts: bool) -> tuple[int, list]:
-    """The rows of `data` (COPY text of COPY_COLUMNS) that are new, inserted; how many, and (with
-    `facts`: `messages` is kept) their facts for `messages.apply`."""
-    cols = _COLS if facts else _LEGACY_COLS
+def _insert_staged(cur: psycopg.Cursor, data: bytes, *, staged: bool, current: bool) -> int:
+    """The rows of `data` (COPY text of COPY_COLUMNS) that are new, inserted; how many. Not
+    `current`: the schema is before 0006 (`messages.kept`)."""
+    cols = _COLS if current else _LEGACY_COLS
     stage = _stage_name(cols)
-    if not facts:
+    if not current:
         data = without_machine(data.decode()).encode()
     if not staged:  # once per transaction: cheap, and right after a rollback dropped the stage
         cur.execute(
@@ -163,14 +159,10 @@ def _insert_staged(cur: psycopg.Cursor, data: bytes, *, staged: bool, facts: boo
         )
     with cur.copy(f"COPY {stage} ({cols}) FROM STDIN") as copy:
         copy.write(data)
-    returning = messages.RETURNING_FACTS if facts else ""
-    cur.execute(
-        f"INSERT INTO events ({cols}) SELECT {cols} FROM {stage} s {_NEW_KEY} ON CONFLICT DO NOTHING {returning}"
-    )
+    cur.execute(f"INSERT INTO events ({cols}) SELECT {cols} FROM {stage} s {_NEW_KEY} ON CONFLICT DO NOTHING")
     stored = cur.rowcount
-    new = cur.fetchall() if facts else []
     cur.execute(f"DELETE FROM {stage}")  # the next chunk of this transaction starts empty
-    return stored, new
+    return stored
 
 
 def call_key(envelope: Envelope) -> str:
@@ -242,20 +234,16 @@ class _Lines:
     staged: bytes  # the others (time of receipt, a fraction of a second): they need `_NEW_KEY`
     months: set  # partition months of the chunk's events
     rejects: Sequence[Rejected]
-    facts: str  # `messages.fact` of the direct rows (those of staged rows come from RETURNING)
 
 
 def _lines(events: Sequence[Event], rejects: Sequence[Rejected], seen: set[str], kept: bool = True) -> _Lines:
     """Of several events with one key in a transaction only the first (see `copy_data`)."""
     direct: list[str] = []
     staged: list[str] = []
-    facts = []
-    fact = messages.fact
     for event in first_per_key(events, seen):
         occurred = event.occurred_at
         if occurred.microsecond == 0 and occurred != event.received_at:
             direct.append(copy_line(event, kept))
-            facts.append(fact(event))
         else:
             staged.append(copy_line(event, kept))
     return _Lines(
@@ -264,7 +252,6 @@ def _lines(events: Sequence[Event], rejects: Sequence[Rejected], seen: set[str],
         "".join(staged).encode(),
         partitions.months_of(events),
         rejects,
-        "".join(facts),
     )
 
 
@@ -417,7 +404,6 @@ class _Writer:
         self.staged = False  # the stage was made in this transaction
         self.rejects: list[Rejected] = []
         self.kept = messages.kept(conn)  # the schema has `messages` (else: as before 0006)
-        self.fact_stage = False  # the facts' stage was made in this transaction
 
     def add(self, lines: _Lines) -> None:
         if lines.months and not partitions.known(self.conn, lines.months):
@@ -427,10 +413,8 @@ class _Writer:
         if lines.direct_rows:
             if self.direct:
                 self._copy(lines.direct, lines.direct_rows)
-                if self.kept:  # the chunk's facts while the next chunk is parsed: its COPY ends here
+                if self.kept:  # the trigger folds the chunk while the next one is parsed
                     self._end_copy()
-                    if self.direct:  # else the fallback brought them
-                        self._facts(lines.facts)
             else:
                 staged = lines.direct + staged
         if staged:
@@ -450,19 +434,11 @@ class _Writer:
         self._end_copy()
         if self.savepoint and self.direct:
             self.since.append(data)
-        new, facts = _insert_staged(self.cur, data, staged=self.staged, facts=self.kept)
+        new = _insert_staged(self.cur, data, staged=self.staged, current=self.kept)
         self.staged = True
         self.stored += new
         if self.savepoint and self.direct:
             self.since_stored += new
-        if facts:
-            self._facts(messages.fact_lines(facts))
-
-    def _facts(self, lines: str) -> None:
-        """New rows' facts into `messages` (`workers.storage.messages`)."""
-        if lines:
-            messages.apply(self.cur, lines, staged=self.fact_stage)
-            self.fact_stage = True
 
     def _copy(self, data: bytes, rows: int) -> None:
         try:
@@ -506,8 +482,7 @@ class _Writer:
         self.cur.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")  # raises when the server is gone
         self.direct = False
         self.staged = False  # a stage made inside the savepoint went with it
-        self.stored -= self.since_stored  # and the facts' upserts went with the savepoint:
-        self.fact_stage = False  # the redo below brings the facts of what is new
+        self.stored -= self.since_stored  # and what the trigger folded of them: the redo folds it again
         if isinstance(exc, psycopg.errors.UniqueViolation):
             pause = _pause.setdefault(self.conn, [0, 0])
             pause[1] = min(MAX_DIRECT_PAUSE, pause[1] * 2 or 1)

@@ -177,9 +177,9 @@ def test_chunks_of_one_transaction_share_one_stage(db: psycopg.Connection) -> No
     made: list[bool] = []
     real = store._insert_staged
 
-    def spy(cur: psycopg.Cursor, data: bytes, *, staged: bool, facts: bool) -> tuple[int, list]:
+    def spy(cur: psycopg.Cursor, data: bytes, *, staged: bool, current: bool) -> int:
         made.append(staged)
-        return real(cur, data, staged=staged, facts=facts)
+        return real(cur, data, staged=staged, current=current)
 
     def untimed(n: int) -> Event:  # no usable time: occurred_at is the time of receipt, staged
         return _event(n, occurred_at=WHEN, received_at=WHEN)

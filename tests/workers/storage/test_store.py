@@ -58,9 +58,9 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         ways.append("direct")
         real_copy(self, data, rows)
 
-    def stage(cur: psycopg.Cursor, data: bytes, *, staged: bool, facts: bool) -> tuple[int, list]:
+    def stage(cur: psycopg.Cursor, data: bytes, *, staged: bool, current: bool) -> int:
         ways.append("staged")
-        return real_stage(cur, data, staged=staged, facts=facts)
+        return real_stage(cur, data, staged=staged, current=current)
 
     monkeypatch.setattr(store._Writer, "_copy", copy)
     monkeypatch.setattr(store, "_insert_staged", stage)
