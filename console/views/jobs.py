@@ -1,14 +1,13 @@
 """Failed store jobs: the list (RQ's failed registry of INGEST_QUEUE, paged) and requeueing
-one or all after a confirmation, through `ingest requeue-failed`'s own function."""
+one or all after a confirmation (through `console.views.confirmed`), with `ingest
+requeue-failed`'s own function."""
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import aiohttp_jinja2
 import redis
 from aiohttp import web
 from rq import Queue
@@ -17,9 +16,8 @@ from rq.registry import FailedJobRegistry
 
 from common.envelope import unpack_calls
 from console.app import REDIS, SETTINGS, in_thread
+from console.views.confirmed import ConfirmedAction
 from ingest.cli.jobs import requeue_failed
-
-log = logging.getLogger("console.views.jobs")
 
 PAGE = 25
 
@@ -64,42 +62,37 @@ def failed_page(conn: redis.Redis, queue: str, page: int) -> tuple[list[FailedJo
     return jobs, total
 
 
-def _page(request: web.Request) -> int:
-    raw = request.query.get("page", "1")
-    return max(1, int(raw)) if raw.isdigit() else 1
+async def _read_page(request: web.Request, page: int) -> tuple[list[FailedJob], int]:
+    return await in_thread(failed_page, request.app[REDIS], request.app[SETTINGS].queue, page)
 
 
-async def failed_list(request: web.Request) -> web.StreamResponse:
-    page = _page(request)
-    jobs, total = await in_thread(failed_page, request.app[REDIS], request.app[SETTINGS].queue, page)
-    return aiohttp_jinja2.render_template(
-        "failed.html", request, {"jobs": jobs, "total": total, "page": page, "more": page * PAGE < total}
-    )
+def failed_count(conn: redis.Redis, queue: str) -> int:
+    """How many jobs rest in the failed registry."""
+    return FailedJobRegistry(queue=Queue(queue, connection=conn)).get_job_count(cleanup=False)
 
 
-async def confirm_requeue(request: web.Request) -> web.StreamResponse:
-    job_id = request.match_info.get("id")
-    _jobs, total = await in_thread(failed_page, request.app[REDIS], request.app[SETTINGS].queue, 1)
-    return aiohttp_jinja2.render_template("requeue_confirm.html", request, {"job_id": job_id, "total": total})
+async def _count(request: web.Request) -> int:
+    return await in_thread(failed_count, request.app[REDIS], request.app[SETTINGS].queue)
 
 
-async def do_requeue(request: web.Request) -> web.StreamResponse:
-    job_id = request.match_info.get("id")
-    context: dict[str, Any] = {"job_id": job_id, "requeued": None, "error": None}
+async def _requeue(request: web.Request, job_id: str | None) -> tuple[dict[str, Any], int]:
     try:
-        context["requeued"] = await in_thread(requeue_failed, request.app[SETTINGS], job_id)
+        return {"requeued": await in_thread(requeue_failed, request.app[SETTINGS], job_id), "error": None}, 200
     except LookupError as exc:
-        context["error"] = str(exc.args[0])
-    log.info("console requeue of %s: %s", job_id or "all", context)
-    response = aiohttp_jinja2.render_template("requeue_result.html", request, context)
-    if context["error"]:
-        response.set_status(404)
-    return response
+        return {"requeued": None, "error": str(exc.args[0])}, 404
+
+
+REQUEUE = ConfirmedAction(
+    path="/failed",
+    action="requeue",
+    page_size=PAGE,
+    items_name="jobs",
+    read_page=_read_page,
+    id_name="job_id",
+    count=_count,
+    act=_requeue,
+)
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/failed", failed_list)
-    app.router.add_get("/failed/requeue", confirm_requeue)
-    app.router.add_post("/failed/requeue", do_requeue)
-    app.router.add_get("/failed/{id}/requeue", confirm_requeue)
-    app.router.add_post("/failed/{id}/requeue", do_requeue)
+    REQUEUE.add_routes(app)

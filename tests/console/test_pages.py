@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import time
 from datetime import UTC, datetime, timedelta
 
 import psycopg
-import pytest
 import redis
 from aiohttp.test_utils import TestClient
 
 from console import samples
-from console.app import COMPUTED
-from console.computed import PREFIX
 from tests.console.conftest import store_bodies
 from tests.payloads import BASE_TIME, webhook_body
 
@@ -55,14 +51,10 @@ async def test_the_overview_without_samples(logged_in: tuple[TestClient, str]) -
     assert chart_data(html, "chart-data")["hour"]["times"] == []
 
 
-async def computed_page(client: TestClient, url: str) -> str:
-    """The page once its figures are computed (it says so while they are not, and reloads)."""
-    for _ in range(100):
-        html = await (await client.get(url)).text()
-        if 'id="computing"' not in html:
-            return html
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{url}: the figures were never computed")
+async def page_of(client: TestClient, url: str) -> str:
+    resp = await client.get(url)
+    assert resp.status == 200, await resp.text()
+    return await resp.text()
 
 
 def mailing_events(database_url: str, mailing: int, sent_at: int, *, recipients: int = 3) -> None:
@@ -94,7 +86,7 @@ async def test_mailings_of_the_last_90_days(logged_in: tuple[TestClient, str], d
     mailing_events(database_url, 4711, recent)
     mailing_events(database_url, 4712, recent)
     mailing_events(database_url, 99, int((datetime.now(UTC) - timedelta(days=120)).timestamp()))
-    html = await computed_page(client, "/mailings")
+    html = await page_of(client, "/mailings")
     rows = re.findall(r'<a href="/mailings/(\d+)">', html)
     assert rows == ["4712", "4711"]  # not the mailing of 120 days ago
     assert "unique opens" in html
@@ -106,7 +98,7 @@ async def test_mailings_of_the_last_90_days(logged_in: tuple[TestClient, str], d
 async def test_a_mailing_page(logged_in: tuple[TestClient, str], database_url: str, db: psycopg.Connection) -> None:
     client, _csrf = logged_in
     mailing_events(database_url, 4711, BASE_TIME)
-    html = await computed_page(client, "/mailings/4711")
+    html = await page_of(client, "/mailings/4711")
     assert "Sent from 2026-11-26 12:00 UTC" in html
     chart = chart_data(html, "mailing-data")
     assert chart["hours"] == [1.0, 2.0] and chart["opens"] == [3, 0] and chart["clicks"] == [0, 1]
@@ -115,29 +107,40 @@ async def test_a_mailing_page(logged_in: tuple[TestClient, str], database_url: s
     assert db.execute("SELECT count(*) FROM events WHERE mailing_id IS NULL").fetchone()[0] == 4  # attributed
 
 
-async def test_figures_not_computed_yet_are_marked_and_the_page_reloads(
-    logged_in: tuple[TestClient, str], database_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from console.views import mailings
+def figures(html: str) -> dict[str, str]:
+    """A mailing page's figures table: {column: shown value}."""
+    table = html[html.index('id="figures"') :].split("</table>")[0]
+    return dict(re.findall(r"<tr><th>([^<]*)</th><td>([^<]*)</td></tr>", table))
 
+
+def list_row(html: str, mailing: int) -> list[str]:
+    """The cells of a mailing's row in the list, after its id."""
+    return re.findall(r"<td>([^<]*)</td>", html[html.index(f'href="/mailings/{mailing}"') :].split("</tr>")[0])
+
+
+async def test_the_figures_show_what_was_stored_just_before(
+    logged_in: tuple[TestClient, str], database_url: str
+) -> None:
     client, _csrf = logged_in
     recent = int((datetime.now(UTC) - timedelta(days=2)).timestamp())
     mailing_events(database_url, 4711, recent)
-    mailing_events(database_url, 4712, recent)
-    await computed_page(client, "/mailings/4711")  # 4711's page is kept, not its row of the list
-    await computed_page(client, "/mailings")
-    redis_keys = [f"mailing-stats:{m}" for m in (4711, 4712)]
-    client.server.app[COMPUTED].conn.delete(*(PREFIX + key for key in redis_keys[1:]))  # 4712's row forgotten
-    monkeypatch.setattr(mailings, "LIST_WAIT", 0)
-    html = await (await client.get("/mailings")).text()
-    assert 'id="computing"' in html and '<meta http-equiv="refresh"' in html
-    assert "The figures of 1 mailing are being computed" in html
-    row = html[html.index('href="/mailings/4712"') :].split("</tr>")[0]
-    assert "…" in row
-    monkeypatch.setattr(mailings, "PAGE_WAIT", 0)
-    client.server.app[COMPUTED].conn.delete(PREFIX + "mailing-page:4712")
-    page = await (await client.get("/mailings/4712")).text()
-    assert "Its figures are being computed" in page and 'id="figures"' not in page
+    page = await page_of(client, "/mailings/4711")
+    assert (figures(page)["opens"], figures(page)["clicks"]) == ("3", "1")
+    assert chart_data(page, "mailing-data")["opens"] == [3, 0]
+    assert list_row(await page_of(client, "/mailings"), 4711)[:3] == ["3", "0", "3"]
+
+    store_bodies(
+        database_url,
+        webhook_body("open", id="4711-m1", time=str(recent + 3700), ip="192.0.2.2"),
+        webhook_body("click", id="4711-m2", time=str(recent + 7400), url="https://e.x/"),
+        webhook_body("delivery", id="4711-m0", time=str(recent + 5), mailing="4711"),
+    )
+    page = await page_of(client, "/mailings/4711")
+    assert (figures(page)["opens"], figures(page)["clicks"], figures(page)["delivered"]) == ("4", "2", "1")
+    chart = chart_data(page, "mailing-data")
+    assert chart["opens"] == [4, 0] and chart["clicks"] == [0, 2]
+    assert list_row(await page_of(client, "/mailings"), 4711)[:3] == ["3", "1", "4"]  # sent, delivered, opens
+    assert 'id="computing"' not in page and "http-equiv" not in page
 
 
 async def test_a_mailing_page_shows_the_latest_reconcile_result(
@@ -150,7 +153,7 @@ async def test_a_mailing_page_shows_the_latest_reconcile_result(
     recent = int((datetime.now(UTC) - timedelta(days=2)).timestamp())
     mailing_events(database_url, 4711, recent)
     mailing_events(database_url, 4712, recent)
-    html = await computed_page(client, "/mailings/4711")
+    html = await page_of(client, "/mailings/4711")
     assert 'id="not-reconciled"' in html and "run <code>ingest reconcile --mailing 4711</code>" in html
     assert 'id="reconcile"' not in html
 
@@ -158,7 +161,7 @@ async def test_a_mailing_page_shows_the_latest_reconcile_result(
     record(
         db, 4711, [Measure("deliveries", 5, 5), Measure("impressions", 7, 3), Measure("abuses", None, 0)], source="ms"
     )
-    html = await computed_page(client, "/mailings/4711")  # the page's figures are kept: the result is not
+    html = await page_of(client, "/mailings/4711")
     assert 'id="not-reconciled"' not in html and 'id="reconciled"' in html
     table = html[html.index('id="reconcile"') :].split("</table>")[0]
     rows = re.findall(r"<tr( class=\"missing\")?><td>([^<]*)</td><td>([^<]*)</td><td>([^<]*)</td>", table)
@@ -169,7 +172,7 @@ async def test_a_mailing_page_shows_the_latest_reconcile_result(
     ]
     assert "4 missing" in html[html.index('id="reconciled"') :]
 
-    listing = await computed_page(client, "/mailings")
+    listing = await page_of(client, "/mailings")
     row = listing[listing.index('href="/mailings/4711"') :].split("</tr>")[0]
     assert '<span class="missing"' in row and "4 missing" in row
     row = listing[listing.index('href="/mailings/4712"') :].split("</tr>")[0]
