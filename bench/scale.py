@@ -2,17 +2,21 @@
 
     .venv/bin/python -m bench.scale [--events N] [--recipients R]
 
-Two databases on one PostgreSQL: *old*, migrated to 0005 (events only: what a worker stored
-before `messages`), and *new*, migrated to the end. The same realistic mailings (R recipients
+Three databases on one PostgreSQL: *old*, migrated to 0005 (events only: what a worker stored
+before `messages`), *bare*, migrated to the end with the trigger that keeps `messages` disabled
+(the same drain without the facts), and *new*, migrated to the end. The same realistic mailings (R recipients
 each: sent, delivered for 98 %, 0.6 opens and 0.15 clicks a recipient, a third of the opens by
 Apple's proxy, 2 % bounces, a third of them hard, some unsubscribes and complaints) go through
 the real store path: webhook bodies parsed by `workers.jobs.parse_calls` in chunks of 1,000 and
 stored by `store.store_chunks` (the worker's direct COPY), `sent` events as `cdm-attempts`
-records, 5,000 events a transaction, each transaction into both databases in turn (the order
-alternating). Then it prints:
+records, 5,000 events a transaction, each transaction into every database in turn (the order
+rotating). Then it prints:
 
-- events/s into each (parse + store, as a worker drains), and what `messages` costs;
-- bytes per event: heap, indexes, `messages` and `mailing_totals`, after VACUUM ANALYZE;
+- events/s into each (parse + store, as a worker drains), and what keeping `messages` costs
+  (new against bare);
+- bytes per event: heap, indexes, `messages` and `mailing_totals`, after VACUUM ANALYZE; and
+  per open: its row (with the heap's packing), the indexes' bytes per event and the share of
+  `messages` per event;
 - median times of `mailing_stats` for one mailing and for all (the last 90 days on new), the
   whole suppression list (the view on new; the same rule over `events` on old), and an event
   search by recipient.
@@ -40,6 +44,7 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import make_conninfo
 from rich.console import Console
+from rich.progress import Progress, TextColumn
 from rich.table import Table
 
 from workers.events.model import Event, from_logfile
@@ -47,6 +52,7 @@ from workers.jobs import parse_calls
 from workers.storage import store
 from workers.storage.schema import apply_migrations
 
+DATABASES = ("old", "bare", "new")
 TZ = "Europe/Amsterdam"
 START = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
 TRANSACTION = 5000
@@ -236,29 +242,37 @@ def main(argv: list[str] | None = None) -> int:
         urls = {}
         admin = make_conninfo(server_url, dbname="postgres")
         with psycopg.connect(admin, autocommit=True) as conn:
-            for name in ("old", "new"):
+            for name in DATABASES:
                 conn.execute(f"DROP DATABASE IF EXISTS bench_scale_{name} WITH (FORCE)")
                 conn.execute(f"CREATE DATABASE bench_scale_{name}")
                 urls[name] = make_conninfo(server_url, dbname=f"bench_scale_{name}")
         apply_migrations(urls["old"], target=5)
+        apply_migrations(urls["bare"])
         apply_migrations(urls["new"])
+        with psycopg.connect(urls["bare"], autocommit=True) as conn:
+            conn.execute("ALTER TABLE events DISABLE TRIGGER events_inserted_facts")
         return run(console, urls, args.events, args.recipients)
 
 
 def run(console: Console, urls: dict[str, str], events: int, recipients: int) -> int:
     conns = {name: store.connect(url) for name, url in urls.items()}
-    spent = {"old": 0.0, "new": 0.0}
+    spent = dict.fromkeys(DATABASES, 0.0)
     loaded = 0
-    started = time.monotonic()
-    for n, batch in enumerate(transactions(events, recipients)):
-        order = ("old", "new") if n % 2 == 0 else ("new", "old")
-        for name in order:
-            begin = time.perf_counter()
-            store.store_chunks(conns[name], chunks(batch))
-            spent[name] += time.perf_counter() - begin
-        loaded += len(batch)
-        if n % 40 == 0:
-            console.print(f"{loaded:,} events loaded into both ({time.monotonic() - started:.0f} s)")
+    columns = (*Progress.get_default_columns(), TextColumn("{task.completed:,} events"))
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task(f"loading into {len(DATABASES)} databases", total=events)
+        for n, batch in enumerate(transactions(events, recipients)):
+            shift = n % len(DATABASES)  # each database first in turn
+            for name in DATABASES[shift:] + DATABASES[:shift]:
+                begin = time.perf_counter()
+                store.store_chunks(conns[name], chunks(batch))
+                spent[name] += time.perf_counter() - begin
+            loaded += len(batch)
+            progress.update(task, completed=loaded)
+    bare_rate = loaded / spent["bare"]
+    conns.pop("bare").close()
+    with psycopg.connect(make_conninfo(urls["bare"], dbname="postgres"), autocommit=True) as admin:
+        admin.execute("DROP DATABASE bench_scale_bare WITH (FORCE)")  # its rate is all it was for
     figures: dict[str, dict[str, Any]] = {}
     for name, conn in conns.items():
         conn.autocommit = True
@@ -285,21 +299,38 @@ def run(console: Console, urls: dict[str, str], events: int, recipients: int) ->
                 (recipient,),
             ),
         }
-        figures[name]["open_row"] = conn.execute(
-            "SELECT avg(pg_column_size(e.*)) FROM events e WHERE event_type = 'opened'"
-        ).fetchone()[0]
+        figures[name]["open_row"], figures[name]["packing"] = conn.execute(
+            "SELECT avg(pg_column_size(e.*)) FILTER (WHERE event_type = 'opened'),"
+            " sum(pg_column_size(e.*) + 4)"  # 4: the row's line pointer
+            " FROM events e"
+        ).fetchone()
         conn.close()
-    report(figures, loaded)
+    report(figures, loaded, bare_rate)
     return 0
 
 
-def report(figures: dict[str, dict[str, Any]], loaded: int) -> None:
+def per_open(figures: dict[str, Any]) -> float:
+    """Bytes on disk per open: its row as the heap packs rows (the heap's bytes over the rows'
+    own), the indexes' bytes per event (an open has an entry in each), and the bytes of
+    `messages` and the mailing totals per event."""
+    stored = figures["stored"]
+    packing = figures["heap"] / float(figures["packing"])
+    return (float(figures["open_row"]) + 4) * packing + (figures["indexes"] + figures["messages"]) / stored
+
+
+def report(figures: dict[str, dict[str, Any]], loaded: int, bare_rate: float) -> None:
     old, new = figures["old"], figures["new"]
-    table = Table(title=f"{loaded:,} events, today's schema (0005) against messages (0006)")
+    table = Table(title=f"{loaded:,} events, today's schema (0005) against messages (0006-)")
     for column in ("measure", "today", "with messages", "ratio"):
         table.add_column(column, justify="right" if column != "measure" else "left")
     table.add_row(
         "events/s (parse + store)", f"{old['rate']:,.0f}", f"{new['rate']:,.0f}", f"{new['rate'] / old['rate']:.2f} ×"
+    )
+    table.add_row(
+        "events/s: left, the same schema without messages kept",
+        f"{bare_rate:,.0f}",
+        f"{new['rate']:,.0f}",
+        f"{new['rate'] / bare_rate:.2f} × (messages cost {1 - new['rate'] / bare_rate:.0%})",
     )
     for part in ("heap", "indexes", "messages"):
         table.add_row(
@@ -312,6 +343,12 @@ def report(figures: dict[str, dict[str, Any]], loaded: int) -> None:
     total_new = sum(new[p] for p in ("heap", "indexes", "messages")) / new["stored"]
     table.add_row("bytes/event: total", f"{total_old:.0f}", f"{total_new:.0f}", f"{total_new / total_old:.2f} ×")
     table.add_row("open row (pg_column_size)", f"{old['open_row']:.0f}", f"{new['open_row']:.0f}", "")
+    table.add_row(
+        "bytes per open: row, indexes, messages",
+        f"{per_open(old):.0f}",
+        f"{per_open(new):.0f}",
+        f"{per_open(new) / per_open(old):.2f} ×",
+    )
     for key, label in (
         ("one", "mailing_stats, one mailing"),
         ("all", "mailing_stats, all (new: last 90 days)"),
