@@ -15,16 +15,14 @@
 
 -- The statement folding the events of `source` (a relation with the columns of `events`) into
 -- `messages`: counts add up, milestones keep the first time, identity columns (mailing,
--- recipient, profile) the least value seen, the last bounce the latest (time, reason; texts
--- byte by byte, COLLATE "C"). All commutative: any order or split of arrival gives one row.
+-- recipient, profile) the least value seen (texts byte by byte, COLLATE "C"). All commutative: any order or split of arrival gives one row.
 -- It returns each message's clicks and whether its first click is near its delivery (or its
 -- sending), for the click rules (messages_apply_click_rules, 0006).
 CREATE FUNCTION messages_upsert(source text) RETURNS text LANGUAGE sql IMMUTABLE AS $fn$
 SELECT format($q$
 INSERT INTO messages AS m (message_id, mailing_id, recipient, profile_id, sent_at, delivered_at, opened_at,
     clicked_at, bounced_at, unsubscribed_at, complained_at, last_event_at, sent, delivered, opens, clicks,
-    human_opens, human_clicks, bounces, failures, deferrals, autoreplies, unsubscribes, complaints,
-    last_bounce_at, last_bounce_reason)
+    human_opens, human_clicks, bounces, failures, deferrals, autoreplies, unsubscribes, complaints)
 SELECT message_id, min(mailing_id), min(recipient COLLATE "C"), min(profile_id),
        min(occurred_at) FILTER (WHERE event_type = 'sent'),
        min(occurred_at) FILTER (WHERE event_type = 'delivered'),
@@ -45,13 +43,8 @@ SELECT message_id, min(mailing_id), min(recipient COLLATE "C"), min(profile_id),
        count(*) FILTER (WHERE event_type = 'deferred'),
        count(*) FILTER (WHERE event_type = 'autoresponded'),
        count(*) FILTER (WHERE event_type = 'unsubscribed'),
-       count(*) FILTER (WHERE event_type = 'complained'),
-       (array_agg(occurred_at ORDER BY occurred_at DESC, coalesce(description, smtp_status, '') COLLATE "C" DESC)
-            FILTER (WHERE event_type IN ('bounced', 'failed')))[1],
-       (array_agg(coalesce(description, smtp_status)
-                  ORDER BY occurred_at DESC, coalesce(description, smtp_status, '') COLLATE "C" DESC)
-            FILTER (WHERE event_type IN ('bounced', 'failed')))[1]
-FROM %1$s AS f
+       count(*) FILTER (WHERE event_type = 'complained')
+FROM %s AS f
 WHERE message_id IS NOT NULL
   AND event_type IN ('sent', 'delivered', 'opened', 'clicked', 'bounced', 'failed', 'deferred', 'autoresponded',
                      'unsubscribed', 'complained')
@@ -79,15 +72,25 @@ ON CONFLICT (message_id) DO UPDATE SET
     deferrals = m.deferrals + excluded.deferrals,
     autoreplies = m.autoreplies + excluded.autoreplies,
     unsubscribes = m.unsubscribes + excluded.unsubscribes,
-    complaints = m.complaints + excluded.complaints,
-    last_bounce_at = CASE WHEN %2$s THEN excluded.last_bounce_at ELSE m.last_bounce_at END,
-    last_bounce_reason = CASE WHEN %2$s THEN excluded.last_bounce_reason ELSE m.last_bounce_reason END
+    complaints = m.complaints + excluded.complaints
 RETURNING message_id, clicks, clicked_at < coalesce(delivered_at, sent_at) + interval '5 seconds' AS near
-$q$, source,
--- the bounce the row keeps: the latest by (time, reason)
-$c$(excluded.last_bounce_at IS NOT NULL AND (m.last_bounce_at IS NULL OR excluded.last_bounce_at > m.last_bounce_at
- OR (excluded.last_bounce_at = m.last_bounce_at
-     AND coalesce(excluded.last_bounce_reason, '') COLLATE "C" > coalesce(m.last_bounce_reason, '') COLLATE "C")))$c$)
+$q$, source)
+$fn$;
+
+-- The statement keeping, for the messages of `source` (as above) that bounced or failed, the
+-- latest bounce by (time, reason; texts byte by byte), in its own statement: in the fold, two
+-- ordered aggregates cost every event more than a second update of the few messages that bounce.
+CREATE FUNCTION messages_last_bounce(source text) RETURNS text LANGUAGE sql IMMUTABLE AS $fn$
+SELECT format($q$
+UPDATE messages AS m SET last_bounce_at = b.at, last_bounce_reason = b.reason
+FROM (SELECT DISTINCT ON (message_id) message_id, occurred_at AS at, coalesce(description, smtp_status) AS reason
+      FROM %s AS f
+      WHERE message_id IS NOT NULL AND event_type IN ('bounced', 'failed')
+      ORDER BY message_id, occurred_at DESC, coalesce(description, smtp_status, '') COLLATE "C" DESC) AS b
+WHERE m.message_id = b.message_id
+  AND (m.last_bounce_at IS NULL OR b.at > m.last_bounce_at
+       OR (b.at = m.last_bounce_at AND coalesce(b.reason, '') COLLATE "C" > coalesce(m.last_bounce_reason, '') COLLATE "C"))
+$q$, source)
 $fn$;
 
 -- The source of `mailing_totals_upsert` (0006) for the events of `source` without a message id
@@ -132,6 +135,9 @@ BEGIN
               GROUP BY message_id) AS t USING (message_id)
         WHERE up.clicks > 0 AND (up.clicks > 1 OR up.near OR t.timed)
     $q$, messages_upsert('new_rows')) INTO due;
+    IF EXISTS (SELECT 1 FROM new_rows WHERE message_id IS NOT NULL AND event_type IN ('bounced', 'failed')) THEN
+        EXECUTE messages_last_bounce('new_rows');
+    END IF;
     IF due IS NOT NULL THEN
         PERFORM messages_apply_click_rules(due);
     END IF;
@@ -152,12 +158,14 @@ BEGIN
         DELETE FROM mailing_totals;
         EXECUTE messages_upsert('events');
         GET DIAGNOSTICS made = ROW_COUNT;
+        EXECUTE messages_last_bounce('events');
         EXECUTE mailing_totals_upsert(mailing_direct_totals('events', 1));
         PERFORM messages_apply_click_rules(array(SELECT message_id FROM messages WHERE clicks > 0));
     ELSE
         DELETE FROM messages WHERE message_id = ANY(ids);
         EXECUTE messages_upsert('(SELECT * FROM events WHERE message_id = ANY($1))') USING ids;
         GET DIAGNOSTICS made = ROW_COUNT;
+        EXECUTE messages_last_bounce('(SELECT * FROM events WHERE message_id = ANY($1))') USING ids;
         PERFORM messages_apply_click_rules(ids);
     END IF;
     RETURN made;
