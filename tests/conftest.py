@@ -33,6 +33,7 @@ DATA_TABLES = (
     "erasures",
     "erased_selectors",
     "mailing_reconciliations",
+    "user_agents",
 )
 
 

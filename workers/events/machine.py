@@ -104,21 +104,20 @@ def classify(event_type: str, ip: str | None, user_agent: str | None) -> Verdict
     return _PERSON
 
 
-def sql_rule(apple: str = "%(apple)s", operator: str = "%(operator)s") -> str:
-    """`classify`'s rule as a SQL expression of `ip` and `user_agent` giving the rule's name (or
-    NULL), for `ingest messages rebuild`; `apple` and `operator` are `cidr[]` parameters."""
+def sql_rule(apple: str = "%(apple)s", operator: str = "%(operator)s", generic: str = "%(generic)s") -> str:
+    """`classify`'s rule as a SQL expression of `ip` and `user_agent_hash` (how a row stores its
+    user agent: `workers.storage.agents`) giving the rule's name (or NULL), for `ingest messages
+    rebuild`; `apple` and `operator` are `cidr[]` parameters, `generic` the `bigint[]` of
+    GENERIC_AGENTS' hashes."""
     return (
         f"CASE WHEN ip IS NULL THEN NULL"
         f" WHEN ip <<= ANY({operator}::cidr[]) THEN '{OPERATOR_NETWORK}'"
-        f" WHEN ip <<= ANY({apple}::cidr[]) AND (user_agent IS NULL OR user_agent = ANY(%(generic)s::text[]))"
+        f" WHEN ip <<= ANY({apple}::cidr[])"
+        f" AND (user_agent_hash IS NULL OR user_agent_hash = ANY({generic}::bigint[]))"
         f" THEN '{APPLE_PROXY}' END"
     )
 
 
 def sql_params() -> dict[str, list[str]]:
-    """The parameters `sql_rule` reads."""
-    return {
-        "apple": list(APPLE_NETWORKS),
-        "operator": list(operator_networks()),
-        "generic": sorted(GENERIC_AGENTS),
-    }
+    """The networks `sql_rule` reads (its `generic` hashes come from the storage room)."""
+    return {"apple": list(APPLE_NETWORKS), "operator": list(operator_networks())}

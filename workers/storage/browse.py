@@ -122,8 +122,12 @@ def search_events(
 def get_event(conn: psycopg.Connection, event_id: int) -> dict[str, Any] | None:
     """Every column of one stored event, and its payload as sent: every field Copernica sent,
     those the stored payload leaves out because a column holds them included (`event_fields`)."""
+    # `e.user_agent` is the text of the row's user agent (a function of the row: migration 0012)
     query = sql.SQL("SELECT {}, event_fields(e) AS payload FROM events e WHERE id = %s LIMIT 1").format(
-        sql.SQL(", ").join(map(sql.Identifier, EVENT_COLUMNS))
+        sql.SQL(", ").join(
+            sql.SQL("{}.{} AS {}").format(sql.Identifier("e"), sql.Identifier(c), sql.Identifier(c))
+            for c in EVENT_COLUMNS
+        )
     )
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(query, (event_id,)).fetchone()

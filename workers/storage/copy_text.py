@@ -16,6 +16,7 @@ import orjson
 from workers.events.compact import compact
 from workers.events.fields import Recent
 from workers.events.model import Event
+from workers.storage.agents import AGENT_KEYS as _agent_keys
 
 EVENT_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Event))
 # The order of a COPY line's columns, as `copy_line` writes them: the payload last, so that only
@@ -51,9 +52,13 @@ COPY_COLUMNS: tuple[str, ...] = (
     "machine_rule",
     "payload",
 )
-# Before migration 0006 `events` had no machine columns: a worker running ahead of `ingest
-# migrate` writes these (`without_machine`).
+# The columns of `events` COPY_COLUMNS go to: the user agent is stored as its hash (migration
+# 0012, `agent_hash`), its text once in `user_agents`.
+STORED_COLUMNS: tuple[str, ...] = tuple("user_agent_hash" if c == "user_agent" else c for c in COPY_COLUMNS)
+# Before migration 0006 `events` had no machine columns and held the user agent's text: a worker
+# running ahead of `ingest migrate` writes these (`copy_line` not `compacted`, `without_machine`).
 LEGACY_COLUMNS: tuple[str, ...] = tuple(c for c in COPY_COLUMNS if c not in ("machine", "machine_rule"))
+_AGENT = COPY_COLUMNS.index("user_agent")
 if sorted(COPY_COLUMNS) != sorted(EVENT_COLUMNS):
     raise RuntimeError(
         "workers.storage.copy_text does not write the columns of Event: missing "
@@ -96,6 +101,10 @@ def copy_line(event: Event, compacted: bool = True) -> str:
     e = event
     if compacted and type(e.payload) is dict:
         values = (*values[:-1], compact(e.payload, e))
+    agent = e.user_agent
+    if compacted and agent is not None:
+        agent = _agent_keys[agent] if type(agent) is str else agent
+        values = (*values[:_AGENT], agent, *values[_AGENT + 1 :])
     try:  # each column as the model makes it, read by name; anything else goes the general way below
         head = "\t".join(
             (
@@ -108,7 +117,7 @@ def copy_line(event: Event, compacted: bool = True) -> str:
                 _NULL if (v := e.message_id) is None else v,
                 _NULL if (v := e.recipient) is None else v,
                 _NULL if (v := e.ip) is None else v,
-                _NULL if (v := e.user_agent) is None else v,
+                _NULL if agent is None else agent,
                 _NULL if (v := e.url) is None else v,
                 _NULL if (v := e.link_id) is None else v,
                 _NULL if (n := e.mailing_id) is None else str(n),

@@ -24,6 +24,7 @@ from typing import Any
 import psycopg
 
 from workers.events import machine
+from workers.storage import agents
 
 log = logging.getLogger("workers.storage.messages")
 
@@ -33,12 +34,14 @@ COLUMNS = (
     " bounces, failures, deferrals, autoreplies, unsubscribes, complaints, last_bounce_at, last_bounce_reason"
 )
 TRIGGER = "events_inserted_facts"  # migration 0010
+AGENTS = "user_agents"  # migration 0012: the last the workers' rows need
 
 
 class SchemaInMigration(RuntimeError):
-    """`messages` exists but its trigger on `events` not yet: a database between migrations 0006
-    and 0010. Storing now would leave the new rows out of `messages` (workers before 0010 folded
-    them themselves), so the job fails and RQ retries it once `ingest migrate` is through."""
+    """`messages` exists but not yet all that rows of this version need: a database between
+    migrations 0006 and 0012. Storing now would leave the new rows out of `messages` (workers
+    before 0010 folded them themselves) or write a user agent's hash where its text belongs
+    (0012), so the job fails and RQ retries it once `ingest migrate` is through."""
 
 
 _kept: weakref.WeakKeyDictionary[psycopg.Connection, bool] = weakref.WeakKeyDictionary()
@@ -50,22 +53,24 @@ def known(conn: psycopg.Connection) -> bool:
 
 
 def kept(conn: psycopg.Connection) -> bool:
-    """Whether the schema keeps `messages` (migrations 0006 to 0010): rows then carry the machine
-    columns and compact payloads. A worker deployed before `ingest migrate` stores its events as
-    before 0006. Once found it is remembered for the connection; until then each transaction
-    asks again (the migration may run meanwhile). Raises SchemaInMigration between 0006 and 0010."""
+    """Whether the schema keeps `messages` (migrations 0006 to 0012): rows then carry the machine
+    columns, compact payloads and user agents' hashes. A worker deployed before `ingest migrate`
+    stores its events as before 0006. Once found it is remembered for the connection; until then
+    each transaction asks again (the migration may run meanwhile). Raises SchemaInMigration
+    between 0006 and 0012."""
     if _kept.get(conn):
         return True
     row = conn.execute(
         "SELECT to_regclass('messages') IS NOT NULL,"
-        " EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = %s AND tgrelid = to_regclass('events'))",
-        (TRIGGER,),
+        " EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = %s AND tgrelid = to_regclass('events'))"
+        " AND to_regclass(%s) IS NOT NULL",
+        (TRIGGER, AGENTS),
     ).fetchone()
-    table, trigger = (bool(row[0]), bool(row[1])) if row else (False, False)
-    if table and not trigger:
+    table, complete = (bool(row[0]), bool(row[1])) if row else (False, False)
+    if table and not complete:
         raise SchemaInMigration(
-            "the database is between migrations 0006 and 0010 (`messages` without its trigger on `events`):"
-            " run `ingest migrate`; the job is retried"
+            "the database is between migrations 0006 and 0012 (`messages` without its trigger on `events`,"
+            " or `user_agents` missing): run `ingest migrate`; the job is retried"
         )
     _kept[conn] = table
     return table
@@ -75,7 +80,7 @@ def rebuild(conn: psycopg.Connection, mailing_ids: Sequence[int] | None = None) 
     """`messages` again from `events` (those of `mailing_ids`, or all), with every machine rule
     applied again to the stored opens and clicks; in the caller's transaction. Returns how many
     messages it made."""
-    params: dict[str, Any] = machine.sql_params()
+    params: dict[str, Any] = {**machine.sql_params(), "generic": [agents.agent_hash(t) for t in machine.GENERIC_AGENTS]}
     scope = ""
     if mailing_ids is not None:
         params["mailings"] = list(mailing_ids)
@@ -92,13 +97,14 @@ def rebuild(conn: psycopg.Connection, mailing_ids: Sequence[int] | None = None) 
     rule = machine.sql_rule()
     conn.execute(
         f"UPDATE events SET machine_rule = v.rule,"
-        f" machine = CASE WHEN v.rule IS NOT NULL THEN true WHEN ip IS NULL AND user_agent IS NULL THEN NULL"
+        f" machine = CASE WHEN v.rule IS NOT NULL THEN true WHEN ip IS NULL AND user_agent_hash IS NULL THEN NULL"
         f" ELSE false END"
         f" FROM (SELECT id AS vid, occurred_at AS vat, {rule} AS rule FROM events"
         f" WHERE event_type IN ('opened', 'clicked'){scope}) AS v"
         f" WHERE id = v.vid AND occurred_at = v.vat"
         f" AND (machine_rule IS DISTINCT FROM v.rule OR machine IS DISTINCT FROM"
-        f" (CASE WHEN v.rule IS NOT NULL THEN true WHEN ip IS NULL AND user_agent IS NULL THEN NULL ELSE false END))",
+        f" (CASE WHEN v.rule IS NOT NULL THEN true WHEN ip IS NULL AND user_agent_hash IS NULL THEN NULL"
+        f" ELSE false END))",
         params,
     )
     made = conn.execute("SELECT messages_rebuild(%s)", (params.get("ids"),)).fetchone()

@@ -20,6 +20,7 @@ import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -29,13 +30,20 @@ from psycopg.types.json import Jsonb
 
 from common.envelope import Envelope
 from workers.events.model import Event
-from workers.storage import erased, messages, partitions
-from workers.storage.copy_text import COPY_COLUMNS, LEGACY_COLUMNS, copy_data, copy_line, first_per_key, without_machine
+from workers.storage import agents, erased, messages, partitions
+from workers.storage.copy_text import (
+    LEGACY_COLUMNS,
+    STORED_COLUMNS,
+    copy_data,
+    copy_line,
+    first_per_key,
+    without_machine,
+)
 
 log = logging.getLogger("workers.storage.store")
 
 STATEMENT_TIMEOUT_MS = 120_000
-_COLS = ", ".join(COPY_COLUMNS)  # the order of copy_line's columns
+_COLS = ", ".join(STORED_COLUMNS)  # the order of copy_line's columns
 _LEGACY_COLS = ", ".join(LEGACY_COLUMNS)  # before migration 0006 (see `messages.kept`)
 
 
@@ -143,6 +151,8 @@ def insert_events(
     partitions.ensure_for_events(conn, events)  # a set of months when they are known: no query
     kept = messages.kept(conn)
     with conn.cursor() as cur:
+        if kept:
+            agents.add(cur, agents.of(events))
         return _insert_staged(cur, copy_data(events, kept) if data is None else data, staged=staged, current=kept)
 
 
@@ -234,13 +244,23 @@ class _Lines:
     staged: bytes  # the others (time of receipt, a fraction of a second): they need `_NEW_KEY`
     months: set  # partition months of the chunk's events
     rejects: Sequence[Rejected]
+    agents: dict[int, str]  # user agents of the chunk's rows not known to be stored (hash → text)
 
 
-def _lines(events: Sequence[Event], rejects: Sequence[Rejected], seen: set[str], kept: bool = True) -> _Lines:
-    """Of several events with one key in a transaction only the first (see `copy_data`)."""
+def _lines(
+    events: Sequence[Event],
+    rejects: Sequence[Rejected],
+    seen: set[str],
+    kept: bool = True,
+    known: AbstractSet[int] = frozenset(),
+) -> _Lines:
+    """Of several events with one key in a transaction only the first (see `copy_data`). `known`:
+    user agents known to be stored."""
     direct: list[str] = []
     staged: list[str] = []
-    for event in first_per_key(events, seen):
+    events = first_per_key(events, seen)
+    wanted = {h: t for h, t in agents.of(events).items() if h not in known} if kept else {}
+    for event in events:
         occurred = event.occurred_at
         if occurred.microsecond == 0 and occurred != event.received_at:
             direct.append(copy_line(event, kept))
@@ -252,6 +272,7 @@ def _lines(events: Sequence[Event], rejects: Sequence[Rejected], seen: set[str],
         "".join(staged).encode(),
         partitions.months_of(events),
         rejects,
+        wanted,
     )
 
 
@@ -271,6 +292,7 @@ def store_chunks(
     feed: queue.Queue[_Lines | None] = queue.Queue(maxsize=2)
     outcome = _Outcome()
     guard = erased.Guard()  # the erased people, loaded by the writer in its transaction
+    known = agents.known(conn)
     thread = threading.Thread(target=_write_chunks, args=(conn, feed, outcome, guard), name="store-writer", daemon=True)
     thread.start()
     kept: list[Chunk] = []
@@ -285,7 +307,7 @@ def store_chunks(
                 chunk = Chunk(*guard.keep(*given))  # nothing of an erased person
                 kept.append(chunk)
                 if outcome.error is None:
-                    feed.put(_lines(chunk.events, chunk.rejects, seen, current))
+                    feed.put(_lines(chunk.events, chunk.rejects, seen, current, known))
         except BaseException:
             outcome.aborted = True
             raise
@@ -346,6 +368,8 @@ def _write_chunks(
             except BaseException as exc:
                 writer.abandon(exc)  # an open COPY holds the connection's lock
                 raise
+        if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:  # committed, not a savepoint's
+            agents.remember(conn, writer.agents)
     except BaseException as exc:  # handed to the caller's thread
         outcome.error = exc
         guard.release()
@@ -404,8 +428,13 @@ class _Writer:
         self.staged = False  # the stage was made in this transaction
         self.rejects: list[Rejected] = []
         self.kept = messages.kept(conn)  # the schema has `messages` (else: as before 0006)
+        self.agents: dict[int, str] = {}  # user agents this transaction added to `user_agents`
 
     def add(self, lines: _Lines) -> None:
+        if lines.agents:  # before the rows that name them
+            self._end_copy()
+            agents.add(self.cur, lines.agents)
+            self.agents.update(lines.agents)
         if lines.months and not partitions.known(self.conn, lines.months):
             self._end_copy()  # making a partition is a statement of its own
             partitions.ensure_months(self.conn, lines.months)
@@ -480,6 +509,7 @@ class _Writer:
         if self.conn.closed or self.conn.broken:
             raise exc
         self.cur.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")  # raises when the server is gone
+        agents.add(self.cur, self.agents)  # those added since the savepoint went with it
         self.direct = False
         self.staged = False  # a stage made inside the savepoint went with it
         self.stored -= self.since_stored  # and what the trigger folded of them: the redo folds it again

@@ -10,6 +10,7 @@ import pytest
 from tests.fixtures_copernica import TZ, envelope, log_record
 from workers.events import machine
 from workers.events.model import from_logfile, from_webhook
+from workers.storage import agents
 
 BROWSER = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148"
 
@@ -69,11 +70,13 @@ def test_the_sql_rule_is_the_python_rule(db: psycopg.Connection) -> None:
     """What `ingest messages rebuild` applies in SQL gives `classify`'s verdict for every case."""
     machine.configure(["198.51.100.0/24"])
     cases = [*CASES, ("opened", "198.51.100.3", BROWSER, None), ("clicked", "198.51.100.3", None, None)]
+    generic = [agents.agent_hash(text) for text in machine.GENERIC_AGENTS]
     for kind, ip, agent, _verdict in cases:
         if kind not in machine.MACHINE_TYPES:
             continue
         row = db.execute(
-            f"SELECT {machine.sql_rule()} FROM (SELECT %(ip)s::inet AS ip, %(agent)s::text AS user_agent) AS e",
-            {**machine.sql_params(), "ip": ip, "agent": agent},
+            f"SELECT {machine.sql_rule()}"
+            " FROM (SELECT %(ip)s::inet AS ip, agent_hash(%(agent)s) AS user_agent_hash) AS e",
+            {**machine.sql_params(), "generic": generic, "ip": ip, "agent": agent},
         ).fetchone()
         assert row[0] == machine.classify(kind, ip, agent)[1], (ip, agent)

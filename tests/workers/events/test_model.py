@@ -83,7 +83,8 @@ def test_every_case_stores_with_its_columns(db: psycopg.Connection) -> None:
         result = store.store(db, [event])
         assert (result.stored, result.rejected) == (1, 0), case.name
         with db.cursor(row_factory=dict_row) as cur:
-            row = cur.execute("SELECT *, event_fields(e) AS fields FROM events e").fetchone()
+            query = "SELECT *, e.user_agent AS user_agent, event_fields(e) AS fields FROM events e"
+            row = cur.execute(query).fetchone()
         stored = {name: row[name] for name in NORMALISED}
         stored["ip"] = str(row["ip"]) if row["ip"] is not None else None
         assert stored == case.columns(account="1234"), case.name

@@ -15,7 +15,7 @@ from psycopg.rows import dict_row
 
 from workers.events.compact import compact
 from workers.events.model import Event
-from workers.storage import copy_text, store
+from workers.storage import agents, copy_text, store
 from workers.storage.copy_text import COPY_COLUMNS, EVENT_COLUMNS, copy_line
 
 WHEN = datetime(2026, 11, 26, 12, 0, 1, tzinfo=UTC)
@@ -43,7 +43,8 @@ def _stored(db: psycopg.Connection, events: list[Event]) -> dict[str, dict[str, 
     assert (result.stored, result.rejected) == (len(events), 0)
     with db.cursor(row_factory=dict_row) as cur:
         # the payload as sent: the stored one less what the columns hold (workers.events.compact)
-        return {row["event_key"]: row for row in cur.execute("SELECT *, event_fields(e) AS fields FROM events e")}
+        rows = cur.execute("SELECT *, e.user_agent AS user_agent, event_fields(e) AS fields FROM events e")
+        return {row["event_key"]: row for row in rows}
 
 
 def _expected(event: Event) -> dict[str, Any]:
@@ -165,9 +166,9 @@ def test_each_value_is_written_in_its_own_column(monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(copy_text, "_escaped_line", general)
     cells = copy_line(event).removesuffix("\n").split("\t")
+    stored = {"payload": compact(event.payload, event), "user_agent": agents.agent_hash("ua")}  # 0006, 0012
     assert dict(zip(COPY_COLUMNS, cells, strict=True)) == {
-        name: copy_text._cell(getattr(event, name) if name != "payload" else compact(event.payload, event))
-        for name in COPY_COLUMNS
+        name: copy_text._cell(stored.get(name, getattr(event, name))) for name in COPY_COLUMNS
     }
 
 
