@@ -29,7 +29,7 @@ from psycopg.types.json import Jsonb
 
 from common.envelope import Envelope
 from workers.events.model import Event
-from workers.storage import erased, messages, partitions
+from workers.storage import erased, keys, messages, partitions
 from workers.storage.copy_text import COPY_COLUMNS, LEGACY_COLUMNS, copy_data, copy_line, first_per_key, without_machine
 
 log = logging.getLogger("workers.storage.store")
@@ -39,10 +39,12 @@ _COLS = ", ".join(COPY_COLUMNS)  # the order of copy_line's columns
 _LEGACY_COLS = ", ".join(LEGACY_COLUMNS)  # before migration 0006 (see `messages.kept`)
 
 
-def _stage_name(columns: str) -> str:
+def _stage_name(columns: str, short_key: bool) -> str:
     """The staging table is per session and shaped like `events` when first made: its name carries
-    the column list, so a long-lived connection never COPYs into a stage of an older schema."""
-    return "incoming_events_" + hashlib.sha256(columns.encode()).hexdigest()[:12]
+    the column list and the key's type, so a long-lived connection never COPYs into a stage of an
+    older schema (one made before migration 0011 has a text key, which `events` no longer takes)."""
+    shape = columns if short_key else columns + " event_key text"
+    return "incoming_events_" + hashlib.sha256(shape.encode()).hexdigest()[:12]
 
 
 # One row per event. `events` is partitioned by month on occurred_at (migration 0004), so its
@@ -142,19 +144,21 @@ def insert_events(
             return 0
     partitions.ensure_for_events(conn, events)  # a set of months when they are known: no query
     kept = messages.kept(conn)
+    short = keys.uuid_keys(conn)
     with conn.cursor() as cur:
         stored, facts = _insert_staged(
-            cur, copy_data(events, kept) if data is None else data, staged=staged, facts=kept
+            cur, copy_data(events, kept, short) if data is None else data, staged=staged, facts=kept, short_key=short
         )
         messages.apply(cur, messages.fact_lines(facts))
     return stored
 
 
-def _insert_staged(cur: psycopg.Cursor, data: bytes, *, staged: bool, facts: bool) -> tuple[int, list]:
+def _insert_staged(cur: psycopg.Cursor, data: bytes, *, staged: bool, facts: bool, short_key: bool) -> tuple[int, list]:
     """The rows of `data` (COPY text of COPY_COLUMNS) that are new, inserted; how many, and (with
-    `facts`: `messages` is kept) their facts for `messages.apply`."""
+    `facts`: `messages` is kept) their facts for `messages.apply`. `short_key`: `data` holds the
+    keys as a uuid `events.event_key` takes them (`keys.uuid_keys`)."""
     cols = _COLS if facts else _LEGACY_COLS
-    stage = _stage_name(cols)
+    stage = _stage_name(cols, short_key)
     if not facts:
         data = without_machine(data.decode()).encode()
     if not staged:  # once per transaction: cheap, and right after a rollback dropped the stage
@@ -245,7 +249,9 @@ class _Lines:
     facts: str  # `messages.fact` of the direct rows (those of staged rows come from RETURNING)
 
 
-def _lines(events: Sequence[Event], rejects: Sequence[Rejected], seen: set[str], kept: bool = True) -> _Lines:
+def _lines(
+    events: Sequence[Event], rejects: Sequence[Rejected], seen: set[str], kept: bool = True, short_key: bool = True
+) -> _Lines:
     """Of several events with one key in a transaction only the first (see `copy_data`)."""
     direct: list[str] = []
     staged: list[str] = []
@@ -254,10 +260,10 @@ def _lines(events: Sequence[Event], rejects: Sequence[Rejected], seen: set[str],
     for event in first_per_key(events, seen):
         occurred = event.occurred_at
         if occurred.microsecond == 0 and occurred != event.received_at:
-            direct.append(copy_line(event, kept))
+            direct.append(copy_line(event, kept, short_key))
             facts.append(fact(event))
         else:
-            staged.append(copy_line(event, kept))
+            staged.append(copy_line(event, kept, short_key))
     return _Lines(
         "".join(direct).encode(),
         len(direct),
@@ -277,14 +283,17 @@ def store_chunks(
     `_Writer` for how the rows reach `events`). `meanwhile` is called once every chunk is
     handed over, while PostgreSQL stores the last ones and commits (what it raises is raised
     once the transaction has ended, committed or not)."""
-    current = messages.known(conn)  # before 0006: whole payloads (nothing there to expand them)
-    if not current:
+    # before 0006: whole payloads (nothing there to expand them); before 0011: whole keys
+    current, short = messages.known(conn), keys.known_uuid(conn)
+    if not (current and short):
         with conn.transaction():  # a query of its own, until the schema is found current
-            current = messages.kept(conn)
+            current, short = messages.kept(conn), keys.uuid_keys(conn)
     feed: queue.Queue[_Lines | None] = queue.Queue(maxsize=2)
     outcome = _Outcome()
     guard = erased.Guard()  # the erased people, loaded by the writer in its transaction
-    thread = threading.Thread(target=_write_chunks, args=(conn, feed, outcome, guard), name="store-writer", daemon=True)
+    thread = threading.Thread(
+        target=_write_chunks, args=(conn, feed, outcome, guard, short), name="store-writer", daemon=True
+    )
     thread.start()
     kept: list[Chunk] = []
     seen: set[str] = set()
@@ -298,7 +307,7 @@ def store_chunks(
                 chunk = Chunk(*guard.keep(*given))  # nothing of an erased person
                 kept.append(chunk)
                 if outcome.error is None:
-                    feed.put(_lines(chunk.events, chunk.rejects, seen, current))
+                    feed.put(_lines(chunk.events, chunk.rejects, seen, current, short))
         except BaseException:
             outcome.aborted = True
             raise
@@ -341,14 +350,19 @@ class _Outcome:
 
 
 def _write_chunks(
-    conn: psycopg.Connection, feed: queue.Queue[_Lines | None], outcome: _Outcome, guard: erased.Guard
+    conn: psycopg.Connection,
+    feed: queue.Queue[_Lines | None],
+    outcome: _Outcome,
+    guard: erased.Guard,
+    short_key: bool,
 ) -> None:
-    """The writer thread of `store_chunks`: every chunk `feed` brings, in one transaction."""
+    """The writer thread of `store_chunks`: every chunk `feed` brings, in one transaction.
+    `short_key`: the form the chunks' keys were written in (`keys.uuid_keys`)."""
     ended = False  # the producer's end (None) was taken: nothing more will come
     try:
         with conn.transaction():
             guard.load(conn)
-            writer = _Writer(conn)
+            writer = _Writer(conn, short_key)
             try:
                 while (lines := feed.get()) is not None:
                     writer.add(lines)
@@ -400,8 +414,13 @@ class _Writer:
     (`insert_events`), as do the other rows (`_NEW_KEY`) and every row while the connection's
     direct COPY is paused (`MAX_DIRECT_PAUSE`). Rejects are written last."""
 
-    def __init__(self, conn: psycopg.Connection) -> None:
+    def __init__(self, conn: psycopg.Connection, short_key: bool = True) -> None:
         self.conn = conn
+        # The keys' form the lines were written in, so the stage is the one they fit: when
+        # migration 0011 ran after they were written, its text key fails the INSERT (a
+        # DatatypeMismatch, not a refusal of the rows): the job fails and its retry writes the
+        # short keys into a new stage (`_stage_name`).
+        self.short_key = short_key
         self.cur = conn.cursor()
         pause = _pause.setdefault(conn, [0, 0])  # [transactions still to skip, length of the last pause]
         self.direct = pause[0] == 0
@@ -450,7 +469,7 @@ class _Writer:
         self._end_copy()
         if self.savepoint and self.direct:
             self.since.append(data)
-        new, facts = _insert_staged(self.cur, data, staged=self.staged, facts=self.kept)
+        new, facts = _insert_staged(self.cur, data, staged=self.staged, facts=self.kept, short_key=self.short_key)
         self.staged = True
         self.stored += new
         if self.savepoint and self.direct:

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.keys import key_name, name_key
 from workers.events import machine
 from workers.events.model import Event
 from workers.storage import messages, store
@@ -65,7 +66,7 @@ def event(
     occurred = T0 + timedelta(seconds=second)
     verdict = machine.classify(kind, ip, agent)
     return Event(
-        key,
+        name_key(key),
         kind,
         kind,
         occurred,
@@ -176,9 +177,12 @@ def test_the_row_of_a_message(conn: psycopg.Connection) -> None:
     assert row[10:22] == (1, 1, 3, 4, 1, 1, 2, 1, 1, 1, 1, 1)
     # two bounces in the same second: the latest by (time, reason) is the same whatever the order
     assert row[22:] == (T0 + timedelta(seconds=30), "no such user")
-    rules = dict(
-        conn.execute("SELECT event_key, machine_rule FROM events WHERE event_type IN ('opened', 'clicked')").fetchall()
-    )
+    rules = {
+        key_name(key): rule
+        for key, rule in conn.execute(
+            "SELECT event_key, machine_rule FROM events WHERE event_type IN ('opened', 'clicked')"
+        )
+    }
     assert rules == {
         "m1-open1": None,
         "m1-open2": "apple_proxy",
@@ -260,9 +264,9 @@ def test_migration_of_a_database_with_events(scratch_database_url: str) -> None:
         kept = _messages(conn)
         assert [r[0] for r in kept] == ["m1", "m2"]
         assert (kept, _stats(conn)) == _rebuilt(conn)
-        assert conn.execute("SELECT machine_rule FROM events WHERE event_key = 'm1-open2'").fetchone() == (
-            "apple_proxy",
-        )
+        # before 0011 the key is the whole text (workers.storage.keys)
+        open2 = conn.execute("SELECT machine_rule FROM events WHERE event_key = %s", (name_key("m1-open2"),))
+        assert open2.fetchone() == ("apple_proxy",)
         # and the workers keep it from now on
         store.store(conn, [event("m1-open9", "opened", "m1", 5000, ip="192.0.2.3", agent=BROWSER)])
         assert conn.execute("SELECT opens, human_opens FROM messages WHERE message_id = 'm1'").fetchone() == (4, 2)
