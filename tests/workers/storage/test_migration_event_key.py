@@ -66,7 +66,7 @@ def test_before_0011_the_whole_key_is_stored_as_text(at_0009: str) -> None:
 def test_every_row_is_kept_with_its_key_cut_to_32_digits(at_0009: str) -> None:
     with psycopg.connect(at_0009) as conn:
         before = _rows(conn)
-    assert [m.version for m in apply_migrations(at_0009)] == [11]
+    assert [m.version for m in apply_migrations(at_0009)][-1] == 11  # (0010 too, where it exists)
     with psycopg.connect(at_0009) as conn:
         after = _rows(conn)
         types = conn.execute(
