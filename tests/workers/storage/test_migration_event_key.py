@@ -13,9 +13,9 @@ import pytest
 
 from workers.events.model import Event, event_key
 from workers.storage import keys, store
-from workers.storage.schema import apply_migrations
+from workers.storage.schema import apply_migrations, available
 
-BEFORE = 9  # the last migration before 0011 on this branch (0010 is another's)
+BEFORE = max(m.version for m in available() if m.version < 11)  # the schema 0011 upgrades
 WHEN = datetime(2026, 11, 26, 12, 0, 1, tzinfo=UTC)
 
 
@@ -46,8 +46,9 @@ EVENTS = [_open(1), _open(2, WHEN - timedelta(days=31)), _open(3, WHEN - timedel
 
 
 @pytest.fixture
-def at_0009(scratch_database_url: str) -> Iterator[str]:
-    """A database at 0009 holding EVENTS, stored by this code on the old schema (text keys)."""
+def before_0011(scratch_database_url: str) -> Iterator[str]:
+    """A database at the migration before 0011 holding EVENTS, stored by this code on the old
+    schema (text keys)."""
     apply_migrations(scratch_database_url, target=BEFORE)
     with store.connect(scratch_database_url) as conn:
         assert store.store(conn, EVENTS).stored == len(EVENTS)
@@ -58,16 +59,16 @@ def _rows(conn: psycopg.Connection) -> list[tuple]:
     return conn.execute("SELECT id, event_key, occurred_at, message_id FROM events ORDER BY id").fetchall()
 
 
-def test_before_0011_the_whole_key_is_stored_as_text(at_0009: str) -> None:
-    with psycopg.connect(at_0009) as conn:
+def test_before_0011_the_whole_key_is_stored_as_text(before_0011: str) -> None:
+    with psycopg.connect(before_0011) as conn:
         assert {r[1] for r in _rows(conn)} == {e.event_key for e in EVENTS}
 
 
-def test_every_row_is_kept_with_its_key_cut_to_32_digits(at_0009: str) -> None:
-    with psycopg.connect(at_0009) as conn:
+def test_every_row_is_kept_with_its_key_cut_to_32_digits(before_0011: str) -> None:
+    with psycopg.connect(before_0011) as conn:
         before = _rows(conn)
-    assert [m.version for m in apply_migrations(at_0009)][-1] == 11  # (0010 too, where it exists)
-    with psycopg.connect(at_0009) as conn:
+    assert [m.version for m in apply_migrations(before_0011)][-1] == 11  # (0010 too, where it exists)
+    with psycopg.connect(before_0011) as conn:
         after = _rows(conn)
         types = conn.execute(
             "SELECT c.relname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a JOIN pg_class c"
@@ -84,12 +85,12 @@ def test_every_row_is_kept_with_its_key_cut_to_32_digits(at_0009: str) -> None:
     assert [(i, uuid.UUID(k[:32]), t, m) for i, k, t, m in before] == after
     assert {t for _name, t in types} == {"uuid"} and len(types) == parts + 1
     assert len(unique) == parts  # the constraint's index on every partition
-    assert apply_migrations(at_0009) == []
+    assert apply_migrations(before_0011) == []
 
 
-def test_a_partition_made_later_has_the_uuid_key(at_0009: str) -> None:
-    apply_migrations(at_0009)
-    with psycopg.connect(at_0009) as conn:
+def test_a_partition_made_later_has_the_uuid_key(before_0011: str) -> None:
+    apply_migrations(before_0011)
+    with psycopg.connect(before_0011) as conn:
         assert conn.execute("SELECT events_create_partition(%s)", (date(2031, 5, 1),)).fetchone()[0]
         kind = conn.execute(
             "SELECT format_type(atttypid, atttypmod) FROM pg_attribute"
@@ -98,48 +99,48 @@ def test_a_partition_made_later_has_the_uuid_key(at_0009: str) -> None:
         conn.commit()
     assert kind == ("uuid",)
     late = _open(9, datetime(2031, 5, 3, tzinfo=UTC))
-    with store.connect(at_0009) as conn:
+    with store.connect(before_0011) as conn:
         assert store.store(conn, [late, late]).stored == 1
         assert conn.execute("SELECT tableoid::regclass::text FROM events WHERE message_id = 'm-9'").fetchone() == (
             "events_p203105",
         )
 
 
-def test_a_redelivery_of_a_stored_event_is_still_a_duplicate(at_0009: str) -> None:
-    apply_migrations(at_0009)
-    with store.connect(at_0009) as conn:
+def test_a_redelivery_of_a_stored_event_is_still_a_duplicate(before_0011: str) -> None:
+    apply_migrations(before_0011)
+    with store.connect(before_0011) as conn:
         result = store.store(conn, [*EVENTS, _open(5)])
         count = conn.execute("SELECT count(*) FROM events").fetchone()[0]
     assert (result.stored, result.duplicates, count) == (1, len(EVENTS), len(EVENTS) + 1)
 
 
-def test_a_worker_whose_stage_predates_the_migration_stores_on(at_0009: str) -> None:
+def test_a_worker_whose_stage_predates_the_migration_stores_on(before_0011: str) -> None:
     """A long-lived connection made its stage (text key) before 0011: its next transactions
     find the uuid column, write the short keys and make a stage of the new shape."""
-    with store.connect(at_0009) as worker:
+    with store.connect(before_0011) as worker:
         store.store(worker, [_untimed(6), EVENTS[0]])  # the stage is made (and a duplicate met)
         stages = worker.execute("SELECT count(*) FROM pg_class WHERE relname LIKE 'incoming_events_%'").fetchone()
         worker.commit()
         assert stages == (1,)
-        apply_migrations(at_0009)
+        apply_migrations(before_0011)
         result = store.store(worker, [*EVENTS, _untimed(6), _untimed(7), _open(8)])
         assert (result.stored, result.duplicates) == (2, len(EVENTS) + 1)
         assert store.store(worker, [_untimed(7), _open(8)]).duplicates == 2
-    with psycopg.connect(at_0009) as conn:
+    with psycopg.connect(before_0011) as conn:
         keys_stored = [r[0] for r in conn.execute("SELECT event_key FROM events")]
         assert conn.execute("SELECT count(*) FROM rejected_events").fetchone() == (0,)
     assert len(keys_stored) == len(EVENTS) + 3 == len(set(keys_stored))
 
 
 def test_lines_written_for_the_old_schema_fail_the_job_and_lose_nothing(
-    at_0009: str, monkeypatch: pytest.MonkeyPatch
+    before_0011: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The migration commits between the worker's look at the schema and its COPY: the whole
     keys do not fit the uuid. Nothing is kept as a refused call; the retry stores the batch."""
-    with store.connect(at_0009) as worker:
+    with store.connect(before_0011) as worker:
         store.store(worker, [_untimed(6)])  # a stage of the old shape
         worker.commit()
-        apply_migrations(at_0009)
+        apply_migrations(before_0011)
         monkeypatch.setattr(keys, "known_uuid", lambda _conn: False)
         monkeypatch.setattr(keys, "uuid_keys", lambda _conn: False)  # as read just before
         batch = [_open(10), _untimed(11), EVENTS[0]]
@@ -150,7 +151,7 @@ def test_lines_written_for_the_old_schema_fail_the_job_and_lose_nothing(
             first = None
         monkeypatch.undo()
         retry = store.store(worker, batch)
-    with psycopg.connect(at_0009) as conn:
+    with psycopg.connect(before_0011) as conn:
         rejected = conn.execute("SELECT count(*) FROM rejected_events").fetchone()[0]
         count = conn.execute("SELECT count(*) FROM events").fetchone()[0]
     assert rejected == 0
@@ -159,8 +160,8 @@ def test_lines_written_for_the_old_schema_fail_the_job_and_lose_nothing(
     assert retry.stored == (2 if first is None else 0)
 
 
-def test_views_on_the_key_are_made_again_with_their_grants(at_0009: str) -> None:
-    with psycopg.connect(at_0009, autocommit=True) as conn:
+def test_views_on_the_key_are_made_again_with_their_grants(before_0011: str) -> None:
+    with psycopg.connect(before_0011, autocommit=True) as conn:
         conn.execute("DROP ROLE IF EXISTS key_reader")
         conn.execute("CREATE ROLE key_reader")
         try:
@@ -168,7 +169,7 @@ def test_views_on_the_key_are_made_again_with_their_grants(at_0009: str) -> None
             conn.execute("CREATE VIEW keyed_opens AS SELECT event_key FROM keyed WHERE message_id LIKE 'm-%'")
             conn.execute("CREATE VIEW whole AS SELECT * FROM events")
             conn.execute("GRANT SELECT ON keyed, keyed_opens TO key_reader")
-            apply_migrations(at_0009)
+            apply_migrations(before_0011)
             assert sorted(r[0] for r in conn.execute("SELECT event_key FROM keyed_opens")) == sorted(
                 uuid.UUID(e.event_key[:32]) for e in EVENTS
             )
