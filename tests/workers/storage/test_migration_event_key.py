@@ -5,7 +5,6 @@ workers storing on across it: one whose stage was made before, one that wrote it
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 
 import psycopg
@@ -16,6 +15,7 @@ from workers.storage import keys, store
 from workers.storage.schema import apply_migrations, available
 
 BEFORE = max(m.version for m in available() if m.version < 11)  # the schema 0011 upgrades
+LEGACY = 5  # before `messages` (0006): a schema every version of the worker stores into
 WHEN = datetime(2026, 11, 26, 12, 0, 1, tzinfo=UTC)
 
 
@@ -46,10 +46,24 @@ EVENTS = [_open(1), _open(2, WHEN - timedelta(days=31)), _open(3, WHEN - timedel
 
 
 @pytest.fixture
-def before_0011(scratch_database_url: str) -> Iterator[str]:
-    """A database at the migration before 0011 holding EVENTS, stored by this code on the old
-    schema (text keys)."""
+def before_0011(scratch_database_url: str) -> str:
+    """A database at the migration before 0011 holding EVENTS (text keys), stored by this code
+    before `messages` (LEGACY), then migrated so far."""
+    apply_migrations(scratch_database_url, target=LEGACY)
+    with store.connect(scratch_database_url) as conn:
+        assert store.store(conn, EVENTS).stored == len(EVENTS)
     apply_migrations(scratch_database_url, target=BEFORE)
+    return scratch_database_url
+
+
+@pytest.fixture
+def without_0011(scratch_database_url: str) -> str:
+    """Every migration but 0011 (as a database migrated before 0011 came, whatever came after
+    it), holding EVENTS stored by a worker of this code (text keys)."""
+    apply_migrations(scratch_database_url)
+    with psycopg.connect(scratch_database_url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE events ALTER COLUMN event_key TYPE text")  # no rows yet
+        conn.execute("DELETE FROM schema_migrations WHERE version = 11")
     with store.connect(scratch_database_url) as conn:
         assert store.store(conn, EVENTS).stored == len(EVENTS)
     return scratch_database_url
@@ -59,15 +73,17 @@ def _rows(conn: psycopg.Connection) -> list[tuple]:
     return conn.execute("SELECT id, event_key, occurred_at, message_id FROM events ORDER BY id").fetchall()
 
 
-def test_before_0011_the_whole_key_is_stored_as_text(before_0011: str) -> None:
-    with psycopg.connect(before_0011) as conn:
+@pytest.mark.parametrize("state", ["before_0011", "without_0011"])
+def test_before_0011_the_whole_key_is_stored_as_text(state: str, request: pytest.FixtureRequest) -> None:
+    url = request.getfixturevalue(state)
+    with psycopg.connect(url) as conn:
         assert {r[1] for r in _rows(conn)} == {e.event_key for e in EVENTS}
 
 
 def test_every_row_is_kept_with_its_key_cut_to_32_digits(before_0011: str) -> None:
     with psycopg.connect(before_0011) as conn:
         before = _rows(conn)
-    assert [m.version for m in apply_migrations(before_0011)][-1] == 11  # (0010 too, where it exists)
+    assert 11 in [m.version for m in apply_migrations(before_0011)]
     with psycopg.connect(before_0011) as conn:
         after = _rows(conn)
         types = conn.execute(
@@ -114,33 +130,33 @@ def test_a_redelivery_of_a_stored_event_is_still_a_duplicate(before_0011: str) -
     assert (result.stored, result.duplicates, count) == (1, len(EVENTS), len(EVENTS) + 1)
 
 
-def test_a_worker_whose_stage_predates_the_migration_stores_on(before_0011: str) -> None:
+def test_a_worker_whose_stage_predates_the_migration_stores_on(without_0011: str) -> None:
     """A long-lived connection made its stage (text key) before 0011: its next transactions
     find the uuid column, write the short keys and make a stage of the new shape."""
-    with store.connect(before_0011) as worker:
+    with store.connect(without_0011) as worker:
         store.store(worker, [_untimed(6), EVENTS[0]])  # the stage is made (and a duplicate met)
         stages = worker.execute("SELECT count(*) FROM pg_class WHERE relname LIKE 'incoming_events_%'").fetchone()
         worker.commit()
         assert stages == (1,)
-        apply_migrations(before_0011)
+        apply_migrations(without_0011)
         result = store.store(worker, [*EVENTS, _untimed(6), _untimed(7), _open(8)])
         assert (result.stored, result.duplicates) == (2, len(EVENTS) + 1)
         assert store.store(worker, [_untimed(7), _open(8)]).duplicates == 2
-    with psycopg.connect(before_0011) as conn:
+    with psycopg.connect(without_0011) as conn:
         keys_stored = [r[0] for r in conn.execute("SELECT event_key FROM events")]
         assert conn.execute("SELECT count(*) FROM rejected_events").fetchone() == (0,)
     assert len(keys_stored) == len(EVENTS) + 3 == len(set(keys_stored))
 
 
 def test_lines_written_for_the_old_schema_fail_the_job_and_lose_nothing(
-    before_0011: str, monkeypatch: pytest.MonkeyPatch
+    without_0011: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The migration commits between the worker's look at the schema and its COPY: the whole
     keys do not fit the uuid. Nothing is kept as a refused call; the retry stores the batch."""
-    with store.connect(before_0011) as worker:
+    with store.connect(without_0011) as worker:
         store.store(worker, [_untimed(6)])  # a stage of the old shape
         worker.commit()
-        apply_migrations(before_0011)
+        apply_migrations(without_0011)
         monkeypatch.setattr(keys, "known_uuid", lambda _conn: False)
         monkeypatch.setattr(keys, "uuid_keys", lambda _conn: False)  # as read just before
         batch = [_open(10), _untimed(11), EVENTS[0]]
@@ -151,7 +167,7 @@ def test_lines_written_for_the_old_schema_fail_the_job_and_lose_nothing(
             first = None
         monkeypatch.undo()
         retry = store.store(worker, batch)
-    with psycopg.connect(before_0011) as conn:
+    with psycopg.connect(without_0011) as conn:
         rejected = conn.execute("SELECT count(*) FROM rejected_events").fetchone()[0]
         count = conn.execute("SELECT count(*) FROM events").fetchone()[0]
     assert rejected == 0
