@@ -185,7 +185,7 @@ def test_views_on_the_key_are_made_again_with_their_grants(before_0011: str) -> 
             conn.execute("CREATE VIEW keyed_opens AS SELECT event_key FROM keyed WHERE message_id LIKE 'm-%'")
             conn.execute("CREATE VIEW whole AS SELECT * FROM events")
             conn.execute("GRANT SELECT ON keyed, keyed_opens TO key_reader")
-            apply_migrations(before_0011)
+            apply_migrations(before_0011, target=11)  # 0011 alone: later ones answer for their own columns
             assert sorted(r[0] for r in conn.execute("SELECT event_key FROM keyed_opens")) == sorted(
                 uuid.UUID(e.event_key[:32]) for e in EVENTS
             )
