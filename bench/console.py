@@ -188,7 +188,7 @@ def targets(database_url: str) -> dict[str, str]:
         f"mailing {mailing}": f"/mailings/{mailing}",
         "search: recipient": "/search?" + urlencode({"recipient": recipient}),
         "search: message id": "/search?" + urlencode({"message_id": message}),
-        "search: event_key": "/search?" + urlencode({"event_key": key}),
+        "search: event_key": "/search?" + urlencode({"event_key": key.hex}),  # a uuid: as the console shows it
         "search: mailing (newest 50)": f"/search?mailing_id={mailing}",
         "search: one hour": "/search?" + urlencode({"since": since, "until": until}),
         "search: type + hour": "/search?" + urlencode({"event_type": "clicked", "since": since, "until": until}),

@@ -11,7 +11,7 @@ from aiohttp import web
 from multidict import MultiMapping
 
 from console.app import db
-from workers.storage import browse
+from workers.storage import browse, keys
 
 FIELDS = ("recipient", "message_id", "mailing_id", "event_key", "event_type", "since", "until")
 
@@ -31,10 +31,16 @@ def parse_time(raw: str, name: str) -> datetime:
 
 def parse_search(query: MultiMapping[str]) -> browse.Search:
     values: dict[str, Any] = {}
-    for name in ("recipient", "message_id", "event_key", "event_type"):
+    for name in ("recipient", "message_id", "event_type"):
         raw = query.get(name, "").strip()
         if raw:
             values[name] = raw
+    raw_key = query.get("event_key", "").strip()
+    if raw_key:
+        key = keys.parse_key(raw_key)
+        if key is None:
+            raise BadSearch("event key: 64 or 32 hex digits (a uuid's hyphens are fine)")
+        values["event_key"] = key
     mailing = query.get("mailing_id", "").strip()
     if mailing:
         if not mailing.isdigit():

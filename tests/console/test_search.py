@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import re
+import uuid
 
 import psycopg
 from aiohttp.test_utils import TestClient
 
+from common.envelope import Envelope
 from tests.console.conftest import store_bodies
 from tests.payloads import BASE_TIME, webhook_body
+from workers.jobs import parse_calls
 
 HOSTILE = '<script>alert(1)</script>"><img src=x onerror=alert(2)>'
 
@@ -92,7 +95,40 @@ async def test_results_are_paged_newest_first(
 
 async def test_bad_search_input_is_a_400_page(logged_in: tuple[TestClient, str]) -> None:
     client, _csrf = logged_in
-    for query in ("mailing_id=abc", "since=yesterday", "recipient=a&after=broken", "event_type=opened"):
+    for query in (
+        "mailing_id=abc",
+        "since=yesterday",
+        "recipient=a&after=broken",
+        "event_type=opened",
+        "event_key=abc123",
+        "event_key=" + "g" * 32,
+    ):
         resp = await client.get(f"/search?{query}")
         assert resp.status == 400, query
         assert 'id="search-error"' in await resp.text()
+
+
+async def test_an_event_key_is_found_in_each_form_a_user_may_copy(
+    logged_in: tuple[TestClient, str], database_url: str, db: psycopg.Connection
+) -> None:
+    """The whole 64-digit key (as the model makes it), its 32 stored digits (as the event page
+    shows them), the uuid with hyphens (as psql shows it), in capitals, in braces."""
+    client, _csrf = logged_in
+    body = webhook_body("open", id="msg-1", time=str(BASE_TIME), recipient="a@example.com")
+    other = webhook_body("open", id="msg-2", time=str(BASE_TIME), recipient="a@example.com")
+    assert store_bodies(database_url, body, other) == 2
+    call = Envelope(body=body, content_type="application/x-www-form-urlencoded", received_at=0.0).to_wire()
+    [event], _origins, _rejects = parse_calls([call], "Europe/Amsterdam")
+    full = event.event_key
+    assert len(full) == 64
+    wanted = db.execute("SELECT id FROM events WHERE message_id = 'msg-1'").fetchone()[0]
+    hyphenated = str(uuid.UUID(full[:32]))
+    for key in (full, full[:32], hyphenated, full.upper(), "{" + hyphenated + "}", f"  {full[:32]} "):
+        resp = await client.get("/search", params={"event_key": key})
+        assert resp.status == 200, key
+        assert event_ids(await resp.text()) == [wanted], key
+    page = await (await client.get(f"/events/{wanted}")).text()
+    assert full[:32] in page and hyphenated not in page  # shown as a search takes it
+    other_key = ("1" if full[0] == "0" else "0") + full[1:]
+    resp = await client.get("/search", params={"event_key": other_key})
+    assert "Nothing found" in await resp.text()

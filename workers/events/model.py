@@ -148,8 +148,9 @@ def event_key(
       (sorted keys): only a byte-for-byte repeat of the same fields collapses.
 
     The database's unique constraint on `event_key` is the guard (INSERT ... ON CONFLICT DO
-    NOTHING). Message-event keys are built as in the core schema (0001), so rows stored before
-    migration 0002 keep matching re-deliveries.
+    NOTHING); it holds the key's first 128 bits as a uuid (`workers.storage.keys.stored_key`).
+    Message-event keys are built as in the core schema (0001), so rows stored before migration
+    0002 keep matching re-deliveries.
 
     A `bounce` webhook whose message is an automatic reply is `autoresponded` (its own type,
     so its own key); bounces stored before that existed stay `bounced`, so such a reply

@@ -20,6 +20,8 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from workers.storage import keys
+
 log = logging.getLogger("workers.storage.browse")
 
 PAGE = 50
@@ -55,7 +57,8 @@ LIST_COLUMNS = ("id", "occurred_at", "event_type", "source", "recipient", "messa
 
 @dataclass(frozen=True, slots=True)
 class Search:
-    """What to look for; empty fields are not used. At least one must be given."""
+    """What to look for; empty fields are not used. At least one must be given. `event_key`: as
+    stored, 32 hex digits (`keys.parse_key` reads what a user gives)."""
 
     recipient: str | None = None
     message_id: str | None = None
@@ -130,7 +133,10 @@ def get_event(conn: psycopg.Connection, event_id: int) -> dict[str, Any] | None:
         )
     )
     with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(query, (event_id,)).fetchone()
+        row = cur.execute(query, (event_id,)).fetchone()
+    if row is not None:
+        row["event_key"] = keys.key_text(row["event_key"])  # 32 hex digits, as a search takes it
+    return row
 
 
 def get_rejected(conn: psycopg.Connection, rejected_id: int) -> dict[str, Any] | None:

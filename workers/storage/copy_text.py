@@ -17,6 +17,7 @@ from workers.events.compact import compact
 from workers.events.fields import Recent
 from workers.events.model import Event
 from workers.storage.agents import AGENT_KEYS as _agent_keys
+from workers.storage.keys import stored_key
 
 EVENT_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Event))
 # The order of a COPY line's columns, as `copy_line` writes them: the payload last, so that only
@@ -93,12 +94,15 @@ _ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t", "
 _TABS = len(COPY_COLUMNS) - 2  # between the columns before the payload
 
 
-def copy_line(event: Event, compacted: bool = True) -> str:
+def copy_line(event: Event, compacted: bool = True, short_key: bool = True) -> str:
     """One event as a line of COPY text, in COPY_COLUMNS' order (NULs dropped: PostgreSQL text
     cannot hold them); the payload without the fields a column holds exactly
-    (`workers.events.compact`) unless not `compacted` (a schema before 0006)."""
+    (`workers.events.compact`) unless not `compacted` (a schema before 0006); the key as
+    `events` keeps it (`workers.storage.keys.stored_key`) unless not `short_key` (a schema before
+    0011: the whole key)."""
     values = _VALUES(event)
     e = event
+    key = stored_key(e.event_key) if short_key else e.event_key
     if compacted and type(e.payload) is dict:
         values = (*values[:-1], compact(e.payload, e))
     agent = e.user_agent
@@ -108,7 +112,7 @@ def copy_line(event: Event, compacted: bool = True) -> str:
     try:  # each column as the model makes it, read by name; anything else goes the general way below
         head = "\t".join(
             (
-                e.event_key,
+                key,
                 e.event_type,
                 e.copernica_type,
                 _stamps[e.occurred_at],
@@ -148,7 +152,7 @@ def copy_line(event: Event, compacted: bool = True) -> str:
         and "\\" not in (document := _json(payload))
     ):
         return f"{head}\t{document}\n"
-    return _escaped_line(values)
+    return _escaped_line((key, *values[1:]))
 
 
 def without_machine(lines: str) -> str:
@@ -196,18 +200,19 @@ def _array(items: list) -> str:
     return "{" + ",".join(quoted) + "}"
 
 
-def copy_data(events: Iterable[Event], compacted: bool = True) -> bytes:
+def copy_data(events: Iterable[Event], compacted: bool = True, short_key: bool = True) -> bytes:
     """The COPY text of `events`, as `insert_events` sends it: of several events with one key
     (a call delivered twice into one batch) only the first. The unique constraint would drop the
     others, except where their occurred_at differs: an event without a usable time has its time
     of receipt, and `_NEW_KEY` looks such keys up in `events`, where a copy in the same chunk is
-    not yet."""
-    return "".join(copy_line(event, compacted) for event in first_per_key(events, set())).encode()
+    not yet. `compacted`, `short_key`: as `copy_line`."""
+    return "".join(copy_line(event, compacted, short_key) for event in first_per_key(events, set())).encode()
 
 
 def first_per_key(events: Iterable[Event], seen: set[str]) -> list[Event]:
     """Of several events with one key only the first; `seen` holds the keys met before (an
-    earlier chunk of the transaction) and gains these."""
+    earlier chunk of the transaction) and gains these. By the whole key: two keys that differ
+    only past `stored_key`'s 128 bits (never met: see there) are left to the unique constraint."""
     first = []
     for event in events:
         key = event.event_key

@@ -30,7 +30,7 @@ from psycopg.types.json import Jsonb
 
 from common.envelope import Envelope
 from workers.events.model import Event
-from workers.storage import agents, erased, messages, partitions
+from workers.storage import agents, erased, keys, messages, partitions
 from workers.storage.copy_text import (
     LEGACY_COLUMNS,
     STORED_COLUMNS,
@@ -47,10 +47,12 @@ _COLS = ", ".join(STORED_COLUMNS)  # the order of copy_line's columns
 _LEGACY_COLS = ", ".join(LEGACY_COLUMNS)  # before migration 0006 (see `messages.kept`)
 
 
-def _stage_name(columns: str) -> str:
+def _stage_name(columns: str, short_key: bool) -> str:
     """The staging table is per session and shaped like `events` when first made: its name carries
-    the column list, so a long-lived connection never COPYs into a stage of an older schema."""
-    return "incoming_events_" + hashlib.sha256(columns.encode()).hexdigest()[:12]
+    the column list and the key's type, so a long-lived connection never COPYs into a stage of an
+    older schema (one made before migration 0011 has a text key, which `events` no longer takes)."""
+    shape = columns if short_key else columns + " event_key text"
+    return "incoming_events_" + hashlib.sha256(shape.encode()).hexdigest()[:12]
 
 
 # One row per event. `events` is partitioned by month on occurred_at (migration 0004), so its
@@ -150,17 +152,21 @@ def insert_events(
             return 0
     partitions.ensure_for_events(conn, events)  # a set of months when they are known: no query
     kept = messages.kept(conn)
+    short = keys.uuid_keys(conn)
     with conn.cursor() as cur:
         if kept:
             agents.add(cur, agents.of(events))
-        return _insert_staged(cur, copy_data(events, kept) if data is None else data, staged=staged, current=kept)
+        return _insert_staged(
+            cur, copy_data(events, kept, short) if data is None else data, staged=staged, current=kept, short_key=short
+        )
 
 
-def _insert_staged(cur: psycopg.Cursor, data: bytes, *, staged: bool, current: bool) -> int:
+def _insert_staged(cur: psycopg.Cursor, data: bytes, *, staged: bool, current: bool, short_key: bool) -> int:
     """The rows of `data` (COPY text of COPY_COLUMNS) that are new, inserted; how many. Not
-    `current`: the schema is before 0006 (`messages.kept`)."""
+    `current`: the schema is before 0006 (`messages.kept`). `short_key`: `data` holds the keys as
+    a uuid `events.event_key` takes them (`keys.uuid_keys`)."""
     cols = _COLS if current else _LEGACY_COLS
-    stage = _stage_name(cols)
+    stage = _stage_name(cols, short_key)
     if not current:
         data = without_machine(data.decode()).encode()
     if not staged:  # once per transaction: cheap, and right after a rollback dropped the stage
@@ -253,9 +259,10 @@ def _lines(
     seen: set[str],
     kept: bool = True,
     known: AbstractSet[int] = frozenset(),
+    short_key: bool = True,
 ) -> _Lines:
     """Of several events with one key in a transaction only the first (see `copy_data`). `known`:
-    user agents known to be stored."""
+    user agents known to be stored; `short_key`: the keys as a uuid column takes them (`keys`)."""
     direct: list[str] = []
     staged: list[str] = []
     events = first_per_key(events, seen)
@@ -263,9 +270,9 @@ def _lines(
     for event in events:
         occurred = event.occurred_at
         if occurred.microsecond == 0 and occurred != event.received_at:
-            direct.append(copy_line(event, kept))
+            direct.append(copy_line(event, kept, short_key))
         else:
-            staged.append(copy_line(event, kept))
+            staged.append(copy_line(event, kept, short_key))
     return _Lines(
         "".join(direct).encode(),
         len(direct),
@@ -285,15 +292,18 @@ def store_chunks(
     `_Writer` for how the rows reach `events`). `meanwhile` is called once every chunk is
     handed over, while PostgreSQL stores the last ones and commits (what it raises is raised
     once the transaction has ended, committed or not)."""
-    current = messages.known(conn)  # before 0006: whole payloads (nothing there to expand them)
-    if not current:
+    # before 0006: whole payloads (nothing there to expand them); before 0011: whole keys
+    current, short = messages.known(conn), keys.known_uuid(conn)
+    if not (current and short):
         with conn.transaction():  # a query of its own, until the schema is found current
-            current = messages.kept(conn)
+            current, short = messages.kept(conn), keys.uuid_keys(conn)
     feed: queue.Queue[_Lines | None] = queue.Queue(maxsize=2)
     outcome = _Outcome()
     guard = erased.Guard()  # the erased people, loaded by the writer in its transaction
     known = agents.known(conn)
-    thread = threading.Thread(target=_write_chunks, args=(conn, feed, outcome, guard), name="store-writer", daemon=True)
+    thread = threading.Thread(
+        target=_write_chunks, args=(conn, feed, outcome, guard, short), name="store-writer", daemon=True
+    )
     thread.start()
     kept: list[Chunk] = []
     seen: set[str] = set()
@@ -307,7 +317,7 @@ def store_chunks(
                 chunk = Chunk(*guard.keep(*given))  # nothing of an erased person
                 kept.append(chunk)
                 if outcome.error is None:
-                    feed.put(_lines(chunk.events, chunk.rejects, seen, current, known))
+                    feed.put(_lines(chunk.events, chunk.rejects, seen, current, known, short))
         except BaseException:
             outcome.aborted = True
             raise
@@ -350,14 +360,19 @@ class _Outcome:
 
 
 def _write_chunks(
-    conn: psycopg.Connection, feed: queue.Queue[_Lines | None], outcome: _Outcome, guard: erased.Guard
+    conn: psycopg.Connection,
+    feed: queue.Queue[_Lines | None],
+    outcome: _Outcome,
+    guard: erased.Guard,
+    short_key: bool,
 ) -> None:
-    """The writer thread of `store_chunks`: every chunk `feed` brings, in one transaction."""
+    """The writer thread of `store_chunks`: every chunk `feed` brings, in one transaction.
+    `short_key`: the form the chunks' keys were written in (`keys.uuid_keys`)."""
     ended = False  # the producer's end (None) was taken: nothing more will come
     try:
         with conn.transaction():
             guard.load(conn)
-            writer = _Writer(conn)
+            writer = _Writer(conn, short_key)
             try:
                 while (lines := feed.get()) is not None:
                     writer.add(lines)
@@ -411,8 +426,13 @@ class _Writer:
     (`insert_events`), as do the other rows (`_NEW_KEY`) and every row while the connection's
     direct COPY is paused (`MAX_DIRECT_PAUSE`). Rejects are written last."""
 
-    def __init__(self, conn: psycopg.Connection) -> None:
+    def __init__(self, conn: psycopg.Connection, short_key: bool = True) -> None:
         self.conn = conn
+        # The keys' form the lines were written in, so the stage is the one they fit: when
+        # migration 0011 ran after they were written, its text key fails the INSERT (a
+        # DatatypeMismatch, not a refusal of the rows): the job fails and its retry writes the
+        # short keys into a new stage (`_stage_name`).
+        self.short_key = short_key
         self.cur = conn.cursor()
         pause = _pause.setdefault(conn, [0, 0])  # [transactions still to skip, length of the last pause]
         self.direct = pause[0] == 0
@@ -463,7 +483,7 @@ class _Writer:
         self._end_copy()
         if self.savepoint and self.direct:
             self.since.append(data)
-        new = _insert_staged(self.cur, data, staged=self.staged, current=self.kept)
+        new = _insert_staged(self.cur, data, staged=self.staged, current=self.kept, short_key=self.short_key)
         self.staged = True
         self.stored += new
         if self.savepoint and self.direct:

@@ -127,7 +127,7 @@ def store_a_big_person(db: psycopg.Connection) -> None:
     db.execute(
         "INSERT INTO events (event_key, event_type, copernica_type, occurred_at, received_at, source, message_id,"
         " recipient, payload)"
-        " SELECT 'big' || n, 'opened', 'open', ts, ts, 'webhook', 'mb' || n, %s,"
+        " SELECT md5('big' || n)::uuid, 'opened', 'open', ts, ts, 'webhook', 'mb' || n, %s,"
         "        jsonb_build_object('id', 'mb' || n, 'recipient', %s::text, 'ip', '192.0.2.1')"
         " FROM generate_series(1, %s) AS n,"
         "      LATERAL (SELECT timestamptz '2026-09-10 00:00:00+00' + (n %% 80) * interval '1 day') AS t(ts)",

@@ -9,6 +9,7 @@ import psycopg
 import pytest
 
 from tests.commands import run
+from tests.keys import stored
 from tests.workers.storage.test_messages import BROWSER, event, message_events
 from workers.events import machine
 from workers.storage import store
@@ -40,7 +41,9 @@ def test_rebuild_applies_new_operator_networks(
     assert code == 0, err
     assert orjson.loads(out)["messages"] == 1
     assert _opens(db) == (4, 1)
-    assert db.execute("SELECT machine_rule FROM events WHERE event_key = 'm1-scan'").fetchone() == ("operator_network",)
+    assert db.execute("SELECT machine_rule FROM events WHERE event_key = %s", (stored("m1-scan"),)).fetchone() == (
+        "operator_network",
+    )
     assert db.execute("SELECT human_opens FROM mailing_stats WHERE mailing_id = 1").fetchone() == (1,)
     # the rule withdrawn: the next rebuild gives the event back its per-event verdict
     monkeypatch.delenv("INGEST_MACHINE_NETWORKS")

@@ -16,6 +16,7 @@ from workers.events import compact
 from workers.events.model import Event, from_logfile, from_webhook
 from workers.events.parsing import parse_body
 from workers.storage import store
+from workers.storage.keys import key_text, stored_key
 
 RECEIVED = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)
 
@@ -33,7 +34,7 @@ def fixture_events() -> list[Event]:
 def _stored(db: psycopg.Connection) -> dict[str, dict]:
     with db.cursor(row_factory=dict_row) as cur:
         rows = cur.execute("SELECT event_key, payload, event_fields(e) AS fields FROM events e").fetchall()
-    return {row["event_key"]: row for row in rows}
+    return {key_text(row["event_key"]): row for row in rows}  # by the stored key (32 hex digits)
 
 
 def test_every_fixture_type_comes_back_as_sent(db: psycopg.Connection) -> None:
@@ -44,7 +45,7 @@ def test_every_fixture_type_comes_back_as_sent(db: psycopg.Connection) -> None:
     stored = _stored(db)
     saved = 0
     for event in firsts:
-        row = stored[event.event_key]
+        row = stored[stored_key(event.event_key)]
         assert row["fields"] == event.payload, event.copernica_type
         assert compact.expand(row["payload"], event) == event.payload
         saved += len(str(event.payload)) - len(str(row["payload"]))
@@ -93,4 +94,4 @@ def test_arbitrary_fields_come_back_as_sent(db: psycopg.Connection, values: dict
     result = store.store(db, [event])
     if result.rejected:  # PostgreSQL refused a value (kept as a call): nothing to read back
         return
-    assert _stored(db)[event.event_key]["fields"] == event.payload
+    assert _stored(db)[stored_key(event.event_key)]["fields"] == event.payload

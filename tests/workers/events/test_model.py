@@ -40,6 +40,7 @@ from workers.events.model import VOCABULARY, Event, event_key, from_logfile, fro
 from workers.events.parsing import parse_body
 from workers.jobs import parse_calls
 from workers.storage import store
+from workers.storage.keys import stored_key
 
 FORM = "application/x-www-form-urlencoded"
 CASES = [pytest.param(case, enc, id=f"{case.name}-{enc}") for case in WEBHOOK_CASES for enc in ("form", "json")]
@@ -89,7 +90,7 @@ def test_every_case_stores_with_its_columns(db: psycopg.Connection) -> None:
         stored["ip"] = str(row["ip"]) if row["ip"] is not None else None
         assert stored == case.columns(account="1234"), case.name
         assert row["fields"] == case.form  # every field as sent (workers.events.compact)
-        assert row["event_key"] == event.event_key
+        assert row["event_key"].hex == stored_key(event.event_key)  # a uuid (workers.storage.keys)
 
 
 def test_bounce_variants_of_one_message_and_second_are_one_row(db: psycopg.Connection) -> None:
@@ -507,6 +508,8 @@ def test_arbitrary_calls_never_crash_and_never_get_lost(db: psycopg.Connection, 
     for reject in rejects:
         assert store.call_key(reject.envelope) in kept
     # and nothing else: the rows are exactly these events and these calls
-    refused = {store.call_key(o) for e, o in zip(events, origins, strict=True) if e.event_key not in stored_keys}
-    assert stored_keys <= {e.event_key for e in events}
+    refused = {
+        store.call_key(o) for e, o in zip(events, origins, strict=True) if stored_key(e.event_key) not in stored_keys
+    }
+    assert stored_keys <= {stored_key(e.event_key) for e in events}
     assert kept == {store.call_key(r.envelope) for r in rejects} | refused

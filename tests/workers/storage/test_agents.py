@@ -10,6 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.keys import key_name, name_key, stored
 from workers.events.model import Event
 from workers.storage import agents, store
 
@@ -19,7 +20,7 @@ BROWSER = "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 
 
 def _event(n: int, **values: Any) -> Event:
     base = Event(
-        event_key=f"ua-{n}",
+        event_key=name_key(f"ua-{n}"),
         event_type="opened",
         copernica_type="open",
         occurred_at=WHEN + timedelta(seconds=n),
@@ -40,7 +41,7 @@ def conn(database_url: str) -> Any:
 
 def _texts(conn: psycopg.Connection) -> dict[str, str | None]:
     rows = conn.execute("SELECT event_key, e.user_agent FROM events e ORDER BY event_key").fetchall()
-    return dict(rows)
+    return {key_name(key): agent for key, agent in rows}
 
 
 @pytest.mark.parametrize("text", ["Mozilla/5.0", BROWSER, "é ü 中文 \u2028 tab\there", "x" * 3000, ""])
@@ -55,7 +56,7 @@ def test_each_text_is_stored_once_and_read_through_the_row(conn: psycopg.Connect
     conn.commit()
     assert conn.execute("SELECT count(*) FROM user_agents").fetchone() == (2,)
     assert _texts(conn) == {"ua-1": BROWSER, "ua-2": BROWSER, "ua-3": "Mozilla/5.0", "ua-4": None}
-    assert conn.execute("SELECT user_agent_hash FROM events WHERE event_key = 'ua-1'").fetchone() == (
+    assert conn.execute("SELECT user_agent_hash FROM events WHERE event_key = %s", (stored("ua-1"),)).fetchone() == (
         agents.agent_hash(BROWSER),
     )
     # a later transaction of the same worker names the text without adding it again

@@ -13,10 +13,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg.rows import dict_row
 
+from tests.keys import key_name, name_key
 from workers.events.compact import compact
 from workers.events.model import Event
 from workers.storage import agents, copy_text, store
 from workers.storage.copy_text import COPY_COLUMNS, EVENT_COLUMNS, copy_line
+from workers.storage.keys import key_text, stored_key
 
 WHEN = datetime(2026, 11, 26, 12, 0, 1, tzinfo=UTC)
 ODD = ["\\", "\\N", "\t", "\n", "\r", "\\t", '"', "'", ",", "{", "}", "NULL", "null", " ", "é", "\u2028", "x\x00y"]
@@ -24,7 +26,7 @@ ODD = ["\\", "\\N", "\t", "\n", "\r", "\\t", '"', "'", ",", "{", "}", "NULL", "n
 
 def _event(n: int, **values: Any) -> Event:
     base = Event(
-        event_key=f"key-{n}",
+        event_key=name_key(f"key-{n}"),
         event_type="opened",
         copernica_type="open",
         occurred_at=WHEN,
@@ -38,13 +40,14 @@ def _event(n: int, **values: Any) -> Event:
 
 
 def _stored(db: psycopg.Connection, events: list[Event]) -> dict[str, dict[str, Any]]:
+    """The stored rows of `events`, by their key's name (`key-1`)."""
     db.execute("TRUNCATE events")
     result = store.store(db, events)
     assert (result.stored, result.rejected) == (len(events), 0)
     with db.cursor(row_factory=dict_row) as cur:
         # the payload as sent: the stored one less what the columns hold (workers.events.compact)
-        rows = cur.execute("SELECT *, e.user_agent AS user_agent, event_fields(e) AS fields FROM events e")
-        return {row["event_key"]: row for row in rows}
+        rows = cur.execute("SELECT *, e.user_agent AS user_agent, event_fields(e) AS fields FROM events e").fetchall()
+    return {key_name(row["event_key"]): row for row in rows}
 
 
 def _expected(event: Event) -> dict[str, Any]:
@@ -56,11 +59,13 @@ def _expected(event: Event) -> dict[str, Any]:
         elif isinstance(value, list):
             value = [item.replace("\x00", "") if isinstance(item, str) else item for item in value]
         row[name] = value
+    row["event_key"] = stored_key(event.event_key)  # what `events` keeps (workers.storage.keys)
     return row
 
 
 def _as_read(row: dict[str, Any]) -> dict[str, Any]:
     got = {name: row[name] for name in EVENT_COLUMNS}
+    got["event_key"] = key_text(row["event_key"])
     got["ip"] = str(row["ip"]) if row["ip"] is not None else None
     got["payload"] = row["fields"]
     return got
@@ -100,7 +105,7 @@ def test_characters_with_a_meaning_in_copy_or_arrays_come_back_as_sent(db: psyco
     ]
     rows = _stored(db, events)
     for event in events:
-        assert _as_read(rows[event.event_key]) == _expected(event)
+        assert _as_read(rows[key_name(event.event_key)]) == _expected(event)
 
 
 def test_null_tag_element_and_nul_in_payload(db: psycopg.Connection) -> None:
@@ -169,7 +174,7 @@ def test_each_value_is_written_in_its_own_column(monkeypatch: pytest.MonkeyPatch
     stored = {"payload": compact(event.payload, event), "user_agent": agents.agent_hash("ua")}  # 0006, 0012
     assert dict(zip(COPY_COLUMNS, cells, strict=True)) == {
         name: copy_text._cell(stored.get(name, getattr(event, name))) for name in COPY_COLUMNS
-    }
+    } | {"event_key": stored_key(event.event_key)}
 
 
 def test_chunks_of_one_transaction_share_one_stage(db: psycopg.Connection) -> None:
@@ -178,9 +183,9 @@ def test_chunks_of_one_transaction_share_one_stage(db: psycopg.Connection) -> No
     made: list[bool] = []
     real = store._insert_staged
 
-    def spy(cur: psycopg.Cursor, data: bytes, *, staged: bool, current: bool) -> int:
+    def spy(cur: psycopg.Cursor, data: bytes, *, staged: bool, current: bool, short_key: bool) -> int:
         made.append(staged)
-        return real(cur, data, staged=staged, current=current)
+        return real(cur, data, staged=staged, current=current, short_key=short_key)
 
     def untimed(n: int) -> Event:  # no usable time: occurred_at is the time of receipt, staged
         return _event(n, occurred_at=WHEN, received_at=WHEN)
@@ -252,7 +257,7 @@ def test_one_key_twice_in_a_chunk_is_one_row(db: psycopg.Connection) -> None:
     db.execute("TRUNCATE events")
     result = store.store(db, [first, other, again])
     assert result.stored == 2
-    rows = db.execute("SELECT event_key, occurred_at FROM events ORDER BY event_key").fetchall()
+    rows = sorted((key_name(k), t) for k, t in db.execute("SELECT event_key, occurred_at FROM events"))
     assert rows == [("key-1", WHEN), ("key-2", WHEN)]  # the first delivery's row
     assert store.store(db, [again]).stored == 0  # and a later delivery finds it
 

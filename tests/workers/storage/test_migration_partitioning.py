@@ -145,7 +145,7 @@ def test_upgrade_of_an_empty_table(scratch_database_url: str) -> None:
     with psycopg.connect(scratch_database_url, autocommit=True) as conn:
         conn.execute(
             "INSERT INTO events (event_key, event_type, copernica_type, occurred_at, received_at, source,"
-            " payload) VALUES ('k', 'opened', 'open', now() - interval '1 day', now(), 'webhook', '{}')"
+            " payload) VALUES (md5('k')::uuid, 'opened', 'open', now() - interval '1 day', now(), 'webhook', '{}')"
         )
         row = conn.execute("SELECT id, tableoid::regclass::text FROM events").fetchone()
     assert row[0] == 1

@@ -14,8 +14,10 @@ import pytest
 from common.envelope import Envelope
 from ingest.cli import main
 from tests.fixtures_copernica import TZ
+from tests.keys import stored
 from workers.events.model import Event, from_webhook
 from workers.storage import partitions, store
+from workers.storage.keys import key_text
 from workers.storage.schema import apply_migrations
 
 NOW = datetime.now(UTC)
@@ -181,13 +183,13 @@ def pruned_db(scratch_database_url: str) -> Iterator[psycopg.Connection]:
             conn.execute(
                 "INSERT INTO events (event_key, event_type, copernica_type, occurred_at, received_at, source,"
                 " payload) VALUES (%s, 'opened', 'open', %s, %s, 'webhook', '{}')",
-                (f"k{month}", moment, moment),
+                (stored(f"k{month}"), moment, moment),
             )
         conn.execute("ALTER TABLE events DETACH PARTITION events_p202604")
         conn.execute(
             "INSERT INTO events (event_key, event_type, copernica_type, occurred_at, received_at, source,"
-            " payload) SELECT event_key || '-late', event_type, copernica_type, occurred_at, received_at,"
-            " source, payload FROM events_p202604"
+            " payload) SELECT md5(event_key::text || '-late')::uuid, event_type, copernica_type, occurred_at,"
+            " received_at, source, payload FROM events_p202604"
         )
         conn.execute("DROP TABLE events_p202604")
         yield conn
@@ -197,15 +199,15 @@ PRUNE_NOW = datetime(2026, 11, 20, tzinfo=UTC)
 
 
 def test_prune_drops_whole_months_only(pruned_db: psycopg.Connection) -> None:
-    before = {r[0] for r in pruned_db.execute("SELECT event_key FROM events")}
+    before = {key_text(r[0]) for r in pruned_db.execute("SELECT event_key FROM events")}
     assert pruned_db.execute("SELECT count(*) FROM events_default").fetchone()[0] == 1
     # cutoff 2026-08-22: July ended before it, August did not
     result = partitions.prune(pruned_db, timedelta(days=90), now=PRUNE_NOW)
     assert result.cutoff == datetime(2026, 8, 22, tzinfo=UTC)
     assert result.moved_months == [date(2026, 4, 1)]  # out of the default partition, then dropped with April
     assert [p.name for p in result.dropped] == [f"events_p2026{m:02d}" for m in range(1, 8)]
-    left = {r[0] for r in pruned_db.execute("SELECT event_key FROM events")}
-    assert left == {k for k in before if k in {"k8", "k9", "k10", "k11"}}
+    left = {key_text(r[0]) for r in pruned_db.execute("SELECT event_key FROM events")}
+    assert left == {stored(f"k{m}") for m in (8, 9, 10, 11)} and left < before
     assert result.default_rows == 0
     names = {p.name for p in partitions.list_partitions(pruned_db)}
     assert "events_p202608" in names and "events_p202607" not in names

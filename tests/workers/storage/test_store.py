@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from common.envelope import Envelope
+from tests.keys import key_name, name_key, stored
 from workers.events.model import Event
 from workers.storage import partitions, store
 
@@ -20,7 +21,7 @@ WHEN = datetime(2026, 11, 26, 12, 0, 1, tzinfo=UTC)
 def _event(key: str, occurred: datetime = WHEN, **values: Any) -> Event:
     received = values.pop("received_at", WHEN + timedelta(seconds=5, microseconds=250))
     return Event(
-        event_key=key,
+        event_key=name_key(key),
         event_type="opened",
         copernica_type="open",
         occurred_at=occurred,
@@ -39,7 +40,7 @@ def _untimed(key: str) -> Event:
 
 
 def _keys(db: psycopg.Connection) -> list[str]:
-    return [row[0] for row in db.execute("SELECT event_key FROM events ORDER BY event_key")]
+    return sorted(key_name(row[0]) for row in db.execute("SELECT event_key FROM events"))
 
 
 @pytest.fixture
@@ -58,9 +59,9 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         ways.append("direct")
         real_copy(self, data, rows)
 
-    def stage(cur: psycopg.Cursor, data: bytes, *, staged: bool, current: bool) -> int:
+    def stage(cur: psycopg.Cursor, data: bytes, *, staged: bool, current: bool, short_key: bool) -> int:
         ways.append("staged")
-        return real_stage(cur, data, staged=staged, current=current)
+        return real_stage(cur, data, staged=staged, current=current, short_key=short_key)
 
     monkeypatch.setattr(store._Writer, "_copy", copy)
     monkeypatch.setattr(store, "_insert_staged", stage)
@@ -127,7 +128,7 @@ def test_staged_rows_before_a_fallback_are_stored_once(db: psycopg.Connection, c
     result = store.store_chunks(conn, chunks)
     assert (result.stored, result.duplicates) == (3, 1)
     assert _keys(db) == ["a", "b", "dup", "u"]
-    assert db.execute("SELECT count(*) FROM events WHERE event_key = 'u'").fetchone()[0] == 1
+    assert db.execute("SELECT count(*) FROM events WHERE event_key = %s", (stored("u"),)).fetchone()[0] == 1
 
 
 def test_an_untimed_event_stored_twice_is_one_row(db: psycopg.Connection, conn: psycopg.Connection) -> None:
@@ -165,7 +166,10 @@ def test_a_month_without_a_partition_mid_transaction_gets_one(db: psycopg.Connec
         chunks = [([_event("a")], None, []), ([_event("b", moment)], None, []), ([_event("c")], None, [])]
         assert store.store_chunks(conn, chunks).stored == 3
         assert _keys(db) == ["a", "b", "c"]
-        assert db.execute("SELECT tableoid::regclass::text FROM events WHERE event_key = 'b'").fetchone()[0] == name
+        assert (
+            db.execute("SELECT tableoid::regclass::text FROM events WHERE event_key = %s", (stored("b"),)).fetchone()[0]
+            == name
+        )
     finally:
         db.execute(f"DROP TABLE IF EXISTS {name}")
         partitions.forget(conn)
