@@ -21,6 +21,27 @@ CREATE TABLE user_agents (
 INSERT INTO user_agents (agent_hash, user_agent)
 SELECT agent_hash(user_agent), user_agent FROM (SELECT DISTINCT user_agent FROM events WHERE user_agent IS NOT NULL) AS d;
 
+-- A view that reads the column (an operator's, `SELECT * FROM events` included) would stop the
+-- ALTER, and could not be made again as it was: its stored definition names `user_agent` bare,
+-- which from now on is no column. The migration stops first and names them, changing nothing.
+DO $$
+DECLARE
+    names text;
+BEGIN
+    SELECT string_agg(DISTINCT r.ev_class::regclass::text, ', ') INTO names
+    FROM pg_depend d
+    JOIN pg_rewrite r ON r.oid = d.objid
+    JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid AND a.attname = 'user_agent'
+    WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+      AND (d.refobjid = 'events'::regclass
+           OR d.refobjid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = 'events'::regclass))
+      AND r.ev_class <> d.refobjid;
+    IF names IS NOT NULL THEN
+        RAISE EXCEPTION 'views read events.user_agent (%): drop them, run `ingest migrate` again, then make them'
+                        ' again reading e.user_agent (the text, now a function of the row: FROM events e)', names;
+    END IF;
+END $$;
+
 ALTER TABLE events ALTER COLUMN user_agent TYPE bigint USING agent_hash(user_agent);
 ALTER TABLE events RENAME COLUMN user_agent TO user_agent_hash;
 
