@@ -1,6 +1,6 @@
 """PostgreSQL: how rows reach the tables. The only module that writes event SQL.
 
-A worker's rows go by COPY straight into `events` inside a savepoint (`_Writer`); the unique
+A worker's rows go by COPY straight into `events` inside a savepoint (`workers.storage.writer`); the unique
 constraint on (event_key, occurred_at) refuses a second delivery of an event, and then (or
 for rows whose time is not part of their key) they go by COPY into a session-temporary table
 and one `INSERT … SELECT … ON CONFLICT DO NOTHING` (`insert_events`): either way a second
@@ -18,11 +18,10 @@ import logging
 import queue
 import sys
 import threading
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -30,7 +29,7 @@ from psycopg.types.json import Jsonb
 
 from common.envelope import Envelope
 from workers.events.model import Event
-from workers.storage import agents, erased, keys, messages, partitions
+from workers.storage import agents, erased, keys, messages, partitions, writer
 from workers.storage.copy_text import (
     LEGACY_COLUMNS,
     STORED_COLUMNS,
@@ -43,8 +42,8 @@ from workers.storage.copy_text import (
 log = logging.getLogger("workers.storage.store")
 
 STATEMENT_TIMEOUT_MS = 120_000
-_COLS = ", ".join(STORED_COLUMNS)  # the order of copy_line's columns
-_LEGACY_COLS = ", ".join(LEGACY_COLUMNS)  # before migration 0006 (see `messages.kept`)
+COLUMNS = ", ".join(STORED_COLUMNS)  # the order of copy_line's columns
+LEGACY = ", ".join(LEGACY_COLUMNS)  # before migration 0006 (see `messages.kept`)
 
 
 def _stage_name(columns: str, short_key: bool) -> str:
@@ -156,16 +155,16 @@ def insert_events(
     with conn.cursor() as cur:
         if kept:
             agents.add(cur, agents.of(events))
-        return _insert_staged(
+        return insert_staged(
             cur, copy_data(events, kept, short) if data is None else data, staged=staged, current=kept, short_key=short
         )
 
 
-def _insert_staged(cur: psycopg.Cursor, data: bytes, *, staged: bool, current: bool, short_key: bool) -> int:
+def insert_staged(cur: psycopg.Cursor, data: bytes, *, staged: bool, current: bool, short_key: bool) -> int:
     """The rows of `data` (COPY text of COPY_COLUMNS) that are new, inserted; how many. Not
     `current`: the schema is before 0006 (`messages.kept`). `short_key`: `data` holds the keys as
     a uuid `events.event_key` takes them (`keys.uuid_keys`)."""
-    cols = _COLS if current else _LEGACY_COLS
+    cols = COLUMNS if current else LEGACY
     stage = _stage_name(cols, short_key)
     if not current:
         data = without_machine(data.decode()).encode()
@@ -242,7 +241,7 @@ def store(
 
 
 @dataclass(slots=True)
-class _Lines:
+class Lines:
     """A chunk as the writer thread takes it, made on the caller's thread."""
 
     direct: bytes  # COPY text of the events whose occurred_at follows from their key
@@ -260,7 +259,7 @@ def _lines(
     kept: bool = True,
     known: AbstractSet[int] = frozenset(),
     short_key: bool = True,
-) -> _Lines:
+) -> Lines:
     """Of several events with one key in a transaction only the first (see `copy_data`). `known`:
     user agents known to be stored; `short_key`: the keys as a uuid column takes them (`keys`)."""
     direct: list[str] = []
@@ -273,7 +272,7 @@ def _lines(
             direct.append(copy_line(event, kept, short_key))
         else:
             staged.append(copy_line(event, kept, short_key))
-    return _Lines(
+    return Lines(
         "".join(direct).encode(),
         len(direct),
         "".join(staged).encode(),
@@ -289,7 +288,7 @@ def store_chunks(
     """Store chunks as they come, in one transaction, on a thread of their own: PostgreSQL
     stores chunk k while the caller's iterator produces (parses) chunk k+1. The caller's thread
     also writes each chunk's COPY text, so the writer holds the GIL as little as it can (see
-    `_Writer` for how the rows reach `events`). `meanwhile` is called once every chunk is
+    `workers.storage.writer` for how the rows reach `events`). `meanwhile` is called once every chunk is
     handed over, while PostgreSQL stores the last ones and commits (what it raises is raised
     once the transaction has ended, committed or not)."""
     # before 0006: whole payloads (nothing there to expand them); before 0011: whole keys
@@ -297,7 +296,7 @@ def store_chunks(
     if not (current and short):
         with conn.transaction():  # a query of its own, until the schema is found current
             current, short = messages.kept(conn), keys.uuid_keys(conn)
-    feed: queue.Queue[_Lines | None] = queue.Queue(maxsize=2)
+    feed: queue.Queue[Lines | None] = queue.Queue(maxsize=2)
     outcome = _Outcome()
     guard = erased.Guard()  # the erased people, loaded by the writer in its transaction
     known = agents.known(conn)
@@ -361,7 +360,7 @@ class _Outcome:
 
 def _write_chunks(
     conn: psycopg.Connection,
-    feed: queue.Queue[_Lines | None],
+    feed: queue.Queue[Lines | None],
     outcome: _Outcome,
     guard: erased.Guard,
     short_key: bool,
@@ -372,19 +371,19 @@ def _write_chunks(
     try:
         with conn.transaction():
             guard.load(conn)
-            writer = _Writer(conn, short_key)
+            rows = writer.Writer(conn, short_key)
             try:
                 while (lines := feed.get()) is not None:
-                    writer.add(lines)
+                    rows.add(lines)
                 ended = True
                 if outcome.aborted:
                     raise _Aborted()
-                outcome.stored = writer.finish()
+                outcome.stored = rows.finish()
             except BaseException as exc:
-                writer.abandon(exc)  # an open COPY holds the connection's lock
+                rows.abandon(exc)  # an open COPY holds the connection's lock
                 raise
         if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:  # committed, not a savepoint's
-            agents.remember(conn, writer.agents)
+            agents.remember(conn, rows.agents)
     except BaseException as exc:  # handed to the caller's thread
         outcome.error = exc
         guard.release()
@@ -405,142 +404,6 @@ def cyclic_gc_off() -> Iterator[None]:
     finally:
         if collecting:
             gc.enable()
-
-
-# After a direct COPY met a row already stored, the next transactions of that connection go
-# through the stage (a backfill of stored events would otherwise pay for every row twice);
-# the pause doubles with each further collision, up to this many transactions.
-MAX_DIRECT_PAUSE = 64
-_pause: weakref.WeakKeyDictionary[psycopg.Connection, list[int]] = weakref.WeakKeyDictionary()
-_SAVEPOINT = "direct_copy"
-
-
-class _Writer:
-    """One transaction's rows, on the writer thread.
-
-    Rows whose occurred_at follows from their key (nearly all) are COPYed straight into
-    `events`, in one COPY that stays open from chunk to chunk (PostgreSQL stores each chunk as
-    it arrives; no round trip per chunk), inside a savepoint. The unique constraint then
-    refuses a second copy of an event: on that (or any error of the COPY) the savepoint is
-    rolled back and the same rows go through the stage and `INSERT … ON CONFLICT DO NOTHING`
-    (`insert_events`), as do the other rows (`_NEW_KEY`) and every row while the connection's
-    direct COPY is paused (`MAX_DIRECT_PAUSE`). Rejects are written last."""
-
-    def __init__(self, conn: psycopg.Connection, short_key: bool = True) -> None:
-        self.conn = conn
-        # The keys' form the lines were written in, so the stage is the one they fit: when
-        # migration 0011 ran after they were written, its text key fails the INSERT (a
-        # DatatypeMismatch, not a refusal of the rows): the job fails and its retry writes the
-        # short keys into a new stage (`_stage_name`).
-        self.short_key = short_key
-        self.cur = conn.cursor()
-        pause = _pause.setdefault(conn, [0, 0])  # [transactions still to skip, length of the last pause]
-        self.direct = pause[0] == 0
-        if not self.direct:
-            pause[0] -= 1
-        self.copy: Any = None  # the open COPY's context manager
-        self.copy_in: Any = None  # and its psycopg.Copy
-        self.savepoint = False
-        self.since: list[bytes] = []  # rows sent since the savepoint (redone staged on failure)
-        self.since_stored = 0  # rows of `since` known to be stored
-        self.copying = 0  # rows sent into the open COPY
-        self.stored = 0
-        self.staged = False  # the stage was made in this transaction
-        self.rejects: list[Rejected] = []
-        self.kept = messages.kept(conn)  # the schema has `messages` (else: as before 0006)
-        self.agents: dict[int, str] = {}  # user agents this transaction added to `user_agents`
-
-    def add(self, lines: _Lines) -> None:
-        if lines.agents:  # before the rows that name them
-            self._end_copy()
-            agents.add(self.cur, lines.agents)
-            self.agents.update(lines.agents)
-        if lines.months and not partitions.known(self.conn, lines.months):
-            self._end_copy()  # making a partition is a statement of its own
-            partitions.ensure_months(self.conn, lines.months)
-        staged = lines.staged
-        if lines.direct_rows:
-            if self.direct:
-                self._copy(lines.direct, lines.direct_rows)
-                if self.kept:  # the trigger folds the chunk while the next one is parsed
-                    self._end_copy()
-            else:
-                staged = lines.direct + staged
-        if staged:
-            self._stage(staged)
-        self.rejects.extend(lines.rejects)
-
-    def finish(self) -> int:
-        """End the COPY, write the rejects; return how many rows were new."""
-        self._end_copy()
-        if self.direct and self.savepoint:
-            _pause[self.conn] = [0, 0]
-        if self.rejects:
-            insert_rejects(self.conn, self.rejects)
-        return self.stored
-
-    def _stage(self, data: bytes) -> None:
-        self._end_copy()
-        if self.savepoint and self.direct:
-            self.since.append(data)
-        new = _insert_staged(self.cur, data, staged=self.staged, current=self.kept, short_key=self.short_key)
-        self.staged = True
-        self.stored += new
-        if self.savepoint and self.direct:
-            self.since_stored += new
-
-    def _copy(self, data: bytes, rows: int) -> None:
-        try:
-            if self.copy is None:
-                if not self.savepoint:
-                    self.cur.execute(f"SAVEPOINT {_SAVEPOINT}")
-                    self.savepoint = True
-                self.copy = self.cur.copy(f"COPY events ({_COLS if self.kept else _LEGACY_COLS}) FROM STDIN")
-                self.copy_in = self.copy.__enter__()
-            self.since.append(data)
-            self.copying += rows
-            self.copy_in.write(data if self.kept else without_machine(data.decode()).encode())
-        except psycopg.Error as exc:
-            self._fall_back(exc)
-
-    def _end_copy(self) -> None:
-        if self.copy is None:
-            return
-        copy, self.copy = self.copy, None
-        try:
-            copy.__exit__(None, None, None)
-        except psycopg.Error as exc:
-            self._fall_back(exc)
-            return
-        self.stored += self.copying
-        self.since_stored += self.copying
-        self.copying = 0
-
-    def abandon(self, exc: BaseException) -> None:
-        """End an open COPY with `exc` (the server drops its rows)."""
-        if self.copy is not None:
-            copy, self.copy = self.copy, None
-            with contextlib.suppress(psycopg.Error):
-                copy.__exit__(type(exc), exc, exc.__traceback__)
-
-    def _fall_back(self, exc: psycopg.Error) -> None:
-        """The direct COPY failed: undo the savepoint, and store what it held through the stage."""
-        self.abandon(exc)
-        if self.conn.closed or self.conn.broken:
-            raise exc
-        self.cur.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")  # raises when the server is gone
-        agents.add(self.cur, self.agents)  # those added since the savepoint went with it
-        self.direct = False
-        self.staged = False  # a stage made inside the savepoint went with it
-        self.stored -= self.since_stored  # and what the trigger folded of them: the redo folds it again
-        if isinstance(exc, psycopg.errors.UniqueViolation):
-            pause = _pause.setdefault(self.conn, [0, 0])
-            pause[1] = min(MAX_DIRECT_PAUSE, pause[1] * 2 or 1)
-            pause[0] = pause[1]
-        log.debug("direct COPY failed (%s); its rows go through the stage", str(exc).splitlines()[0])
-        redo, self.since, self.since_stored, self.copying = b"".join(self.since), [], 0, 0
-        if redo:
-            self._stage(redo)
 
 
 class _Aborted(Exception):

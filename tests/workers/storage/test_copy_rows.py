@@ -181,7 +181,7 @@ def test_chunks_of_one_transaction_share_one_stage(db: psycopg.Connection) -> No
     """Only the first chunk with staged rows makes the staging table; later ones find it (and empty)."""
     db.execute("TRUNCATE events")
     made: list[bool] = []
-    real = store._insert_staged
+    real = store.insert_staged
 
     def spy(cur: psycopg.Cursor, data: bytes, *, staged: bool, current: bool, short_key: bool) -> int:
         made.append(staged)
@@ -192,7 +192,7 @@ def test_chunks_of_one_transaction_share_one_stage(db: psycopg.Connection) -> No
 
     chunks = [([], None, []), ([untimed(1)], None, []), ([untimed(2), untimed(3)], None, []), ([untimed(1)], None, [])]
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(store, "_insert_staged", spy)
+        patch.setattr(store, "insert_staged", spy)
         result = store.store_chunks(db, chunks)
     assert (result.stored, result.duplicates) == (3, 1)
     assert made == [False, True]  # the empty chunk and the repeat stage nothing

@@ -13,7 +13,7 @@ import pytest
 from common.envelope import Envelope
 from tests.keys import key_name, name_key, stored
 from workers.events.model import Event
-from workers.storage import partitions, store
+from workers.storage import partitions, store, writer
 
 WHEN = datetime(2026, 11, 26, 12, 0, 1, tzinfo=UTC)
 
@@ -53,9 +53,9 @@ def conn(database_url: str) -> Iterator[psycopg.Connection]:
 def spy(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Which way rows went: 'direct' (COPY into events) or 'staged'."""
     ways: list[str] = []
-    real_copy, real_stage = store._Writer._copy, store._insert_staged
+    real_copy, real_stage = writer.Writer._copy, store.insert_staged
 
-    def copy(self: store._Writer, data: bytes, rows: int) -> None:
+    def copy(self: writer.Writer, data: bytes, rows: int) -> None:
         ways.append("direct")
         real_copy(self, data, rows)
 
@@ -63,8 +63,8 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         ways.append("staged")
         return real_stage(cur, data, staged=staged, current=current, short_key=short_key)
 
-    monkeypatch.setattr(store._Writer, "_copy", copy)
-    monkeypatch.setattr(store, "_insert_staged", stage)
+    monkeypatch.setattr(writer.Writer, "_copy", copy)
+    monkeypatch.setattr(store, "insert_staged", stage)
     return ways
 
 
@@ -105,9 +105,9 @@ def test_pauses_double_while_collisions_go_on(conn: psycopg.Connection) -> None:
     store.store(conn, [_event("a")])
     for _ in range(3):  # collide, then one staged transaction, collide again, then two, ...
         store.store(conn, [_event("a")])
-        while store._pause[conn][0]:
+        while writer._pause[conn][0]:
             store.store(conn, [_event("a")])
-    assert store._pause[conn][1] == 4
+    assert writer._pause[conn][1] == 4
 
 
 def test_one_key_in_two_chunks_of_a_transaction_is_one_row_without_a_fallback(
