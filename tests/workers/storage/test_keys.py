@@ -40,10 +40,8 @@ def test_a_stored_key_reads_back_as_32_hex_digits() -> None:
     assert keys.key_text(KEY) == KEY[:32]  # a text key, before migration 0011
 
 
-def test_copy_text_carries_the_stored_key_in_both_ways_of_writing() -> None:
-    """The fast line and the escaped one (a tab in a column) both write the stored form; before
-    0011 (`short_key=False`) the whole key."""
-    event = Event(
+def _open() -> Event:
+    return Event(
         event_key=KEY,
         event_type="opened",
         copernica_type="open",
@@ -54,6 +52,12 @@ def test_copy_text_carries_the_stored_key_in_both_ways_of_writing() -> None:
         recipient="a@example.com",
         payload={"id": "m-1"},
     )
+
+
+def test_copy_text_carries_the_stored_key_in_both_ways_of_writing() -> None:
+    """The fast line and the escaped one (a tab in a column) both write the stored form; before
+    0011 (`short_key=False`) the whole key."""
+    event = _open()
     odd = Event(**{**{f: getattr(event, f) for f in copy_text.EVENT_COLUMNS}, "description": "a\tb"})
     for each in (event, odd):
         assert copy_text.copy_line(each).split("\t", 1)[0] == KEY[:32]
@@ -70,17 +74,7 @@ def test_the_schema_key_type_is_found_and_remembered(database_url: str) -> None:
 
 def test_a_stored_key_is_the_uuid_of_its_first_32_digits(database_url: str, db: psycopg.Connection) -> None:
     """What `store` writes is what a search by the stored key finds, and a re-delivery is one row."""
-    event = Event(
-        event_key=KEY,
-        event_type="opened",
-        copernica_type="open",
-        occurred_at=WHEN,
-        received_at=WHEN + timedelta(seconds=1),
-        source="webhook",
-        message_id="m-1",
-        recipient="a@example.com",
-        payload={"id": "m-1"},
-    )
+    event = _open()
     with store.connect(database_url) as conn:
         assert store.store(conn, [event]).stored == 1
         assert store.store(conn, [event]).duplicates == 1
