@@ -38,7 +38,8 @@ _agent_keys = AGENT_KEYS = Recent(lambda text: str(agent_hash(agent_text(text)))
 
 def of(events: Iterable[Event]) -> dict[int, str]:
     """The user agents of `events`, by hash: what `user_agents` must hold for their rows."""
-    return {int(_agent_keys[text]): agent_text(text) for e in events if (text := e.user_agent) is not None}
+    texts = {text for e in events if (text := e.user_agent) is not None}  # a chunk's few, once each
+    return {int(_agent_keys[text]): agent_text(text) for text in texts}
 
 
 class AgentHashClash(RuntimeError):
