@@ -14,7 +14,7 @@ Two kinds of rule, in two rooms:
     https://mask-api.icloud.com/egress-ip-ranges.csv), whatever the user agent.
   An event with neither an address nor a user agent is unknown (`machine` NULL); any other is
   a person (`machine` false, no rule) until a rule of the second kind says otherwise.
-- **Per message** (in SQL, `messages_apply_click_rules` of migration 0006, run by the trigger
+- **Per message** (in SQL, `messages_apply_click_rules` of migrations 0006 and 0013, run by the trigger
   that keeps `messages`, 0010: they need the message's other events),
   for clicks only: `click_near_delivery` (a click before, or within `CLICK_DELAY_SECONDS` of,
   the message's delivery, or of its sending when no delivery is stored) and `link_burst` (two

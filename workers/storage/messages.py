@@ -9,7 +9,8 @@ fold is commutative (counts add up, milestones keep the first time, identity col
 value, the last bounce the latest), so any order of arrival gives the row `messages_rebuild()`
 makes from the stored events. An event that arrives before its message's `sent` makes a row
 without a mailing; the `sent` fills it in (and the mailing's totals take the whole message then:
-the triggers on `messages`, 0006).
+a row trigger on `messages`, 0013). The fold adds to the mailing totals what it changed, from
+the rows it returns (0013).
 
 Here: whether the schema keeps it (`kept`), and the rebuild.
 """

@@ -5,6 +5,8 @@ events, and `mailing_stats` equals a plain count over `events`."""
 from __future__ import annotations
 
 import itertools
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -239,6 +241,33 @@ def test_a_backfill_of_stored_events_changes_nothing(conn: psycopg.Connection) -
     assert store.store(conn, life).stored == 0  # through the stage this time
     assert store.store(conn, life[3:9]).stored == 0
     assert (_messages(conn), _stats(conn)) == before
+
+
+def test_two_workers_folding_one_message_count_it_once(conn: psycopg.Connection, database_url: str) -> None:
+    """The totals come from what each fold returns: a second transaction waiting on the first's
+    lock of the message folds into the row as the first committed it, so the message opened in
+    both counts once as a unique open."""
+    life = message_events("m1", 4)
+    store.store(conn, life[:1])  # sent
+    opens = [e for e in life if e.event_type == "opened"][:2]
+    with store.connect(database_url) as other:
+        with conn.transaction():
+            store.store(conn, opens[:1])  # holds the message's row until the commit
+            waiting = threading.Thread(target=store.store, args=(other, opens[1:]))
+            waiting.start()
+            pid = other.info.backend_pid
+            for _ in range(200):  # until the second fold waits on the row lock
+                row = conn.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
+                if row and row[0] == "Lock":
+                    break
+                time.sleep(0.05)
+            else:
+                pytest.fail("the second transaction never waited for the first")
+        waiting.join(30)
+    assert not waiting.is_alive()
+    stats = conn.execute("SELECT opens, unique_opens FROM mailing_stats WHERE mailing_id = 4").fetchone()
+    assert stats == (2, 1)
+    assert (_messages(conn), _stats(conn)) == _rebuilt(conn)
 
 
 def test_mailing_stats_equal_a_plain_count_over_events(conn: psycopg.Connection) -> None:
