@@ -2,11 +2,13 @@
 exactly, so that an event's bytes are not paid twice.
 
 A field is left out only when it can be rebuilt exactly from its column: the same text (or the
-same number, for a JSON number), and it is named in the payload's `~` key, two characters a
-field: the field's code (`FIELDS`) and its form (`s` a string, `n` a number). Anything else (a
-value the column normalised: trimmed, canonical address, a tag list sent as an array) stays as
-sent. A payload that already has a `~` key is stored whole. `event_fields(events)` (SQL,
-migration 0006) and `expand` (Python) give the fields back exactly as sent.
+same number, for a JSON number), and it is named in the payload's `~` key: `.`, then each
+field's code (`FIELDS`), after `#` when it was a number (a string otherwise). Payloads stored
+before migration 0015 name them two characters a field, the code and its form (`s` a string,
+`n` a number); both are read. Anything else (a value the column normalised: trimmed, canonical
+address, a tag list sent as an array) stays as sent. A payload that already has a `~` key is
+stored whole. `event_fields(events)` (SQL, migration 0015) and `expand` (Python) give the
+fields back exactly as sent.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from datetime import datetime
 from typing import Any, Final
 
 MARK: Final = "~"
+SHORT: Final = "."  # the `~` value's first character in the form of migration 0015
+NUMBER: Final = "#"  # before a code: the field was a JSON number
 
 # code -> (field, column, how the column renders): `text` as it is, `int` its digits, `epoch`
 # occurred_at's unix second, `tags` the list joined with `;`, `ipv4` an IPv4 address (IPv6 text
@@ -82,13 +86,27 @@ def compact(payload: dict[str, Any], event: Any) -> dict[str, Any]:
         else:
             continue
         if value == _render(how, getattr(event, column)):
-            codes.append(code + form)
+            codes.append(NUMBER + code if form == "n" else code)
             dropped.add(field)
     if not codes:
         return payload
     kept = {key: value for key, value in payload.items() if key not in dropped}
-    kept[MARK] = "".join(codes)
+    kept[MARK] = SHORT + "".join(codes)
     return kept
+
+
+def _codes(spec: str) -> list[tuple[str, str]]:
+    """(code, form) of each field a `~` value names, in either form."""
+    if not spec.startswith(SHORT):
+        return [(spec[i], spec[i + 1]) for i in range(0, len(spec), 2)]
+    found, number = [], False
+    for char in spec[1:]:
+        if char == NUMBER:
+            number = True
+            continue
+        found.append((char, "n" if number else "s"))
+        number = False
+    return found
 
 
 def expand(stored: dict[str, Any], event: Any) -> dict[str, Any]:
@@ -98,16 +116,16 @@ def expand(stored: dict[str, Any], event: Any) -> dict[str, Any]:
     if not isinstance(codes, str):
         return stored
     fields = {key: value for key, value in stored.items() if key != MARK}
-    for start in range(0, len(codes), 2):
-        field, column, how = FIELDS[codes[start]]
+    for code, form in _codes(codes):
+        field, column, how = FIELDS[code]
         text = _render(how, getattr(event, column))
-        fields[field] = int(text) if codes[start + 1] == "n" and text is not None else text
+        fields[field] = int(text) if form == "n" and text is not None else text
     return fields
 
 
 def sql_cases() -> tuple[str, str]:
-    """The two CASE expressions of `event_fields(events)` (SQL, migration 0006) on a code `c`:
-    the field's name and its text (a test checks the migration holds them)."""
+    """The two CASE expressions of `event_fields(events)` (SQL, migrations 0006 and 0015) on a
+    code `c`: the field's name and its text (a test checks the migration holds them)."""
     names, values = [], []
     for code, (field, column, how) in FIELDS.items():
         value = {

@@ -35,14 +35,16 @@ COLUMNS = (
     " bounces, failures, deferrals, autoreplies, unsubscribes, complaints, last_bounce_at, last_bounce_reason"
 )
 TRIGGER = "events_inserted_facts"  # migration 0010
-AGENTS = "user_agents"  # migration 0012: the last the workers' rows need
+AGENTS = "user_agents"  # migration 0012
+SHORT_CODES = 15  # migration 0015 (`event_fields` reads the payloads' short codes): the last the workers' rows need
 
 
 class SchemaInMigration(RuntimeError):
     """`messages` exists but not yet all that rows of this version need: a database between
-    migrations 0006 and 0012. Storing now would leave the new rows out of `messages` (workers
-    before 0010 folded them themselves) or write a user agent's hash where its text belongs
-    (0012), so the job fails and RQ retries it once `ingest migrate` is through."""
+    migrations 0006 and 0015. Storing now would leave the new rows out of `messages` (workers
+    before 0010 folded them themselves), write a user agent's hash where its text belongs
+    (0012) or payloads `event_fields` cannot read yet (0015), so the job fails and RQ retries
+    it once `ingest migrate` is through."""
 
 
 _kept: weakref.WeakKeyDictionary[psycopg.Connection, bool] = weakref.WeakKeyDictionary()
@@ -54,11 +56,11 @@ def known(conn: psycopg.Connection) -> bool:
 
 
 def kept(conn: psycopg.Connection) -> bool:
-    """Whether the schema keeps `messages` (migrations 0006 to 0012): rows then carry the machine
+    """Whether the schema keeps `messages` (migrations 0006 to 0015): rows then carry the machine
     columns, compact payloads and user agents' hashes. A worker deployed before `ingest migrate`
     stores its events as before 0006. Once found it is remembered for the connection; until then
     each transaction asks again (the migration may run meanwhile). Raises SchemaInMigration
-    between 0006 and 0012."""
+    between 0006 and 0015."""
     if _kept.get(conn):
         return True
     row = conn.execute(
@@ -68,10 +70,13 @@ def kept(conn: psycopg.Connection) -> bool:
         (TRIGGER, AGENTS),
     ).fetchone()
     table, complete = (bool(row[0]), bool(row[1])) if row else (False, False)
+    if table and complete:  # `messages` came by `ingest migrate`, so its table of versions is there
+        done = conn.execute("SELECT EXISTS (SELECT 1 FROM schema_migrations WHERE version = %s)", (SHORT_CODES,))
+        complete = done.fetchone() == (True,)
     if table and not complete:
         raise SchemaInMigration(
-            "the database is between migrations 0006 and 0012 (`messages` without its trigger on `events`,"
-            " or `user_agents` missing): run `ingest migrate`; the job is retried"
+            "the database is between migrations 0006 and 0015 (`messages` without its trigger on `events`,"
+            " `user_agents` or the payloads' short codes missing): run `ingest migrate`; the job is retried"
         )
     _kept[conn] = table
     return table

@@ -5,11 +5,13 @@ in both encodings, each logfile record."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from importlib import resources
 
 import psycopg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
 from tests.fixtures_copernica import EVENT_LOGS, TZ, WEBHOOK_CASES, log_record, wire
 from workers.events import compact
@@ -70,8 +72,38 @@ def test_only_exact_values_are_left_out() -> None:
     kept = compact.compact(event.payload, event)
     # the padded id, the IPv6 address, the zero-padded mailing and the tag array stay as sent;
     # the type and the time (a JSON number) are left out
-    assert kept == {"id": " m1 ", "ip": "2001:db8::1", "mailing": "0042", "tags": ["a", "b"], "~": "ysTn"}
+    assert kept == {"id": " m1 ", "ip": "2001:db8::1", "mailing": "0042", "tags": ["a", "b"], "~": ".y#T"}
     assert compact.expand(kept, event) == fields
+
+
+def test_payloads_stored_before_0015_come_back_as_sent(db: psycopg.Connection) -> None:
+    """Rows stored with two characters a field (before 0015) are read by `event_fields` and
+    `expand` as before; the short form is 8 bytes smaller for an open."""
+    events = fixture_events()
+    unique = list({e.event_key: e for e in events}.values())
+    assert store.store(db, unique).stored == len(unique)
+    old_form = saved = 0
+    for event in unique:
+        short = compact.compact(event.payload, event)
+        spec = short.get("~")
+        if not isinstance(spec, str):
+            continue
+        pairs = "".join(code + form for code, form in compact._codes(spec))
+        assert len(pairs) >= len(spec)  # the short form is never longer
+        saved += len(pairs) - len(spec)
+        before = {**short, "~": pairs}
+        assert compact.expand(before, event) == event.payload
+        db.execute("UPDATE events SET payload = %s WHERE event_key = %s", (Jsonb(before), stored_key(event.event_key)))
+        old_form += 1
+    assert old_form > 10 and saved > old_form
+    for event in unique:
+        assert _stored(db)[stored_key(event.event_key)]["fields"] == event.payload, event.copernica_type
+
+
+def test_the_migration_reads_every_code_of_the_python_side() -> None:
+    names, values = compact.sql_cases()
+    sql = (resources.files("workers.storage.migrations") / "0015_short_payload_codes.sql").read_text()
+    assert names in sql and values in sql
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
