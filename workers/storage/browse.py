@@ -32,7 +32,6 @@ EVENT_COLUMNS: tuple[str, ...] = (
     "copernica_type",
     "occurred_at",
     "received_at",
-    "stored_at",
     "source",
     "account",
     "message_id",
