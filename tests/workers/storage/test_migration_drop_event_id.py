@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import timedelta
+from importlib import resources
 
 import psycopg
 import pytest
@@ -140,3 +141,19 @@ def test_what_depends_on_the_column_stops_it_named_and_nothing_changes(before_00
     assert [m.version for m in apply_migrations(before_0014)] == [14]
     with psycopg.connect(before_0014, autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM ops_keys").fetchone() == (len(EVENTS),)
+
+
+def test_click_rules_that_still_read_the_column_stop_it(before_0014: str) -> None:
+    """The click rules as 0006 made them (reading `id`; 0013 keys them by the event key): the
+    migration stops, naming 0013, and leaves the column."""
+    made = (resources.files("workers.storage.migrations") / "0006_messages.sql").read_text(encoding="utf-8")
+    start = made.index("CREATE FUNCTION messages_apply_click_rules")
+    old_rules = made[start : made.index("$fn$;", start) + len("$fn$;")].replace("CREATE", "CREATE OR REPLACE", 1)
+    with psycopg.connect(before_0014, autocommit=True) as conn:
+        conn.execute(old_rules)
+        with pytest.raises(
+            psycopg.errors.RaiseException, match=r"still reads events\.id .*migration 0013 must come first"
+        ):
+            apply_migrations(before_0014)
+        assert conn.execute("SELECT max(version) FROM schema_migrations").fetchone() == (BEFORE,)
+        assert len(conn.execute(COLUMN, ("id",)).fetchall()) > 2

@@ -2,7 +2,7 @@
 -- (event_key, occurred_at) is UNIQUE already (0004; a uuid since 0011). The identity column
 -- cost 8 bytes a row, a sequence call and an index entry per row stored, and the primary key's
 -- index about 31 bytes an event; nothing needs them (the console's event page and its paging
--- go by the key now, the click rules by (event_key, occurred_at): 0013).
+-- go by the key now, the click rules by (event_key, occurred_at) since 0013, checked below).
 --
 -- Cheap on a big table: both statements go down to every partition, but DROP CONSTRAINT only
 -- drops the primary key's indexes and DROP COLUMN only marks the column dropped (no rewrite, no
@@ -51,3 +51,16 @@ END $$;
 
 ALTER TABLE events DROP CONSTRAINT events_pkey;
 ALTER TABLE events DROP COLUMN id;
+
+-- The click rules of 0006 read `events.id`; 0013 keys them by (event_key, occurred_at). Called
+-- on no message, the function is planned and so checked: if it still reads `id` (0013 not
+-- applied), the migration stops here and nothing is changed, rather than every click failing.
+DO $$
+BEGIN
+    IF to_regprocedure('messages_apply_click_rules(text[])') IS NOT NULL THEN
+        PERFORM messages_apply_click_rules('{}'::text[]);
+    END IF;
+EXCEPTION WHEN undefined_column THEN
+    RAISE EXCEPTION 'messages_apply_click_rules still reads events.id (%): migration 0013 must come first,'
+                    ' from a version of copernica-ingest that has it', SQLERRM;
+END $$;
