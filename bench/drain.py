@@ -34,6 +34,7 @@ from common.settings import Settings
 from ingest.queueing import BatchQueue
 from workers.jobs import parse_calls
 from workers.storage.copy_text import COPY_COLUMNS, copy_data
+from workers.storage.reports import events_inserted
 
 AGENT = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36"
 
@@ -121,11 +122,11 @@ def run_worker(redis_url: str, database_url: str, queue: str, core: int | None, 
     samples: list[float] = []
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     with psycopg.connect(database_url, autocommit=True) as conn:
-        before = conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
+        before = events_inserted(conn)
         proc = subprocess.Popen(pinned([sys.executable, "-m", "ingest", "worker", "--burst"], core), env=env)
         first = None
         while proc.poll() is None:
-            if first is None and conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0] > before:
+            if first is None and events_inserted(conn) > before:
                 first = time.perf_counter()
             rss = status_mib(proc.pid)
             if rss is not None:

@@ -4,11 +4,14 @@ The receivers keep no shared store of what they answered (each process has its o
 `/metrics`) and RQ forgets finished jobs, so charts of the last hour and day need samples taken
 over time. Every INGEST_CONSOLE_SAMPLE_INTERVAL seconds the console reads what `ingest stats
 --watch` reads (`ingest.cli.watch.Watcher`: the queue and its oldest job, started and failed
-jobs, `max(events.id)`, events per type and rejected calls of the last hour, and the receivers'
-`/metrics` of INGEST_CONSOLE_METRICS_URLS) and appends one JSON record to a Redis list trimmed
-to 24 hours. With several console replicas only one samples per interval (a `SET NX` slot).
+jobs, the rows written into `events` (`workers.storage.reports.events_inserted`), events per
+type and rejected calls of the last hour, and the receivers' `/metrics` of
+INGEST_CONSOLE_METRICS_URLS) and appends one JSON record to a Redis list trimmed to 24 hours.
+With several console replicas only one samples per interval (a `SET NX` slot).
 Rates are differences of successive samples; a counter that went back (a restarted
-receiver) gives no rate for that step.
+receiver; rows written into `events`, after a partition was dropped) gives no rate for that
+step. Records taken before migration 0014 hold `max(events.id)` under another key (`maxid`):
+no rate is made across the two.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ def record(sample: Sample, now: float) -> dict[str, Any]:
         "age": sample.oldest_age_s,
         "started": sample.started_jobs,
         "failed": sample.failed_jobs,
-        "maxid": sample.max_event_id,
+        "ins": sample.events_inserted,
         "acc": sample.accepted_total,
         "u503": sample.unavailable_total,
         "refused": sample.refused_total,
@@ -134,7 +137,7 @@ def series(records: Sequence[dict[str, Any]]) -> Series:
         old = previous or {}
         result.times.append(rec["t"] * 1000)
         result.accepted.append(_rate(rec.get("acc"), old.get("acc"), seconds))
-        result.stored.append(_rate(rec.get("maxid"), old.get("maxid"), seconds))
+        result.stored.append(_rate(rec.get("ins"), old.get("ins"), seconds))
         result.unavailable.append(_rate(rec.get("u503"), old.get("u503"), seconds))
         result.queue.append(rec.get("q"))
         result.oldest_age.append(rec.get("age"))
@@ -152,17 +155,23 @@ def series(records: Sequence[dict[str, Any]]) -> Series:
     return result
 
 
-def growth(records: Sequence[dict[str, Any]], key: str) -> float | None:
-    """How much a counter grew over `records`; after a restart (the counter went back) it
-    counts from zero again."""
+def growth(records: Sequence[dict[str, Any]], key: str, *, restarts: bool = True) -> float | None:
+    """How much a counter grew over `records`. Where it went back: with `restarts` (a process's
+    counter, restarted) it counts from zero again; without (a total that lost a part, as the
+    rows written into `events` when a partition is dropped) that step counts nothing."""
     values: list[float] = [rec[key] for rec in records if rec.get(key) is not None]
     if not values:
         return None
-    return sum(_step(a, b) for a, b in itertools.pairwise(values))
+    step = _step if restarts else _step_or_nothing
+    return sum(step(a, b) for a, b in itertools.pairwise(values))
 
 
 def _step(old: float, new: float) -> float:
     return new - old if new >= old else new
+
+
+def _step_or_nothing(old: float, new: float) -> float:
+    return max(new - old, 0.0)
 
 
 def refused_growth(records: Sequence[dict[str, Any]]) -> dict[str, float]:

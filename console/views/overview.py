@@ -81,7 +81,7 @@ def history(conn: redis.Redis, now: float) -> dict[str, Any]:
         "last_sample": datetime.fromtimestamp(latest["t"], UTC) if latest else None,
         "errors": latest.get("errors") or [],
         "accepted_1h": samples.growth(hour, "acc"),
-        "stored_1h": samples.growth(hour, "maxid"),
+        "stored_1h": samples.growth(hour, "ins", restarts=False),
         "unavailable_1h": samples.growth(hour, "u503"),
         "refused_1h": samples.refused_growth(hour),
         "rejected_1h": latest.get("rej1h"),

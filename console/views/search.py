@@ -1,4 +1,5 @@
-"""Search (by recipient, message id, mailing, event_key, type or time range) and one event's page."""
+"""Search (by recipient, message id, mailing, event_key, type or time range) and one event's page,
+`/events/<event key>` (the key as the console shows it, 32 hex digits; any form a search takes)."""
 
 from __future__ import annotations
 
@@ -53,13 +54,16 @@ def parse_search(query: MultiMapping[str]) -> browse.Search:
     return browse.Search(**values)
 
 
-def parse_after(raw: str) -> tuple[datetime, int] | None:
-    """The paging cursor `<occurred_at iso>,<id>` of the last row shown."""
+def parse_after(raw: str) -> tuple[datetime, str] | None:
+    """The paging cursor `<occurred_at iso>,<event key>` of the last row shown."""
     if not raw:
         return None
-    at, _, ident = raw.rpartition(",")
+    at, _, raw_key = raw.rpartition(",")
+    key = keys.parse_key(raw_key)
     try:
-        return datetime.fromisoformat(at), int(ident)
+        if key is None:
+            raise ValueError(raw_key)
+        return datetime.fromisoformat(at), key
     except ValueError:
         raise BadSearch("the page cursor is broken: search again") from None
 
@@ -84,7 +88,7 @@ async def search_page(request: web.Request) -> web.StreamResponse:
         context["rows"] = rows
         if more:
             last = rows[-1]
-            context["next_after"] = f"{last['occurred_at'].isoformat()},{last['id']}"
+            context["next_after"] = f"{last['occurred_at'].isoformat()},{last['event_key']}"
     return _render(request, context)
 
 
@@ -100,13 +104,15 @@ def payload_text(payload: Any) -> str:
 
 
 async def event_page(request: web.Request) -> web.StreamResponse:
-    try:
-        event_id = int(request.match_info["id"])
-    except ValueError:
-        raise web.HTTPNotFound(text="No such event.") from None
-    event = await db(request, browse.get_event, event_id)
+    raw = request.match_info["key"]
+    key = keys.parse_key(raw)
+    if key is None:  # an event number of an older version's link among them: events have none now
+        raise web.HTTPNotFound(
+            text="No such event: an event's page is named by its event key (32 hex digits, as a search shows it)."
+        )
+    event = await db(request, browse.get_event, key)
     if event is None:
-        raise web.HTTPNotFound(text=f"No stored event with id {event_id}.")
+        raise web.HTTPNotFound(text=f"No stored event with key {key}.")
     payload = event.pop("payload")
     return aiohttp_jinja2.render_template(
         "event.html", request, {"event": event, "columns": browse.EVENT_COLUMNS, "payload": payload_text(payload)}
@@ -115,4 +121,4 @@ async def event_page(request: web.Request) -> web.StreamResponse:
 
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/search", search_page)
-    app.router.add_get("/events/{id}", event_page)
+    app.router.add_get("/events/{key}", event_page)

@@ -2,15 +2,17 @@
 
 Every interval it samples, with cheap reads only:
 - Redis (RQ): queue depth, age of the oldest queued job (the lag), started and failed jobs;
-- PostgreSQL: `max(events.id)` (an index look-up), and every `TYPES_EVERY` seconds the events
+- PostgreSQL: the rows written into `events` (`reports.events_inserted`: PostgreSQL's own
+  statistics, one read), and every `TYPES_EVERY` seconds the events
   per type that occurred in the last hour (an index range on `occurred_at`) and the calls
   rejected in the last hour (an index range on `received_at`);
 - optionally the receivers' `/metrics` (`--metrics-url`, repeatable: one per receiver process).
 
 Rates are differences between two samples:
-- drain = growth of `max(events.id)` per second, i.e. rows stored per second. Identity values
-  are also used up by duplicates PostgreSQL skips (`ON CONFLICT DO NOTHING` draws the value
-  first), so under re-deliveries or backfill overlap the drain reads high;
+- drain = growth of the rows written into `events` per second, i.e. rows stored per second.
+  Duplicates PostgreSQL skips do not count; the rows of a direct COPY rolled back because it
+  met a stored event do (see `reports.events_inserted`), so under re-deliveries or backfill
+  overlap the drain can read somewhat high;
 - intake = growth of `copernica_ingest_events_accepted_total`, summed over the receivers given
   with `--metrics-url`. The receivers keep no shared store, and a queued job's calls cannot
   be counted without reading it, so without `--metrics-url` intake is not shown; the queue
@@ -40,6 +42,7 @@ from rich.text import Text
 
 from common.settings import Settings
 from workers.storage.queries import scalar
+from workers.storage.reports import events_inserted
 
 if TYPE_CHECKING:
     import redis
@@ -62,7 +65,7 @@ class Sample:
     oldest_age_s: float | None = None
     started_jobs: int | None = None
     failed_jobs: int | None = None
-    max_event_id: int | None = None
+    events_inserted: int | None = None  # rows written into `events` (PostgreSQL's statistics)
     accepted_total: float | None = None  # receivers' events accepted, summed
     unavailable_total: float | None = None  # receivers' 503 answers, summed
     refused_total: dict[str, float] | None = None  # receivers' refused calls by reason, summed
@@ -238,7 +241,7 @@ class Watcher:
                 application_name="copernica-ingest watch",
                 options="-c statement_timeout=5000",
             )
-        sample.max_event_id = scalar(self._pg, "SELECT coalesce(max(id), 0) FROM events")
+        sample.events_inserted = events_inserted(self._pg)
         if sample.at - self._types_at >= TYPES_EVERY:
             rows = self._pg.execute(
                 "SELECT event_type, count(*) FROM events WHERE occurred_at >= now() - interval '1 hour' "
@@ -285,7 +288,7 @@ class Watcher:
         if previous is not None:
             seconds = sample.at - previous.at
             frame.intake_per_s = rate(sample.accepted_total, previous.accepted_total, seconds)
-            frame.drain_per_s = rate(sample.max_event_id, previous.max_event_id, seconds)
+            frame.drain_per_s = rate(sample.events_inserted, previous.events_inserted, seconds)
             frame.growth_jobs_per_s = signed_rate(sample.queued_jobs, previous.queued_jobs, seconds)
             frame.unavailable_per_s = rate(sample.unavailable_total, previous.unavailable_total, seconds)
         self.depth.append(None if sample.queued_jobs is None else float(sample.queued_jobs))

@@ -162,7 +162,9 @@ def test_the_overview_charts_what_was_posted(
     stack.drain()
     wait_for_samples(
         redis_conn,
-        lambda records: records[-1].get("acc") == accepted + 25 and (samples.growth(records, "maxid") or 0) >= 25,
+        lambda records: (
+            records[-1].get("acc") == accepted + 25 and (samples.growth(records, "ins", restarts=False) or 0) >= 25
+        ),
     )
     log_in(page, stack)
     page.wait_for_url(f"{stack.console}/")
@@ -209,8 +211,8 @@ def test_a_hostile_payload_renders_inert(
     page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
     log_in(page, stack)
     page.wait_for_url(f"{stack.console}/")
-    [event_id] = [row[0] for row in db.execute("SELECT id FROM events WHERE message_id = 'hostile-1'")]
-    for path in (f"/events/{event_id}", "/search?message_id=hostile-1"):
+    [key] = [row[0].hex for row in db.execute("SELECT event_key FROM events WHERE message_id = 'hostile-1'")]
+    for path in (f"/events/{key}", "/search?message_id=hostile-1"):
         page.goto(f"{stack.console}{path}")
         page.wait_for_load_state("load")
         assert page.evaluate("() => window.pwned === undefined"), path

@@ -26,9 +26,9 @@ async def test_the_overview_charts_the_kept_samples(logged_in: tuple[TestClient,
     client, _csrf = logged_in
     now = time.time()
     samples.save(redis_conn, {"t": now - 7200, "acc": 0}, interval=10)  # older than the hour: the day chart only
-    for n, (acc, maxid) in enumerate([(0, 0), (40, 10), (100, 100)]):
+    for n, (acc, ins) in enumerate([(0, 0), (40, 10), (100, 100)]):
         t = now - 30 + n * 10
-        rec = {"t": t, "q": 3, "age": 1.5, "acc": acc, "maxid": maxid, "u503": n, "refused": {"token": n * 2}}
+        rec = {"t": t, "q": 3, "age": 1.5, "acc": acc, "ins": ins, "u503": n, "refused": {"token": n * 2}}
         rec |= {"rej1h": 7, "types1h": {"opened": 90, "clicked": 10}, "errors": []}
         samples.save(redis_conn, rec, interval=10)
     html = await (await client.get("/")).text()

@@ -2,8 +2,8 @@
 call, the mailings of the last days with their `mailing_stats` figures, and a mailing's
 opens and clicks over time.
 
-Every query is bounded: lists are pages (keyset on `(occurred_at, id)` for events, on the
-mailing id for mailings), searches go through an index (`recipient`, `message_id`,
+Every query is bounded: lists are pages (keyset on `(occurred_at, event_key)` for events, on
+the mailing id for mailings), searches go through an index (`recipient`, `message_id`,
 `event_key`, `mailing_id`, `occurred_at`), and nothing reads a whole table. The mailing ids are
 found by a loose index scan of `events_mailing_type_idx` (a few index probes per mailing), not
 by scanning events.
@@ -26,7 +26,6 @@ log = logging.getLogger("workers.storage.browse")
 
 PAGE = 50
 EVENT_COLUMNS: tuple[str, ...] = (
-    "id",
     "event_key",
     "event_type",
     "copernica_type",
@@ -51,7 +50,7 @@ EVENT_COLUMNS: tuple[str, ...] = (
     "smtp_status",
     "description",
 )
-LIST_COLUMNS = ("id", "occurred_at", "event_type", "source", "recipient", "message_id", "mailing_id", "url")
+LIST_COLUMNS = ("event_key", "occurred_at", "event_type", "source", "recipient", "message_id", "mailing_id", "url")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,10 +80,12 @@ KEYS = ("recipient", "message_id", "mailing_id", "event_key")
 
 
 def search_events(
-    conn: psycopg.Connection, search: Search, *, after: tuple[datetime, int] | None = None, limit: int = PAGE
+    conn: psycopg.Connection, search: Search, *, after: tuple[datetime, str] | None = None, limit: int = PAGE
 ) -> list[dict[str, Any]]:
-    """One page of the events `search` finds, newest first; `after` is the last row of the page
-    before, as (occurred_at, id).
+    """One page of the events `search` finds, newest first (the event key, as 32 hex digits,
+    orders those of one time); `after` is the last row of the page before, as (occurred_at,
+    event_key). (event_key, occurred_at) is unique, so no row is shown twice or left out between
+    pages, however many share a time.
 
     A search by recipient, message id, mailing or event key reads that column's index and sorts
     what it finds; it orders by `occurred_at + 0` so that PostgreSQL cannot choose to walk the
@@ -110,31 +111,45 @@ def search_events(
         where.append(sql.SQL("occurred_at < %s"))
         params.append(search.until)
     if after is not None:
-        where.append(sql.SQL("(occurred_at, id) < (%s, %s)"))
+        where.append(sql.SQL("(occurred_at, event_key) < (%s, %s)"))
         params.extend(after)
     order = sql.SQL("occurred_at + interval '0 s'" if search.keyed else "occurred_at")
-    query = sql.SQL("SELECT {} FROM events WHERE {} ORDER BY {} DESC, id DESC LIMIT %s").format(
+    query = sql.SQL("SELECT {} FROM events WHERE {} ORDER BY {} DESC, event_key DESC LIMIT %s").format(
         sql.SQL(", ").join(map(sql.Identifier, LIST_COLUMNS)), sql.SQL(" AND ").join(where), order
     )
     params.append(limit)
     with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(query, params, prepare=False).fetchall()
+        rows = cur.execute(query, params, prepare=False).fetchall()
+    for row in rows:
+        row["event_key"] = keys.key_text(row["event_key"])  # 32 hex digits: the event's page, the cursor
+    return rows
 
 
-def get_event(conn: psycopg.Connection, event_id: int) -> dict[str, Any] | None:
-    """Every column of one stored event, and its payload as sent: every field Copernica sent,
-    those the stored payload leaves out because a column holds them included (`event_fields`)."""
+def get_event(conn: psycopg.Connection, key: str) -> dict[str, Any] | None:
+    """Every column of the stored event with this key (as stored: 32 hex digits, `keys.parse_key`),
+    and its payload as sent: every field Copernica sent, those the stored payload leaves out
+    because a column holds them included (`event_fields`).
+
+    A key names one event: (event_key, occurred_at) is unique, and the workers store an event
+    whose time is not in its key only when no row has its key (`store._NEW_KEY`). Two workers
+    storing such a copy at the same moment can still make two rows (that lookup's limit): the
+    earlier is given, with `shared_key` true (a search by the key lists them all)."""
     # `e.user_agent` is the text of the row's user agent (a function of the row: migration 0012)
-    query = sql.SQL("SELECT {}, event_fields(e) AS payload FROM events e WHERE id = %s LIMIT 1").format(
+    query = sql.SQL(
+        "SELECT {}, event_fields(e) AS payload FROM events e WHERE event_key = %s ORDER BY occurred_at LIMIT 2"
+    ).format(
         sql.SQL(", ").join(
             sql.SQL("{}.{} AS {}").format(sql.Identifier("e"), sql.Identifier(c), sql.Identifier(c))
             for c in EVENT_COLUMNS
         )
     )
     with conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute(query, (event_id,)).fetchone()
-    if row is not None:
-        row["event_key"] = keys.key_text(row["event_key"])  # 32 hex digits, as a search takes it
+        rows = cur.execute(query, (key,)).fetchall()
+    if not rows:
+        return None
+    row = rows[0]
+    row["event_key"] = keys.key_text(row["event_key"])  # 32 hex digits, as a search takes it
+    row["shared_key"] = len(rows) > 1
     return row
 
 
@@ -197,10 +212,10 @@ def mailing_stats_rows(conn: psycopg.Connection, mailing_ids: list[int]) -> dict
 # A mailing's events of some types: those carrying its id, and those without one whose message
 # has a `sent` event of the mailing (as mailing_stats attributes them).
 _ATTRIBUTED = """
-SELECT e.id, e.occurred_at, e.event_type, e.smtp_status, e.description
+SELECT e.event_key, e.occurred_at, e.event_type, e.smtp_status, e.description
 FROM events e WHERE e.mailing_id = %(m)s AND e.event_type = ANY(%(types)s)
 UNION
-SELECT e.id, e.occurred_at, e.event_type, e.smtp_status, e.description
+SELECT e.event_key, e.occurred_at, e.event_type, e.smtp_status, e.description
 FROM events s JOIN events e ON e.message_id = s.message_id
 WHERE s.mailing_id = %(m)s AND s.event_type = 'sent' AND e.mailing_id IS NULL AND e.event_type = ANY(%(types)s)
 """

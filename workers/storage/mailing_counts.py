@@ -64,11 +64,11 @@ SELECT
     min(occurred_at),
     max(occurred_at)
 FROM (
-    SELECT e.id, e.mailing_id, e.event_type, e.message_id, e.occurred_at
+    SELECT e.event_key, e.mailing_id, e.event_type, e.message_id, e.occurred_at
     FROM events e
     WHERE e.mailing_id = ANY(%(ids)s)
     UNION ALL
-    SELECT DISTINCT e.id, s.mailing_id, e.event_type, e.message_id, e.occurred_at
+    SELECT DISTINCT e.event_key, s.mailing_id, e.event_type, e.message_id, e.occurred_at
     FROM events s
     JOIN events e ON e.message_id = s.message_id
     WHERE s.event_type = 'sent' AND s.mailing_id = ANY(%(ids)s) AND e.mailing_id IS NULL

@@ -105,9 +105,9 @@ def rebuild(conn: psycopg.Connection, mailing_ids: Sequence[int] | None = None) 
         f"UPDATE events SET machine_rule = v.rule,"
         f" machine = CASE WHEN v.rule IS NOT NULL THEN true WHEN ip IS NULL AND user_agent_hash IS NULL THEN NULL"
         f" ELSE false END"
-        f" FROM (SELECT id AS vid, occurred_at AS vat, {rule} AS rule FROM events"
+        f" FROM (SELECT event_key AS vkey, occurred_at AS vat, {rule} AS rule FROM events"
         f" WHERE event_type IN ('opened', 'clicked'){scope}) AS v"
-        f" WHERE id = v.vid AND occurred_at = v.vat"
+        f" WHERE event_key = v.vkey AND occurred_at = v.vat"
         f" AND (machine_rule IS DISTINCT FROM v.rule OR machine IS DISTINCT FROM"
         f" (CASE WHEN v.rule IS NOT NULL THEN true WHEN ip IS NULL AND user_agent_hash IS NULL THEN NULL"
         f" ELSE false END))",

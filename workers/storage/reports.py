@@ -46,3 +46,35 @@ def mailing_stats_row(conn: psycopg.Connection, mailing_id: int) -> dict[str, An
             (mailing_id,),
         ).fetchone()
     return dict(row) if row is not None else None
+
+
+# Rows written into `events`: PostgreSQL's own count of each partition's inserted rows (and of
+# `events` itself, unpartitioned before 0004).
+_INSERTED = (
+    "SELECT coalesce(sum(n_tup_ins), 0) FROM pg_stat_user_tables"
+    " WHERE relid = to_regclass('events')"
+    " OR relid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = to_regclass('events'))"
+)
+
+
+def events_inserted(conn: psycopg.Connection) -> int:
+    """A counter of the rows written into `events`, whose growth per second is the drain that
+    `ingest stats --watch` and the console show (one read of the statistics, whatever the size
+    of the table).
+
+    Why this one: `events` has no sequence to read since migration 0014 (`max(events.id)` was
+    the drain before), a count of the rows is a scan, and the workers' own counter
+    (`copernica_ingest_events_stored_total`) lives in each worker process's `/metrics`, which
+    nothing reads for the watch. What it counts, and how it differs from rows stored:
+    - every row PostgreSQL wrote, in committed transactions or not: the rows of a direct COPY
+      rolled back because it met an event already stored (they then go through the stage; at
+      most one such COPY per pause of `writer.MAX_DIRECT_PAUSE` transactions of a connection) or
+      of a failed job count too, and rows moved out of `events_default` into a partition made
+      for them; duplicates the stage skips (`ON CONFLICT DO NOTHING`) do not;
+    - each server process reports its counts when it goes idle, at most once a second (within
+      10 seconds once it stays idle), so a step can show a second's rows late;
+    - it goes back when a partition is dropped (`ingest prune`) or the statistics are reset
+      (`pg_stat_reset()`, a crash of the server): that step has no rate.
+    """
+    row = conn.execute(_INSERTED).fetchone()
+    return int(row[0]) if row else 0

@@ -55,10 +55,10 @@ def _stage_name(columns: str, short_key: bool) -> str:
 
 
 # One row per event. `events` is partitioned by month on occurred_at (migration 0004), so its
-# unique constraint is (event_key, occurred_at); the PRIMARY KEY (id, occurred_at) is the only
-# other one and never conflicts (generated ids), so a bare ON CONFLICT DO NOTHING arbitrates
-# on the key constraint (and also works on a schema before 0004: a worker deployed before
-# `ingest migrate`). That is "one row per event_key" whenever occurred_at follows from the key:
+# unique constraint is (event_key, occurred_at), its only one since 0014 (before, the PRIMARY
+# KEY (id, occurred_at) never conflicted: generated ids), so a bare ON CONFLICT DO NOTHING
+# arbitrates on the key constraint (and also works on a schema before 0004: a worker deployed
+# before `ingest migrate`). That is "one row per event_key" whenever occurred_at follows from the key:
 # a whole second read from the event's `time`/`timestamp`, which message and profile keys
 # contain. It does not when occurred_at is the time of receipt (no usable time: each delivery
 # has its own) or a timestamp with a fraction of a second; those rows also look their key up

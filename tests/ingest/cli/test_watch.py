@@ -21,6 +21,7 @@ from ingest.cli.watch import Frame, Sample, Watcher, rate, render_frame, run_wat
 from tests.payloads import calls
 from tests.processes import ingest_env, receiver, run_ingest
 from tests.test_e2e import post_all
+from tests.workers.storage.test_reports import counted
 from tests.workers.test_jobs import _enqueue, _parsed, envelope
 from workers.storage import store
 
@@ -38,7 +39,7 @@ def test_frame_shows_the_numbers_given() -> None:
         oldest_age_s=42.25,
         started_jobs=2,
         failed_jobs=3,
-        max_event_id=99,
+        events_inserted=99,
         last_hour={"opened": 1500, "clicked": 20, "bounced": 1},
         rejected_last_hour=4,
         errors=["postgresql: connection refused"],
@@ -84,7 +85,7 @@ def test_frame_without_receivers_or_history_is_honest() -> None:
         queue="q",
         interval=0.5,
         sample=Sample(
-            at=0.0, queued_jobs=0, oldest_age_s=0.0, started_jobs=0, failed_jobs=0, max_event_id=0, last_hour={}
+            at=0.0, queued_jobs=0, oldest_age_s=0.0, started_jobs=0, failed_jobs=0, events_inserted=0, last_hour={}
         ),
     )
     text = text_of(frame)
@@ -118,6 +119,7 @@ def test_watcher_samples_real_servers(settings: Settings, database_url: str) -> 
     wires = [envelope(body, ct, i) for i, (_f, body, ct) in enumerate(calls(30))]
     with store.connect(database_url) as conn:
         store.store(conn, *_recent(wires[:18]))
+        counted(conn)
         watcher = Watcher(settings, interval=0.1)
         try:
             first = watcher.next_frame()
@@ -127,12 +129,13 @@ def test_watcher_samples_real_servers(settings: Settings, database_url: str) -> 
             assert sum(first.sample.last_hour.values()) == 18
             assert first.drain_per_s is None  # no rate from one sample
             store.store(conn, *_recent(wires[18:]))
+            counted(conn)
             time.sleep(0.05)
             second = watcher.next_frame()
         finally:
             watcher.close()
     seconds = second.sample.at - first.sample.at
-    assert second.sample.max_event_id - first.sample.max_event_id == 12
+    assert second.sample.events_inserted - first.sample.events_inserted == 12  # the rows stored between
     assert abs(second.drain_per_s - 12 / seconds) < 1e-6
     assert second.growth_jobs_per_s == 0
     assert second.depth_history == [2.0, 2.0] and second.drain_history[0] is None

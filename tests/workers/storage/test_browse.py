@@ -22,22 +22,30 @@ def test_a_search_needs_a_field_and_a_type_needs_more(db: psycopg.Connection) ->
     assert browse.search_events(db, browse.Search(event_type="complained", since=datetime.now(UTC))) == []
 
 
-def test_search_pages_by_occurred_at_and_id(database_url: str, db: psycopg.Connection) -> None:
+@pytest.mark.parametrize("seconds", [2, 0], ids=["pairs-of-one-second", "all-of-one-second"])
+def test_search_pages_by_occurred_at_and_event_key(database_url: str, db: psycopg.Connection, seconds: int) -> None:
+    """Pages of 4 across events that share their second (pairs of them, or all 9): the key
+    orders those of one time, so no event is left out or shown twice between pages."""
     store_bodies(
-        database_url, *(webhook_body("open", id=f"m{n}", time=str(BASE_TIME + n // 2), recipient="r") for n in range(9))
+        database_url,
+        *(
+            webhook_body("open", id=f"m{n}", time=str(BASE_TIME + (n // seconds if seconds else 0)), recipient="r")
+            for n in range(9)
+        ),
     )
-    search = browse.Search(recipient="r")
-    pages, after = [], None
-    while True:
-        rows = browse.search_events(db, search, after=after, limit=4)
-        if not rows:
-            break
-        pages.append([row["message_id"] for row in rows])
-        after = (rows[-1]["occurred_at"], rows[-1]["id"])
-    flat = [m for page in pages for m in page]
-    assert [len(p) for p in pages] == [4, 4, 1] and sorted(flat) == sorted(f"m{n}" for n in range(9))
-    times = [t for (t,) in db.execute("SELECT occurred_at FROM events ORDER BY occurred_at DESC, id DESC")]
-    assert len(times) == 9
+    for search in (browse.Search(recipient="r"), browse.Search(since=datetime.fromtimestamp(BASE_TIME, UTC))):
+        pages, after = [], None
+        while True:
+            rows = browse.search_events(db, search, after=after, limit=4)
+            if not rows:
+                break
+            pages.append([row["message_id"] for row in rows])
+            after = (rows[-1]["occurred_at"], rows[-1]["event_key"])
+        flat = [m for page in pages for m in page]
+        newest_first = [
+            m for (m,) in db.execute("SELECT message_id FROM events ORDER BY occurred_at DESC, event_key DESC")
+        ]
+        assert [len(p) for p in pages] == [4, 4, 1] and flat == newest_first, search
 
 
 def test_recent_mailings_pages_and_leaves_old_ones_out(database_url: str, db: psycopg.Connection) -> None:

@@ -36,9 +36,10 @@ SELECT mailing_id,
     count(*) FILTER (WHERE event_type = 'failed'), count(*) FILTER (WHERE event_type = 'deferred'),
     count(*) FILTER (WHERE event_type = 'unsubscribed'), count(*) FILTER (WHERE event_type = 'complained')
 FROM (
-    SELECT e.id, e.mailing_id, e.event_type, e.message_id FROM events e WHERE e.mailing_id IS NOT NULL
+    SELECT e.event_key, e.occurred_at, e.mailing_id, e.event_type, e.message_id FROM events e
+    WHERE e.mailing_id IS NOT NULL
     UNION ALL
-    SELECT DISTINCT e.id, s.mailing_id, e.event_type, e.message_id
+    SELECT DISTINCT e.event_key, e.occurred_at, s.mailing_id, e.event_type, e.message_id
     FROM events s JOIN events e ON e.message_id = s.message_id
     WHERE s.event_type = 'sent' AND s.mailing_id IS NOT NULL AND e.mailing_id IS NULL
 ) AS attributed

@@ -141,12 +141,16 @@ def test_redelivery_after_upgrade_is_no_new_row(scratch_database_url: str) -> No
 
 def test_upgrade_of_an_empty_table(scratch_database_url: str) -> None:
     apply_migrations(scratch_database_url, target=3)
-    apply_migrations(scratch_database_url)
+    apply_migrations(scratch_database_url, target=4)
+    month = f"events_p{datetime.now(UTC) - timedelta(days=1):%Y%m}"
     with psycopg.connect(scratch_database_url, autocommit=True) as conn:
         conn.execute(
             "INSERT INTO events (event_key, event_type, copernica_type, occurred_at, received_at, source,"
-            " payload) VALUES (md5('k')::uuid, 'opened', 'open', now() - interval '1 day', now(), 'webhook', '{}')"
+            " payload) VALUES (md5('k'), 'opened', 'open', now() - interval '1 day', now(), 'webhook', '{}')"
         )
-        row = conn.execute("SELECT id, tableoid::regclass::text FROM events").fetchone()
-    assert row[0] == 1
-    assert row[1] == f"events_p{datetime.now(UTC) - timedelta(days=1):%Y%m}"
+        assert conn.execute("SELECT id, tableoid::regclass::text FROM events").fetchone() == (1, month)
+    apply_migrations(scratch_database_url)  # and on to today's schema (0014 drops `id`)
+    with psycopg.connect(scratch_database_url, autocommit=True) as conn:
+        assert conn.execute("SELECT event_key = md5('k')::uuid, tableoid::regclass::text FROM events").fetchall() == [
+            (True, month)
+        ]
