@@ -4,10 +4,10 @@ exactly, so that an event's bytes are not paid twice.
 A field is left out only when it can be rebuilt exactly from its column: the same text (or the
 same number, for a JSON number), and it is named in the payload's `~` key: `.`, then each
 field's code (`FIELDS`), after `#` when it was a number (a string otherwise). Payloads stored
-before migration 0015 name them two characters a field, the code and its form (`s` a string,
+before migration 0013 name them two characters a field, the code and its form (`s` a string,
 `n` a number); both are read. Anything else (a value the column normalised: trimmed, canonical
 address, a tag list sent as an array) stays as sent. A payload that already has a `~` key is
-stored whole. `event_fields(events)` (SQL, migration 0015) and `expand` (Python) give the
+stored whole. `event_fields(events)` (SQL, migration 0013) and `expand` (Python) give the
 fields back exactly as sent.
 """
 
@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any, Final
 
 MARK: Final = "~"
-SHORT: Final = "."  # the `~` value's first character in the form of migration 0015
+SHORT: Final = "."  # the `~` value's first character in the form of migration 0013
 NUMBER: Final = "#"  # before a code: the field was a JSON number
 
 # code -> (field, column, how the column renders): `text` as it is, `int` its digits, `epoch`
@@ -124,7 +124,7 @@ def expand(stored: dict[str, Any], event: Any) -> dict[str, Any]:
 
 
 def sql_cases() -> tuple[str, str]:
-    """The two CASE expressions of `event_fields(events)` (SQL, migrations 0006 and 0015) on a
+    """The two CASE expressions of `event_fields(events)` (SQL, migrations 0006 and 0013) on a
     code `c`: the field's name and its text (a test checks the migration holds them)."""
     names, values = [], []
     for code, (field, column, how) in FIELDS.items():

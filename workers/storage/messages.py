@@ -36,14 +36,14 @@ COLUMNS = (
 )
 TRIGGER = "events_inserted_facts"  # migration 0010
 AGENTS = "user_agents"  # migration 0012
-SHORT_CODES = 15  # migration 0015 (`event_fields` reads the payloads' short codes): the last the workers' rows need
+SHORT_CODES = 13  # migration 0013 (`event_fields` reads the payloads' short codes): the last the workers' rows need
 
 
 class SchemaInMigration(RuntimeError):
     """`messages` exists but not yet all that rows of this version need: a database between
-    migrations 0006 and 0015. Storing now would leave the new rows out of `messages` (workers
+    migrations 0006 and 0013. Storing now would leave the new rows out of `messages` (workers
     before 0010 folded them themselves), write a user agent's hash where its text belongs
-    (0012) or payloads `event_fields` cannot read yet (0015), so the job fails and RQ retries
+    (0012) or payloads `event_fields` cannot read yet (0013), so the job fails and RQ retries
     it once `ingest migrate` is through."""
 
 
@@ -56,11 +56,11 @@ def known(conn: psycopg.Connection) -> bool:
 
 
 def kept(conn: psycopg.Connection) -> bool:
-    """Whether the schema keeps `messages` (migrations 0006 to 0015): rows then carry the machine
+    """Whether the schema keeps `messages` (migrations 0006 to 0013): rows then carry the machine
     columns, compact payloads and user agents' hashes. A worker deployed before `ingest migrate`
     stores its events as before 0006. Once found it is remembered for the connection; until then
     each transaction asks again (the migration may run meanwhile). Raises SchemaInMigration
-    between 0006 and 0015."""
+    between 0006 and 0013."""
     if _kept.get(conn):
         return True
     row = conn.execute(
@@ -75,7 +75,7 @@ def kept(conn: psycopg.Connection) -> bool:
         complete = done.fetchone() == (True,)
     if table and not complete:
         raise SchemaInMigration(
-            "the database is between migrations 0006 and 0015 (`messages` without its trigger on `events`,"
+            "the database is between migrations 0006 and 0013 (`messages` without its trigger on `events`,"
             " `user_agents` or the payloads' short codes missing): run `ingest migrate`; the job is retried"
         )
     _kept[conn] = table

@@ -59,7 +59,7 @@ def test_every_row_is_kept_and_the_column_and_its_key_are_gone(before_0014: str)
         stats = conn.execute("SELECT * FROM mailing_stats ORDER BY mailing_id").fetchall()
         conn.execute("CREATE VIEW opens_as_sent AS SELECT message_id, event_fields(e) AS sent FROM events e")
         assert len(conn.execute(COLUMN, ("id",)).fetchall()) > 2  # `events` and its partitions
-    assert [m.version for m in apply_migrations(before_0014)] == [14]
+    assert [m.version for m in apply_migrations(before_0014, target=14)] == [14]
     with psycopg.connect(before_0014, autocommit=True) as conn:
         assert _rows(conn) == rows and len(rows) == len(EVENTS)
         assert conn.execute(COLUMN, ("id",)).fetchall() == []
@@ -84,7 +84,7 @@ def test_every_row_is_kept_and_the_column_and_its_key_are_gone(before_0014: str)
         with conn.transaction():
             messages.rebuild(conn)
         assert _messages(conn) == kept
-    assert apply_migrations(before_0014) == []
+    assert apply_migrations(before_0014, target=14) == []
 
 
 def test_the_workers_store_on_across_the_migration(before_0014: str) -> None:
@@ -95,7 +95,7 @@ def test_the_workers_store_on_across_the_migration(before_0014: str) -> None:
     )
     with store.connect(before_0014) as worker:
         assert store.store(worker, EVENTS[:3]).duplicates == 3
-        apply_migrations(before_0014)
+        apply_migrations(before_0014, target=14)
         assert worker.execute("SELECT events_create_partition(%s)", (later.occurred_at.date(),)).fetchone() == (True,)
         worker.commit()
         again = store.store(worker, [*EVENTS, later])
@@ -126,7 +126,7 @@ def test_what_depends_on_the_column_stops_it_named_and_nothing_changes(before_00
             " FOREIGN KEY (event_id, at) REFERENCES events (id, occurred_at))"
         )
         with pytest.raises(psycopg.errors.RaiseException) as stopped:
-            apply_migrations(before_0014)
+            apply_migrations(before_0014, target=14)
         message = str(stopped.value).splitlines()[0]
         assert "depend on events.id" in message
         assert "view ops_all" in message and "view ops_last" in message
@@ -138,7 +138,7 @@ def test_what_depends_on_the_column_stops_it_named_and_nothing_changes(before_00
         assert conn.execute("SELECT to_regclass('events_pkey')").fetchone() == ("events_pkey",)
         conn.execute("DROP VIEW ops_all, ops_last")
         conn.execute("DROP TABLE ops_notes")
-    assert [m.version for m in apply_migrations(before_0014)] == [14]
+    assert [m.version for m in apply_migrations(before_0014, target=14)] == [14]
     with psycopg.connect(before_0014, autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM ops_keys").fetchone() == (len(EVENTS),)
 
@@ -154,6 +154,6 @@ def test_click_rules_that_still_read_the_column_stop_it(before_0014: str) -> Non
         with pytest.raises(
             psycopg.errors.RaiseException, match=r"still reads events\.id .*migration 0013 must come first"
         ):
-            apply_migrations(before_0014)
+            apply_migrations(before_0014, target=14)
         assert conn.execute("SELECT max(version) FROM schema_migrations").fetchone() == (BEFORE,)
         assert len(conn.execute(COLUMN, ("id",)).fetchall()) > 2
