@@ -113,49 +113,47 @@ END $fn$;
 CREATE TRIGGER messages_mailing_moved AFTER UPDATE ON messages
     FOR EACH ROW WHEN (OLD.mailing_id IS DISTINCT FROM NEW.mailing_id) EXECUTE FUNCTION messages_mailing_moved();
 
--- The click rules (0006), each click found again by its key, and the change of `human_clicks`
--- added to the mailing totals (the messages of `ids` are locked by the caller's transaction: it
--- just folded or rebuilt them, so the count read before the update is the row's own).
+-- The click rules (0006) in one statement: the clicks of the messages of `ids` are read once
+-- (a burst is found among them, not by a look-up per click), each click whose verdict changed
+-- is marked again (found by its key), and each message's `human_clicks` set, its change added
+-- to the mailing totals (the messages of `ids` are locked by the caller's transaction: it just
+-- folded or rebuilt them, so the count read here is the row's own). Planned at each call, as
+-- the best plan depends on the tables' sizes.
 CREATE OR REPLACE FUNCTION messages_apply_click_rules(ids text[]) RETURNS void LANGUAGE plpgsql AS $fn$
 BEGIN
-    -- planned at each call (EXECUTE), as the joins' best plan depends on the tables' sizes
-    EXECUTE $q$
-    UPDATE events e SET machine = v.machine, machine_rule = v.rule
-    FROM (
-        SELECT event_key, occurred_at, rule,
-               CASE WHEN rule IS NOT NULL THEN true
-                    WHEN ip IS NULL AND user_agent_hash IS NULL THEN NULL ELSE false END AS machine
-        FROM (
-            SELECT c.event_key, c.occurred_at, c.ip, c.user_agent_hash,
-                   CASE
-                       WHEN c.machine_rule IN ('apple_proxy', 'operator_network') THEN c.machine_rule
-                       WHEN c.occurred_at < coalesce(m.delivered_at, m.sent_at) + interval '5 seconds'
-                           THEN 'click_near_delivery'
-                       WHEN EXISTS (SELECT 1 FROM events o
-                                    WHERE o.message_id = c.message_id AND o.event_type = 'clicked'
-                                      AND coalesce(o.url, o.link_id) IS DISTINCT FROM coalesce(c.url, c.link_id)
-                                      AND o.occurred_at BETWEEN c.occurred_at - interval '1 second'
-                                                            AND c.occurred_at + interval '1 second')
-                           THEN 'link_burst'
-                   END AS rule
-            FROM events c
-            JOIN messages m ON m.message_id = c.message_id AND m.message_id = ANY($1)
-            WHERE c.message_id = ANY($1) AND c.event_type = 'clicked'
-            OFFSET 0  -- each rule once per click
-        ) AS ruled
-    ) AS v
-    WHERE e.event_key = v.event_key AND e.occurred_at = v.occurred_at
-      AND (e.machine, e.machine_rule) IS DISTINCT FROM (v.machine, v.rule)
-    $q$ USING ids;
-
     EXECUTE format($q$
-        WITH c AS (
-            SELECT m.message_id, m.human_clicks AS was, count(*) FILTER (WHERE e.machine IS FALSE) AS n
-            FROM events e JOIN messages m USING (message_id)
-            WHERE e.message_id = ANY($1) AND e.event_type = 'clicked'
-            GROUP BY m.message_id, m.human_clicks
+        WITH clicks AS MATERIALIZED (
+            SELECT c.event_key, c.occurred_at, c.message_id, c.ip, c.user_agent_hash, c.machine, c.machine_rule,
+                   coalesce(c.url, c.link_id) AS link, coalesce(m.delivered_at, m.sent_at) AS since,
+                   m.human_clicks AS was
+            FROM events c JOIN messages m ON m.message_id = c.message_id
+            WHERE c.message_id = ANY($1) AND m.message_id = ANY($1) AND c.event_type = 'clicked'
+        ), burst AS (
+            SELECT DISTINCT k.event_key, k.occurred_at
+            FROM clicks k JOIN clicks o ON o.message_id = k.message_id AND o.link IS DISTINCT FROM k.link
+                                       AND o.occurred_at BETWEEN k.occurred_at - interval '1 second'
+                                                             AND k.occurred_at + interval '1 second'
+        ), ruled AS (
+            SELECT k.*, CASE
+                       WHEN k.machine_rule IN ('apple_proxy', 'operator_network') THEN k.machine_rule
+                       WHEN k.occurred_at < k.since + interval '5 seconds' THEN 'click_near_delivery'
+                       WHEN b.event_key IS NOT NULL THEN 'link_burst'
+                   END AS rule
+            FROM clicks k LEFT JOIN burst b USING (event_key, occurred_at)
+        ), judged AS (
+            SELECT ruled.*, CASE WHEN rule IS NOT NULL THEN true
+                                 WHEN ip IS NULL AND user_agent_hash IS NULL THEN NULL ELSE false END AS verdict
+            FROM ruled
+        ), marked AS (
+            UPDATE events e SET machine = j.verdict, machine_rule = j.rule
+            FROM judged j
+            WHERE e.event_key = j.event_key AND e.occurred_at = j.occurred_at
+              AND (j.machine, j.machine_rule) IS DISTINCT FROM (j.verdict, j.rule)
+        ), counted AS (
+            SELECT message_id, min(was) AS was, count(*) FILTER (WHERE verdict IS FALSE) AS n
+            FROM judged GROUP BY message_id
         ), changed AS (
-            UPDATE messages m SET human_clicks = c.n FROM c
+            UPDATE messages m SET human_clicks = c.n FROM counted c
             WHERE m.message_id = c.message_id AND m.human_clicks <> c.n
             RETURNING m.mailing_id, c.n - c.was AS human_clicks
         )
