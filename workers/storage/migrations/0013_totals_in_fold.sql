@@ -113,57 +113,90 @@ END $fn$;
 CREATE TRIGGER messages_mailing_moved AFTER UPDATE ON messages
     FOR EACH ROW WHEN (OLD.mailing_id IS DISTINCT FROM NEW.mailing_id) EXECUTE FUNCTION messages_mailing_moved();
 
--- The click rules (0006) in one statement: the clicks of the messages of `ids` are read once
--- (a burst is found among them, not by a look-up per click), each click whose verdict changed
--- is marked again (found by its key), and each message's `human_clicks` set, its change added
--- to the mailing totals (the messages of `ids` are locked by the caller's transaction: it just
--- folded or rebuilt them, so the count read here is the row's own). Planned at each call, as
--- the best plan depends on the tables' sizes.
-CREATE OR REPLACE FUNCTION messages_apply_click_rules(ids text[]) RETURNS void LANGUAGE plpgsql AS $fn$
+-- The click rules (0006): the clicks of the messages of `ids` are read once (a burst is found
+-- among them, not by a look-up per click), by a statement whose plan PostgreSQL keeps (planning
+-- it took longer than running it for the few messages of a chunk). Only when a verdict changed
+-- are those clicks marked again (found by their keys), and only when a message's count of
+-- clicks by people changed is `human_clicks` set and the change added to the mailing totals (the
+-- messages of `ids` are locked by the caller's transaction: it just folded or rebuilt them, so
+-- the count read here is the row's own). Those two are planned at each call: they are rare.
+DO $do$
 BEGIN
-    EXECUTE format($q$
-        WITH clicks AS MATERIALIZED (
-            SELECT c.event_key, c.occurred_at, c.message_id, c.ip, c.user_agent_hash, c.machine, c.machine_rule,
-                   coalesce(c.url, c.link_id) AS link, coalesce(m.delivered_at, m.sent_at) AS since,
-                   m.human_clicks AS was
-            FROM events c JOIN messages m ON m.message_id = c.message_id
-            WHERE c.message_id = ANY($1) AND m.message_id = ANY($1) AND c.event_type = 'clicked'
-        ), burst AS (
-            SELECT DISTINCT k.event_key, k.occurred_at
-            FROM clicks k JOIN clicks o ON o.message_id = k.message_id AND o.link IS DISTINCT FROM k.link
-                                       AND o.occurred_at BETWEEN k.occurred_at - interval '1 second'
-                                                             AND k.occurred_at + interval '1 second'
-        ), ruled AS (
-            SELECT k.*, CASE
-                       WHEN k.machine_rule IN ('apple_proxy', 'operator_network') THEN k.machine_rule
-                       WHEN k.occurred_at < k.since + interval '5 seconds' THEN 'click_near_delivery'
-                       WHEN b.event_key IS NOT NULL THEN 'link_burst'
-                   END AS rule
-            FROM clicks k LEFT JOIN burst b USING (event_key, occurred_at)
-        ), judged AS (
-            SELECT ruled.*, CASE WHEN rule IS NOT NULL THEN true
-                                 WHEN ip IS NULL AND user_agent_hash IS NULL THEN NULL ELSE false END AS verdict
-            FROM ruled
-        ), marked AS (
-            UPDATE events e SET machine = j.verdict, machine_rule = j.rule
-            FROM judged j
-            WHERE e.event_key = j.event_key AND e.occurred_at = j.occurred_at
-              AND (j.machine, j.machine_rule) IS DISTINCT FROM (j.verdict, j.rule)
-        ), counted AS (
-            SELECT message_id, min(was) AS was, count(*) FILTER (WHERE verdict IS FALSE) AS n
-            FROM judged GROUP BY message_id
-        ), changed AS (
-            UPDATE messages m SET human_clicks = c.n FROM counted c
-            WHERE m.message_id = c.message_id AND m.human_clicks <> c.n
-            RETURNING m.mailing_id, c.n - c.was AS human_clicks
+    EXECUTE format($f$
+CREATE OR REPLACE FUNCTION messages_apply_click_rules(ids text[]) RETURNS void LANGUAGE plpgsql
+    SET plan_cache_mode = force_generic_plan AS $body$
+DECLARE
+    v_keys uuid[];
+    v_at timestamptz[];
+    v_verdicts boolean[];
+    v_rules text[];
+    v_messages text[];
+    v_counts bigint[];
+    v_was integer[];
+BEGIN
+    WITH clicks AS MATERIALIZED (
+        SELECT c.event_key, c.occurred_at, c.message_id, c.ip, c.user_agent_hash, c.machine, c.machine_rule,
+               coalesce(c.url, c.link_id) AS link, coalesce(m.delivered_at, m.sent_at) AS since,
+               m.human_clicks AS was
+        FROM events c JOIN messages m ON m.message_id = c.message_id
+        WHERE c.message_id = ANY(ids) AND m.message_id = ANY(ids) AND c.event_type = 'clicked'
+    ), burst AS (
+        SELECT DISTINCT k.event_key, k.occurred_at
+        FROM clicks k JOIN clicks o ON o.message_id = k.message_id AND o.link IS DISTINCT FROM k.link
+                                   AND o.occurred_at BETWEEN k.occurred_at - interval '1 second'
+                                                         AND k.occurred_at + interval '1 second'
+    ), ruled AS (
+        SELECT k.*, CASE
+                   WHEN k.machine_rule IN ('apple_proxy', 'operator_network') THEN k.machine_rule
+                   WHEN k.occurred_at < k.since + interval '5 seconds' THEN 'click_near_delivery'
+                   WHEN b.event_key IS NOT NULL THEN 'link_burst'
+               END AS rule
+        FROM clicks k LEFT JOIN burst b USING (event_key, occurred_at)
+    ), judged AS MATERIALIZED (
+        SELECT ruled.*, CASE WHEN rule IS NOT NULL THEN true
+                             WHEN ip IS NULL AND user_agent_hash IS NULL THEN NULL ELSE false END AS verdict
+        FROM ruled
+    ), changed AS (
+        SELECT * FROM judged WHERE (machine, machine_rule) IS DISTINCT FROM (verdict, rule)
+    ), counted AS (
+        SELECT message_id, min(was) AS was, count(*) FILTER (WHERE verdict IS FALSE) AS n
+        FROM judged GROUP BY message_id
+    )
+    SELECT (SELECT array_agg(event_key ORDER BY event_key, occurred_at) FROM changed),
+           (SELECT array_agg(occurred_at ORDER BY event_key, occurred_at) FROM changed),
+           (SELECT array_agg(verdict ORDER BY event_key, occurred_at) FROM changed),
+           (SELECT array_agg(rule ORDER BY event_key, occurred_at) FROM changed),
+           (SELECT array_agg(message_id ORDER BY message_id) FROM counted WHERE n <> was),
+           (SELECT array_agg(n ORDER BY message_id) FROM counted WHERE n <> was),
+           (SELECT array_agg(was ORDER BY message_id) FROM counted WHERE n <> was)
+    INTO v_keys, v_at, v_verdicts, v_rules, v_messages, v_counts, v_was;
+    IF v_keys IS NOT NULL THEN
+        EXECUTE $q$
+            UPDATE events e SET machine = u.verdict, machine_rule = u.rule
+            FROM unnest($1, $2, $3, $4) AS u(event_key, occurred_at, verdict, rule)
+            WHERE e.event_key = u.event_key AND e.occurred_at = u.occurred_at
+        $q$ USING v_keys, v_at, v_verdicts, v_rules;
+    END IF;
+    IF v_messages IS NOT NULL THEN
+        EXECUTE %L USING v_messages, v_counts, v_was;
+    END IF;
+END
+$body$
+$f$, format($q$
+        WITH changed AS (
+            UPDATE messages m SET human_clicks = u.n
+            FROM unnest($1::text[], $2::bigint[], $3::integer[]) AS u(message_id, n, was)
+            WHERE m.message_id = u.message_id
+            RETURNING m.mailing_id, u.n - u.was AS human_clicks
         )
         %s
     $q$, mailing_totals_upsert(
         'SELECT 1 AS s, mailing_id, 0 AS sent, 0 AS delivered, 0 AS opens, 0 AS clicks, 0 AS bounces,'
         ' 0 AS failures, 0 AS deferrals, 0 AS unsubscribes, 0 AS complaints, 0 AS autoreplies, 0 AS human_opens,'
         ' human_clicks, 0 AS unique_opens, 0 AS unique_clicks, 0 AS unique_human_opens,'
-        ' NULL::timestamptz AS sent_at, NULL::timestamptz AS last_event_at FROM changed')) USING ids;
-END $fn$;
+        ' NULL::timestamptz AS sent_at, NULL::timestamptz AS last_event_at FROM changed')));
+END
+$do$;
 
 -- The trigger (0010) with its statements written in: static SQL, planned once per connection.
 DO $do$
@@ -173,6 +206,9 @@ CREATE OR REPLACE FUNCTION events_inserted_facts() RETURNS trigger LANGUAGE plpg
 DECLARE
     v_due text[];
     v_nestloop text := current_setting('enable_nestloop');
+    v_hashjoin text := current_setting('enable_hashjoin');
+    v_mergejoin text := current_setting('enable_mergejoin');
+    v_seqscan text := current_setting('enable_seqscan');
 BEGIN
     IF EXISTS (SELECT 1 FROM new_rows WHERE message_id IS NULL AND mailing_id IS NOT NULL) THEN
         %s;
@@ -183,7 +219,13 @@ BEGIN
     %s;
     PERFORM set_config('enable_nestloop', v_nestloop, true);
     IF EXISTS (SELECT 1 FROM new_rows WHERE message_id IS NOT NULL AND event_type IN ('bounced', 'failed')) THEN
-        EXECUTE %L;  -- a join whose plan depends on the size of `messages`: planned each time
+        -- a join with `messages`: a look-up by its primary key for each message that bounced,
+        -- whatever the table's size when the plan was made
+        PERFORM set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true),
+                set_config('enable_seqscan', 'off', true);
+        %s;
+        PERFORM set_config('enable_hashjoin', v_hashjoin, true), set_config('enable_mergejoin', v_mergejoin, true),
+                set_config('enable_seqscan', v_seqscan, true);
     END IF;
     IF v_due IS NOT NULL THEN
         PERFORM messages_apply_click_rules(v_due);
