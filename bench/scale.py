@@ -9,11 +9,12 @@ each: sent, delivered for 98 %, 0.6 opens and 0.15 clicks a recipient, a third o
 Apple's proxy, 2 % bounces, a third of them hard, some unsubscribes and complaints) go through
 the real store path: webhook bodies parsed by `workers.jobs.parse_calls` in chunks of 1,000 and
 stored by `store.store_chunks` (the worker's direct COPY), `sent` events as `cdm-attempts`
-records, 5,000 events a transaction, each transaction into every database in turn (the order
-rotating). Then it prints:
+records, 5,000 events a transaction (never both kinds in one), each transaction into every
+database in turn (the order rotating). Then it prints:
 
-- events/s into each (parse + store, as a worker drains), and what keeping `messages` costs
-  (new against bare);
+- events/s into each, and what keeping `messages` costs (new against bare): of the webhook drain
+  (parse + store: what the workers drain from the queue), of the `sent` records (store: Copernica
+  sends no webhook for a send, so they only come from its logfiles, by an import) and of all;
 - bytes per event: heap, indexes, `messages` and `mailing_totals`, after VACUUM ANALYZE; and
   per open: its row (with the heap's packing), the indexes' bytes per event and the share of
   `messages` per event;
@@ -53,6 +54,12 @@ from workers.storage import store
 from workers.storage.schema import apply_migrations
 
 DATABASES = ("old", "bare", "new")
+PARTS = ("drain", "import")
+RATE_LABELS = (
+    ("drain", "webhook drain (parse + store)"),
+    ("import", "`sent` records (store)"),
+    ("all", "all events"),
+)
 TZ = "Europe/Amsterdam"
 START = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
 TRANSACTION = 5000
@@ -171,13 +178,17 @@ def _count(rng: random.Random, mean: float) -> int:
 
 
 def transactions(events: int, recipients: int) -> Iterator[list[Event | dict[str, Any]]]:
-    """About `events` items, in transactions of TRANSACTION."""
+    """About `events` items, in transactions of TRANSACTION that never mix `sent` records (a
+    logfile's import) with webhook calls (the drain), so each is timed on its own."""
     batch: list[Event | dict[str, Any]] = []
     made = 0
     mailing_id = 0
     while made < events:
         mailing_id += 1
         for item in mailing(mailing_id, recipients, seed=mailing_id):
+            if batch and isinstance(item, Event) != isinstance(batch[0], Event):
+                yield batch
+                batch = []
             batch.append(item)
             made += 1
             if len(batch) == TRANSACTION:
@@ -187,6 +198,11 @@ def transactions(events: int, recipients: int) -> Iterator[list[Event | dict[str
                 break
     if batch:
         yield batch
+
+
+def kind(batch: list[Event | dict[str, Any]]) -> str:
+    """The part a transaction belongs to: "import" (`sent` records) or "drain" (webhook calls)."""
+    return "import" if isinstance(batch[0], Event) else "drain"
 
 
 def chunks(batch: list[Event | dict[str, Any]]) -> Iterator[store.Chunk]:
@@ -256,23 +272,24 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(console: Console, urls: dict[str, str], events: int, recipients: int) -> int:
     conns = {name: store.connect(url) for name, url in urls.items()}
-    spent = dict.fromkeys(DATABASES, 0.0)
-    loaded = 0
+    spent = {(name, part): 0.0 for name in DATABASES for part in PARTS}
+    loaded = dict.fromkeys(PARTS, 0)
     columns = (*Progress.get_default_columns(), TextColumn("{task.completed:,} events"))
     with Progress(*columns, console=console) as progress:
         task = progress.add_task(f"loading into {len(DATABASES)} databases", total=events)
         for n, batch in enumerate(transactions(events, recipients)):
+            part = kind(batch)
             shift = n % len(DATABASES)  # each database first in turn
             for name in DATABASES[shift:] + DATABASES[:shift]:
                 begin = time.perf_counter()
                 store.store_chunks(conns[name], chunks(batch))
-                spent[name] += time.perf_counter() - begin
-            loaded += len(batch)
-            progress.update(task, completed=loaded)
-    bare_rate = loaded / spent["bare"]
+                spent[name, part] += time.perf_counter() - begin
+            loaded[part] += len(batch)
+            progress.update(task, completed=sum(loaded.values()))
+    rates = {name: _rates(spent, loaded, name) for name in DATABASES}
     conns.pop("bare").close()
     with psycopg.connect(make_conninfo(urls["bare"], dbname="postgres"), autocommit=True) as admin:
-        admin.execute("DROP DATABASE bench_scale_bare WITH (FORCE)")  # its rate is all it was for
+        admin.execute("DROP DATABASE bench_scale_bare WITH (FORCE)")  # its rates are all it was for
     figures: dict[str, dict[str, Any]] = {}
     for name, conn in conns.items():
         conn.autocommit = True
@@ -288,7 +305,7 @@ def run(console: Console, urls: dict[str, str], events: int, recipients: int) ->
         )
         figures[name] = {
             "stored": stored,
-            "rate": loaded / spent[name],
+            "rates": rates[name],
             **sizes(conn),
             "one": timed(conn, "SELECT * FROM mailing_stats WHERE mailing_id = %s", (one,)),
             "all": timed(conn, all_query),
@@ -305,8 +322,15 @@ def run(console: Console, urls: dict[str, str], events: int, recipients: int) ->
             " FROM events e"
         ).fetchone()
         conn.close()
-    report(figures, loaded, bare_rate)
+    report(figures, sum(loaded.values()), rates["bare"])
     return 0
+
+
+def _rates(spent: dict[tuple[str, str], float], loaded: dict[str, int], name: str) -> dict[str, float]:
+    """Events/s into database `name`: of each part, and of all."""
+    rates = {part: loaded[part] / spent[name, part] for part in PARTS if spent[name, part]}
+    rates["all"] = sum(loaded.values()) / sum(spent[name, part] for part in PARTS)
+    return rates
 
 
 def per_open(figures: dict[str, Any]) -> float:
@@ -318,20 +342,22 @@ def per_open(figures: dict[str, Any]) -> float:
     return (float(figures["open_row"]) + 4) * packing + (figures["indexes"] + figures["messages"]) / stored
 
 
-def report(figures: dict[str, dict[str, Any]], loaded: int, bare_rate: float) -> None:
+def report(figures: dict[str, dict[str, Any]], loaded: int, bare_rates: dict[str, float]) -> None:
     old, new = figures["old"], figures["new"]
     table = Table(title=f"{loaded:,} events, today's schema (0005) against messages (0006-)")
     for column in ("measure", "today", "with messages", "ratio"):
         table.add_column(column, justify="right" if column != "measure" else "left")
-    table.add_row(
-        "events/s (parse + store)", f"{old['rate']:,.0f}", f"{new['rate']:,.0f}", f"{new['rate'] / old['rate']:.2f} ×"
-    )
-    table.add_row(
-        "events/s: left, the same schema without messages kept",
-        f"{bare_rate:,.0f}",
-        f"{new['rate']:,.0f}",
-        f"{new['rate'] / bare_rate:.2f} × (messages cost {1 - new['rate'] / bare_rate:.0%})",
-    )
+    for part, label in RATE_LABELS:
+        if part not in new["rates"]:
+            continue
+        before, after, bare = old["rates"][part], new["rates"][part], bare_rates[part]
+        table.add_row(f"events/s, {label}", f"{before:,.0f}", f"{after:,.0f}", f"{after / before:.2f} ×")
+        table.add_row(
+            f"  against the same schema without messages kept ({label.split(' (')[0]})",
+            f"{bare:,.0f}",
+            f"{after:,.0f}",
+            f"{after / bare:.2f} × (messages cost {1 - after / bare:.0%})",
+        )
     for part in ("heap", "indexes", "messages"):
         table.add_row(
             f"bytes/event: {part}",
