@@ -33,7 +33,7 @@ from common.envelope import wire
 from common.settings import Settings
 from ingest.queueing import BatchQueue
 from workers.jobs import parse_calls
-from workers.storage.copy_text import COPY_COLUMNS, copy_data
+from workers.storage.copy_text import STORED_COLUMNS, copy_data
 from workers.storage.reports import events_inserted
 
 AGENT = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36"
@@ -186,7 +186,7 @@ def raw_copy(database_url: str, calls: list[dict], batch: int, core: int | None)
     not through the project's store, so the ratio stays honest however the project inserts).
     Only the COPY text comes from the project (`copy_text.copy_data`, made inside the timing)."""
     events, _origins, _rejects = parse_calls(calls, "Europe/Amsterdam")
-    columns = ", ".join(COPY_COLUMNS)
+    columns = ", ".join(STORED_COLUMNS)
     old = os.sched_getaffinity(0)
     if core is not None:
         os.sched_setaffinity(0, {core})
